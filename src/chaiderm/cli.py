@@ -1,0 +1,306 @@
+"""The ``chaiderm`` command: thin adapters from arguments to the layers below."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from chaiderm.errors import ChaidermError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evidence-based melanoma classification (CHAI).")
+console = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@contextlib.contextmanager
+def _errors():
+    try:
+        yield
+    except ChaidermError as e:
+        typer.echo(f"error: {e}", err=True)  # plain and unwrapped: the message names the file
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="output folder (train/val/test sub-folders)")] = Path("synthetic"),
+    n_train: int = 300,
+    n_val: int = 90,
+    n_test: int = 120,
+    size: int = 128,
+    seed: int = 0,
+    difficulty: Annotated[str, typer.Option(help="standard or easy")] = "standard",
+) -> None:
+    """Write the seeded synthetic dermoscopy set (images, exact masks, labels, groups)."""
+    from chaiderm.data.synthetic import write_dataset
+
+    total = n_train + n_val + n_test
+    with _errors(), _progress() as p:
+        task = p.add_task("generating", total=total, info="")
+        write_dataset(
+            out,
+            splits={"train": n_train, "val": n_val, "test": n_test},
+            size=size,
+            seed=seed,
+            difficulty=difficulty,
+            progress=lambda: p.advance(task),
+        )
+    console.print(f"wrote {total} synthetic cases to {out}")
+
+
+@app.command("train")
+def train_cmd(
+    data: Annotated[Path, typer.Option(help="ISIC 2017 folder or generic folder (labels.csv)")],
+    out: Annotated[Path, typer.Option(help="run folder to write")],
+    logic: Annotated[str, typer.Option(help="disease|joint|hierarchical|nonhierarchical|classifier")] = "disease",
+    groups: Annotated[Path | None, typer.Option(help="groups CSV image_id,group[,disease]")] = None,
+    init: Annotated[Path | None, typer.Option(help="run folder to fine-tune from")] = None,
+    split: Annotated[str | None, typer.Option(help="training split (ISIC: train)")] = None,
+    val_data: Annotated[Path | None, typer.Option(help="validation data (default: same folder, split val)")] = None,
+    val_split: str | None = None,
+    backbone: str = "efficientnet_lite0",
+    weights: Annotated[Path | None, typer.Option(help="backbone weights file (e.g. AlexNet)")] = None,
+    pretrained: bool = True,
+    normalize: bool = True,
+    head: str = "conv",
+    image_size: int = 224,
+    load_size: int = 256,
+    freeze_stages: int | None = None,
+    epochs: int = 3,
+    batch_size: int = 48,
+    m_per_class: int = 4,
+    protocol: Annotated[str, typer.Option(help="mined (in-batch) or random (paper: N triplets/epoch)")] = "mined",
+    triplets_per_epoch: int = 150_000,
+    optimizer: str = "adam",
+    lr_backbone: float = 1e-4,
+    lr_head: float = 1e-3,
+    lr_step: int = 0,
+    margin: float = 1.0,
+    reduction: str = "nonzero_mean",
+    seed: int = 0,
+    val_k: int = 10,
+    positive_class: str = "melanoma",
+    resume: Annotated[bool, typer.Option(help="continue a killed run from its last checkpoint")] = False,
+    force: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
+    skip_bad: Annotated[bool, typer.Option(help="skip unreadable images with a counted warning")] = False,
+) -> None:
+    """Train an embedding (triplet logics) or a multiclass classifier (BaselineFT)."""
+    from chaiderm.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from chaiderm.data.records import is_isic2017, load_table
+
+    with _errors():
+        table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")), groups)
+        val_table = None
+        vd = val_data or data
+        vs = val_split or ("val" if is_isic2017(vd) else _split_of(vd, "val"))
+        if val_data is not None or vs is not None:
+            with contextlib.suppress(ChaidermError):
+                val_table = load_table(vd, vs, groups)
+        cfg = RunConfig(
+            model=ModelConfig(
+                backbone=backbone,
+                pretrained=pretrained,
+                weights=str(weights) if weights else None,
+                head=head,
+                normalize=normalize,
+                image_size=image_size,
+                load_size=load_size,
+                freeze_stages=freeze_stages,
+            ),
+            train=TrainConfig(
+                logic=logic,
+                epochs=epochs,
+                batch_size=batch_size,
+                m_per_class=m_per_class,
+                protocol=protocol,
+                triplets_per_epoch=triplets_per_epoch,
+                optimizer=optimizer,
+                lr_backbone=lr_backbone,
+                lr_head=lr_head,
+                lr_step=lr_step,
+                margin=margin,
+                reduction=reduction,
+                seed=seed,
+                val_k=val_k,
+                positive_class=positive_class,
+            ),
+            data=DataConfig(
+                train=str(data),
+                val=str(vd) if val_table is not None else None,
+                train_split=split,
+                val_split=vs,
+                groups=str(groups) if groups else None,
+            ),
+        )
+        result = _run_training(
+            cfg, table, out, val_table=val_table, init=init, resume=resume, force=force, skip_bad=skip_bad
+        )
+    if result.skipped:
+        console.print(
+            f"[yellow]warning:[/yellow] skipped {len(result.skipped)} unreadable image(s), e.g. {result.skipped[0]}"
+        )
+    console.print(f"model written to {out} (best epoch {result.best_epoch})")
+
+
+def _split_of(path: Path, split: str) -> str | None:
+    return split if (path / split).is_dir() else None
+
+
+def _run_training(cfg, table, out, **kw):
+    from chaiderm.training import train
+
+    with _progress() as p:
+        prep = p.add_task("loading images", total=len(table) + (len(kw.get("val_table") or [])), info="")
+        tasks: dict[int, int] = {}
+
+        def on_step(epoch: int, step: int, n: int, loss: float) -> None:
+            if epoch not in tasks:
+                tasks[epoch] = p.add_task(f"epoch {epoch + 1}/{cfg.train.epochs}", total=n, info="")
+            p.update(tasks[epoch], completed=step, info=f"loss {loss:.4f}")
+
+        def on_epoch(epoch: int, rec: dict) -> None:
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in rec.items() if k.startswith("val_") or k == "images_per_s")
+            if epoch in tasks:
+                p.update(tasks[epoch], info=shown)
+
+        return train(cfg, table, out, on_step=on_step, on_epoch=on_epoch, on_prepare=lambda: p.advance(prep), **kw)
+
+
+@app.command("index")
+def index_cmd(
+    model: Annotated[Path, typer.Option(help="trained run folder")],
+    data: Annotated[Path, typer.Option(help="archive images (ISIC 2017 folder or generic folder)")],
+    out: Annotated[Path, typer.Option(help="index folder to write")],
+    split: Annotated[str | None, typer.Option(help="ISIC split (default train)")] = None,
+    groups: Path | None = None,
+    kind: Annotated[str, typer.Option(help="flat (exact), ivf or hnsw (approximate)")] = "flat",
+    nlist: int | None = None,
+    nprobe: int = 16,
+    store_maps: Annotated[bool, typer.Option(help="keep archive evidence maps for fast QAM/RAM")] = True,
+    skip_bad: bool = False,
+) -> None:
+    """Embed an archive and build its search index."""
+    from chaiderm.data.records import is_isic2017, load_table
+    from chaiderm.models.embedding import load_model
+    from chaiderm.pipeline import build_index
+
+    with _errors():
+        net, cfg = load_model(model)
+        table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")), groups)
+        with _progress() as p:
+            task = p.add_task("indexing", total=2 * len(table), info="")
+            index, errors = build_index(
+                net,
+                cfg,
+                table,
+                model_dir=model,
+                kind=kind,
+                store_maps=store_maps,
+                skip_bad=skip_bad,
+                progress=lambda n: p.advance(task, max(n, 1)),
+                **({"nlist": nlist, "nprobe": nprobe} if kind == "ivf" else {}),
+            )
+        index.save(out)
+    if errors:
+        console.print(f"[yellow]warning:[/yellow] skipped {len(errors)} unreadable image(s), e.g. {errors[0]}")
+    console.print(f"indexed {len(index)} images into {out}")
+
+
+@app.command()
+def query(
+    images: Annotated[list[Path], typer.Argument(help="query image files")],
+    model: Annotated[Path, typer.Option(help="trained run folder")],
+    index: Annotated[Path, typer.Option(help="index folder")],
+    out: Annotated[Path, typer.Option(help="report folder")] = Path("chaiderm-query"),
+    k: int = 10,
+) -> None:
+    """Classify images by kNN vote and write JSON + HTML evidence reports."""
+    from chaiderm.data.images import load_image
+    from chaiderm.evidence.report import write_query_report
+    from chaiderm.pipeline import Predictor
+
+    with _errors():
+        predictor = Predictor.load(model, index)
+        results = []
+        for path in images:
+            img = load_image(path)
+            res = predictor.predict(img, k=k, image_id=path.stem)
+            neigh = [predictor._square(load_image(n.image_path)) for n in res.prediction.neighbors]
+            write_query_report(
+                out,
+                path.stem,
+                res.image,
+                res.prediction,
+                neigh,
+                res.qams,
+                res.rams,
+                positive_class=predictor.positive_class,
+            )
+            results.append((path.name, res.prediction.melanoma_probability))
+    for name, prob in results:
+        typer.echo(f"{name}\t{predictor.positive_class}_probability={prob:.3f}")
+    console.print(f"reports in {out}/")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("chaiderm-demo"),
+    backbone: str = "efficientnet_lite0",
+    n_train: int = 600,
+    n_test: int = 150,
+    size: int = 128,
+    image_size: int = 112,
+    epochs: int = 4,
+    queries: int = 4,
+    difficulty: str = "standard",
+    seed: int = 0,
+) -> None:
+    """Synthetic data -> Disease and Hierarchical embeddings -> index -> evidence report, end to end."""
+    from chaiderm.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(
+        backbone=backbone,
+        n_train=n_train,
+        n_test=n_test,
+        size=size,
+        image_size=image_size,
+        epochs=epochs,
+        queries=queries,
+        difficulty=difficulty,
+        seed=seed,
+    )
+    with _errors():
+        summary = run_demo(out, settings, log=lambda msg: console.print(msg))
+    typer.echo(json.dumps({k: summary[k] for k in ("metrics", "seconds")}, indent=2))
+    typer.echo(f"report: {Path(out) / 'report.html'}\nresults: {Path(out) / 'demo.json'}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

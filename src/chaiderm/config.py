@@ -1,0 +1,110 @@
+"""Typed settings. Every trained model saves its ``RunConfig`` as ``config.json`` beside the weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from chaiderm.errors import DataError
+
+Logic = Literal["disease", "joint", "hierarchical", "nonhierarchical", "classifier", "none"]
+LOGICS: tuple[str, ...] = ("disease", "joint", "hierarchical", "nonhierarchical", "classifier")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    weights: str | None = None  # user-supplied backbone weights (e.g. AlexNet), safetensors or .pt
+    head: Literal["conv", "none"] = "conv"  # "none": embed the backbone's own map (Baseline)
+    embedding_dim: int = 1024  # the paper's activation-map dimensionality
+    normalize: bool = True  # L2-normalise the pooled vector before distances
+    image_size: int = 224  # network input side (square centre crop / random crop)
+    load_size: int = 256  # images are resized so the shorter side is this, then cropped
+    freeze_stages: int | None = None  # leading backbone stages kept frozen; None: the backbone's default
+    n_classes: int = 0  # >0 adds a classifier head (BaselineFT)
+
+
+@dataclass
+class TrainConfig:
+    logic: str = "disease"
+    epochs: int = 3
+    batch_size: int = 48
+    m_per_class: int = 4  # images per (disease or group) label in a mined batch
+    protocol: Literal["mined", "random"] = "mined"  # random: the paper's N random triplets per epoch
+    triplets_per_epoch: int = 150_000
+    margin: float = 1.0
+    reduction: Literal["mean", "nonzero_mean"] = "nonzero_mean"
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr_backbone: float = 1e-4  # transferred layers
+    lr_head: float = 1e-3  # new layers
+    momentum: float = 0.9
+    lr_step: int = 0  # "step" policy: decay every lr_step epochs (0 = constant)
+    lr_gamma: float = 0.1
+    chunk_size: int = 16  # images per forward chunk (faster on CPU than one big batch)
+    seed: int = 0
+    val_k: int = 10
+    select_metric: Literal["auc", "loss", "last"] = "auc"
+    positive_class: str = "melanoma"
+    feedback_weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    val: str | None = None
+    train_split: str | None = None
+    val_split: str | None = None
+    groups: str | None = None
+    init: str | None = None  # run folder the weights were fine-tuned from
+    feedback: str | None = None
+    train_fingerprint: str = ""  # hash of (image id, diagnosis, group) rows, to trace a result to its data
+    n_train: int = 0
+    n_val: int = 0
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        from chaiderm._io import write_json
+
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:
+        return cls(
+            model=_build(ModelConfig, d.get("model", {}), f"{source}: model"),
+            train=_build(TrainConfig, d.get("train", {}), f"{source}: train"),
+            data=_build(DataConfig, d.get("data", {}), f"{source}: data"),
+            version=str(d.get("version", "")),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataError(path, "config file not found") from None
+        except json.JSONDecodeError as e:
+            raise DataError(path, f"not valid JSON ({e})") from None
+        return cls.from_dict(d, str(path))
+
+
+def _build(kind: type, values: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = set(values) - names
+    if unknown:
+        raise DataError(None, f"{where}: unknown field(s) {sorted(unknown)}")
+    return kind(**values)

@@ -1,0 +1,86 @@
+"""Turn decoded images into network input. Images are decoded and resized once (``prepare``),
+kept as uint8, and augmented on the fly with cheap tensor ops (crops, flips, 90-degree turns:
+dermoscopy has no canonical orientation)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from chaiderm.data.images import load_image
+from chaiderm.errors import DataError
+
+
+def resize_square(img: np.ndarray, load_size: int) -> np.ndarray:
+    """Resize so the shorter side is ``load_size`` and centre-crop to a square; any input size."""
+    h, w = img.shape[:2]
+    s = load_size / min(h, w)
+    nh, nw = max(load_size, round(h * s)), max(load_size, round(w * s))
+    pil = Image.fromarray(img)
+    if (nh, nw) != (h, w):
+        pil = pil.resize((nw, nh), Image.BILINEAR, reducing_gap=2.0)
+    top, left = (nh - load_size) // 2, (nw - load_size) // 2
+    return np.asarray(pil.crop((left, top, left + load_size, top + load_size)))
+
+
+def prepare(
+    paths: Sequence[str],
+    load_size: int,
+    *,
+    skip_bad: bool = False,
+    progress: Callable[[], None] | None = None,
+) -> tuple[np.ndarray, list[int], list[str]]:
+    """Decode and resize images into one ``(N, S, S, 3)`` uint8 array.
+
+    Returns the array, the positions that loaded, and error messages for those skipped
+    (only when ``skip_bad``; otherwise the first bad file raises :class:`DataError`).
+    """
+    out = np.empty((len(paths), load_size, load_size, 3), np.uint8)
+    ok: list[int] = []
+    errors: list[str] = []
+    for i, p in enumerate(paths):
+        try:
+            out[len(ok)] = resize_square(load_image(p), load_size)
+            ok.append(i)
+        except DataError as e:
+            if not skip_bad:
+                raise
+            errors.append(str(e))
+        if progress is not None:
+            progress()
+    return out[: len(ok)], ok, errors
+
+
+def to_tensor(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW, scaled as the backbone's weights expect, channels_last."""
+    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x - m) / s).contiguous(memory_format=torch.channels_last)
+
+
+def center_crop(batch: np.ndarray, size: int) -> np.ndarray:
+    h, w = batch.shape[1:3]
+    top, left = (h - size) // 2, (w - size) // 2
+    return batch[:, top : top + size, left : left + size]
+
+
+def augment(batch: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Random crop (scale 0.8-1 of the side), flips and 90-degree turns, per image."""
+    n, h, w = batch.shape[:3]
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        side = int(rng.integers(max(size, int(0.8 * min(h, w))), min(h, w) + 1))
+        top = int(rng.integers(0, h - side + 1))
+        left = int(rng.integers(0, w - side + 1))
+        crop = batch[i, top : top + side, left : left + side]
+        if side != size:
+            crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        crop = np.rot90(crop, int(rng.integers(4)))
+        out[i] = crop
+    return out

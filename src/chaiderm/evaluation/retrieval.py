@@ -1,0 +1,66 @@
+"""Retrieval evaluation of one embedding: queries against an archive, Table-1 style numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from chaiderm.data.images import load_mask
+from chaiderm.data.records import ImageTable
+from chaiderm.data.transforms import center_crop, prepare, resize_square
+from chaiderm.evaluation.metrics import (
+    calculate_auc_at_k,
+    calculate_jaccard,
+    calculate_mass_in_mask,
+    calculate_rel_at_k,
+)
+from chaiderm.evidence.maps import activation_map_pairs
+from chaiderm.index.faiss_index import exact_search
+from chaiderm.losses.logic import encode_labels
+from chaiderm.models.embedding import EmbeddingNet
+from chaiderm.models.inference import embed
+
+KS = (3, 5, 10, 20, 40)
+
+
+def evaluate_retrieval(
+    model: EmbeddingNet,
+    image_size: int,
+    load_size: int,
+    archive: ImageTable,
+    queries: ImageTable,
+    *,
+    ks: Sequence[int] = KS,
+    positive_class: str = "melanoma",
+    localisation: bool = True,
+) -> dict:
+    """AUC@k, REL@k (where queries have groups) and, where queries have masks, the mean Jaccard and
+    mass-in-mask of each query's QAM against its nearest archive result."""
+    ks = [k for k in ks if k <= len(archive)]
+    a_img, _, _ = prepare(archive.paths, load_size)
+    q_img, _, _ = prepare(queries.paths, load_size)
+    want_maps = localisation and queries.has_masks
+    a_emb, a_maps = embed(model, a_img, image_size, with_maps=want_maps)
+    q_emb, q_maps = embed(model, q_img, image_size, with_maps=want_maps)
+    _, idx = exact_search(a_emb, q_emb, max(ks))
+    out: dict = {"n_archive": len(archive), "n_queries": len(queries)}
+    y = queries.is_positive(positive_class)
+    if 0 < y.sum() < len(y):
+        out["auc"] = {str(k): v for k, v in calculate_auc_at_k(archive.is_positive(positive_class)[idx], y, ks).items()}
+    codes, _ = encode_labels(list(archive.groups) + list(queries.groups))
+    a_g, q_g = codes[: len(archive)], codes[len(archive) :]
+    if (q_g >= 0).any():
+        out["rel"] = {str(k): v for k, v in calculate_rel_at_k(q_g, a_g[idx], ks).items()}
+    if want_maps:
+        jac, mass = [], []
+        for qi in range(len(queries)):
+            qam, _ = activation_map_pairs(q_maps[qi], a_maps[idx[qi, :1]])
+            # the network saw the centre crop of the square-resized image: compare the mask on that crop
+            sq = resize_square(load_mask(queries.mask_paths[qi]).astype(np.uint8) * 255, load_size)
+            m = center_crop(sq[None, :, :, None], image_size)[0, :, :, 0] > 127
+            jac.append(calculate_jaccard(qam[0], m))
+            mass.append(calculate_mass_in_mask(qam[0], m))
+        out["jaccard"] = float(np.mean(jac))
+        out["mass_in_mask"] = float(np.mean(mass))
+    return out

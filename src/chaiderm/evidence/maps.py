@@ -1,0 +1,41 @@
+"""Query/result activation maps (paper Eq. 2-3).
+
+QAM:  A_q(i, j) = sum_z g_z(x_q, i, j) * (f_z(x_q) - f_z(x_r))^2
+RAM:  A_r(i, j) = sum_z g_z(x_r, i, j) * (f_z(x_q) - f_z(x_r))^2
+with f_z(x) the spatial mean of g_z(x, ., .) (Eq. 3).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def activation_map_pair(g_q: np.ndarray, g_r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """QAM and RAM for one pair of ``(D, h, w)`` maps; f is computed from the maps (Eq. 3)."""
+    qam, ram = activation_map_pairs(g_q, g_r[None])
+    return qam[0], ram[0]
+
+
+def activation_map_pairs(g_q: np.ndarray, g_rs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One query ``(D, h, w)`` against results ``(R, D, h', w')``: QAMs ``(R, h, w)``, RAMs ``(R, h', w')``."""
+    gq = np.asarray(g_q, dtype=np.float32)
+    gr = np.asarray(g_rs, dtype=np.float32)
+    f_q = gq.mean(axis=(1, 2))  # Eq. 3
+    f_r = gr.mean(axis=(2, 3))
+    w = (f_q[None, :] - f_r) ** 2  # (R, D): per-dimension share of the squared distance
+    qam = np.einsum("rz,zij->rij", w, gq, optimize=True)
+    ram = np.einsum("rz,rzij->rij", w, gr, optimize=True)
+    return qam, ram
+
+
+def upsample(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of an ``(h, w)`` map to ``(H, W)`` = ``size``."""
+    img = Image.fromarray(np.asarray(amap, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32)
+
+
+def normalise(amap: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] by the map's own range (a flat map becomes all zeros)."""
+    lo, hi = float(amap.min()), float(amap.max())
+    return np.zeros_like(amap) if hi <= lo else (amap - lo) / (hi - lo)

@@ -1,0 +1,105 @@
+"""Per-query evidence report: ``<name>.json`` + ``<name>.html`` + PNGs (query, ranked neighbours
+with melanoma in a red border as the paper's Fig. 3, QAM/RAM pairs laid out as its Fig. 4)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from chaiderm._io import write_json, write_text
+from chaiderm.evidence.render import overlay, thumbnail
+from chaiderm.interfaces import Prediction
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;max-width:1200px}
+.prob{font-size:1.6rem;font-weight:600}.row{display:flex;flex-wrap:wrap;gap:10px}
+figure{margin:0;text-align:center;font-size:.8rem}figure img{width:128px;height:128px;border:4px solid #ccc}
+figure.mel img{border-color:#d00}.pair{display:grid;grid-template-columns:128px 128px;gap:4px;
+border:1px solid #ddd;padding:6px}.pair img{width:128px;height:128px}.pair .cap{grid-column:span 2;font-size:.8rem}
+"""
+
+
+def _save_png(path: Path, img: np.ndarray) -> None:
+    Image.fromarray(img).save(path, format="PNG")
+
+
+def write_query_report(
+    out_dir: str | Path,
+    name: str,
+    query_image: np.ndarray,
+    prediction: Prediction,
+    neighbor_images: list[np.ndarray],
+    qams: np.ndarray,
+    rams: np.ndarray,
+    *,
+    positive_class: str = "melanoma",
+    true_diagnosis: str | None = None,
+) -> dict[str, Any]:
+    """Write the report files; returns the JSON record (also written as ``<name>.json``)."""
+    out = Path(out_dir)
+    assets = out / f"{name}_files"
+    assets.mkdir(parents=True, exist_ok=True)
+    q = thumbnail(query_image)
+    _save_png(assets / "query.png", q)
+    neighbours = []
+    for n, img, qam, ram in zip(prediction.neighbors, neighbor_images, qams, rams, strict=True):
+        r = thumbnail(img)
+        stem = f"{n.rank:02d}"
+        _save_png(assets / f"result_{stem}.png", r)
+        _save_png(assets / f"qam_{stem}.png", overlay(q, qam))
+        _save_png(assets / f"ram_{stem}.png", overlay(r, ram))
+        rec = n.to_dict()
+        rec.pop("image_path", None)
+        rec.update(
+            image=f"{assets.name}/result_{stem}.png",
+            qam=f"{assets.name}/qam_{stem}.png",
+            ram=f"{assets.name}/ram_{stem}.png",
+        )
+        neighbours.append(rec)
+    record = {
+        "image_id": prediction.image_id,
+        "true_diagnosis": true_diagnosis,
+        "melanoma_probability": prediction.melanoma_probability,
+        "positive_class": positive_class,
+        "k": prediction.k,
+        "query_image": f"{assets.name}/query.png",
+        "neighbors": neighbours,
+    }
+    write_json(out / f"{name}.json", record)
+    write_text(out / f"{name}.html", render_html(record))
+    return record
+
+
+def render_html(record: dict[str, Any]) -> str:
+    e = html.escape
+    pos = record.get("positive_class", "melanoma")
+    cards, pairs = [], []
+    for n in record["neighbors"]:
+        cls = "mel" if n["diagnosis"] == pos else ""
+        label = f"#{n['rank']} {e(n['image_id'])}<br>{e(n['diagnosis'])}<br>{e(str(n['group'] or '-'))}<br>d={n['distance']:.3f}"
+        cards.append(
+            f'<figure class="{cls}"><img src="{e(n["image"])}" alt="result {n["rank"]}">'
+            f"<figcaption>{label}</figcaption></figure>"
+        )
+        pairs.append(
+            f'<div class="pair"><img src="{e(record["query_image"])}" alt="query">'
+            f'<img src="{e(n["qam"])}" alt="QAM"><img src="{e(n["image"])}" alt="result">'
+            f'<img src="{e(n["ram"])}" alt="RAM"><div class="cap">#{n["rank"]} {e(n["diagnosis"])}: '
+            "query | QAM / result | RAM</div></div>"
+        )
+    truth = f" (true: {e(record['true_diagnosis'])})" if record.get("true_diagnosis") else ""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>chaiderm: {e(record["image_id"])}</title>
+<style>{CSS}</style></head><body>
+<h1>Query {e(record["image_id"])}{truth}</h1>
+<div class="row"><figure><img src="{e(record["query_image"])}" alt="query"><figcaption>query</figcaption></figure>
+<div><p class="prob">{e(pos)} probability: {record["melanoma_probability"]:.2f}</p>
+<p>share of {e(pos)} among the {record["k"]} nearest archive cases (kNN vote)</p></div></div>
+<h2>Nearest cases (red border: {e(pos)})</h2><div class="row">{"".join(cards)}</div>
+<h2>Query / result activation maps</h2>
+<p>Bright regions contributed most to the distance between the query and each result (Eq. 2).</p>
+<div class="row">{"".join(pairs)}</div></body></html>
+"""

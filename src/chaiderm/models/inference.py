@@ -1,0 +1,49 @@
+"""Batched, gradient-free embedding of prepared (uint8, square) images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from chaiderm.data.transforms import center_crop, to_tensor
+from chaiderm.models.embedding import EmbeddingNet
+
+
+@torch.inference_mode()
+def embed(
+    model: EmbeddingNet,
+    images: np.ndarray,
+    image_size: int,
+    *,
+    batch_size: int = 8,
+    with_maps: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Embed ``(N, S, S, 3)`` uint8 images (centre crop to ``image_size``).
+
+    Returns float32 embeddings ``(N, D)`` and, with ``with_maps``, float16 evidence maps
+    ``(N, D, h, w)`` whose spatial mean equals the embeddings.
+    """
+    was_training = model.training
+    model.eval()
+    embs: list[np.ndarray] = []
+    maps: list[np.ndarray] = []
+    try:
+        for start in range(0, len(images), batch_size):
+            chunk = center_crop(images[start : start + batch_size], image_size)
+            x = to_tensor(chunk, model.mean, model.std)
+            if with_maps:
+                g, e = model.evidence_maps(x)
+                maps.append(g.float().numpy().astype(np.float16))
+            else:
+                e = model(x)
+            embs.append(e.float().numpy())
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        model.train(was_training)
+    dim = model.dim
+    out = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
+    return np.ascontiguousarray(out, dtype=np.float32), (np.concatenate(maps) if with_maps and maps else None)

@@ -1,0 +1,162 @@
+"""Predictor = trained model + archive index + evidence. The layer the CLI and web app talk to."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chaiderm.config import RunConfig
+from chaiderm.data.images import load_image
+from chaiderm.data.records import ImageTable
+from chaiderm.data.transforms import center_crop, prepare, resize_square, to_tensor
+from chaiderm.errors import ArtifactError
+from chaiderm.evidence.maps import activation_map_pairs
+from chaiderm.index.archive import ArchiveIndex
+from chaiderm.index.knn import knn_vote
+from chaiderm.interfaces import Neighbor, Prediction
+from chaiderm.models.embedding import WEIGHTS, EmbeddingNet, load_model
+from chaiderm.models.inference import embed
+
+
+def weights_digest(run_dir: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(Path(run_dir) / WEIGHTS, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def build_index(
+    model: EmbeddingNet,
+    cfg: RunConfig,
+    table: ImageTable,
+    *,
+    model_dir: str | Path,
+    kind: str = "flat",
+    store_maps: bool = True,
+    skip_bad: bool = False,
+    progress: Callable[[int], None] | None = None,
+    **index_params,
+) -> tuple[ArchiveIndex, list[str]]:
+    """Embed every archive image and index it; returns the index and messages for skipped files."""
+    images, ok, errors = prepare(
+        table.paths, cfg.model.load_size, skip_bad=skip_bad, progress=(lambda: progress(0)) if progress else None
+    )
+    table = table.subset(ok)
+    emb, maps = embed(model, images, cfg.model.image_size, with_maps=store_maps, progress=progress)
+    info = {
+        "model_dir": str(Path(model_dir).resolve()),
+        "model_digest": weights_digest(model_dir),
+        "image_size": cfg.model.image_size,
+        "load_size": cfg.model.load_size,
+        "source": table.source,
+        "data_fingerprint": table.fingerprint(),
+        "skipped": len(errors),
+    }
+    index = ArchiveIndex.build(
+        emb,
+        image_ids=table.image_ids,
+        diagnoses=table.diagnoses,
+        groups=table.groups,
+        paths=table.paths,
+        maps=maps,
+        kind=kind,
+        info=info,
+        **index_params,
+    )
+    return index, errors
+
+
+@dataclass
+class QueryResult:
+    prediction: Prediction
+    image: np.ndarray  # the query as the network saw it (square, load_size)
+    qams: np.ndarray  # (k, h, w)
+    rams: np.ndarray  # (k, h, w)
+    embedding: np.ndarray
+
+
+class Predictor:
+    """Loads once, answers many queries: ``predict`` -> :class:`QueryResult`."""
+
+    def __init__(self, model: EmbeddingNet, cfg: RunConfig, index: ArchiveIndex):
+        self.model = model.eval()
+        self.cfg = cfg
+        self.index = index
+        self.positive_class = cfg.train.positive_class
+        self._positive = index.positive(self.positive_class)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, index_dir: str | Path) -> Predictor:
+        model, cfg = load_model(model_dir)
+        index = ArchiveIndex.load(index_dir)
+        want = index.info.get("model_digest")
+        if want and want != weights_digest(model_dir):
+            raise ArtifactError(
+                f"{index_dir}: index was built with another model ({index.info.get('model_dir')}); rebuild it "
+                f"with `chaiderm index --model {model_dir}`"
+            )
+        return cls(model, cfg, index)
+
+    def _square(self, image: np.ndarray) -> np.ndarray:
+        return resize_square(image, self.cfg.model.load_size)
+
+    @torch.inference_mode()
+    def _maps(self, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = to_tensor(center_crop(squares, self.cfg.model.image_size), self.model.mean, self.model.std)
+        g, e = self.model.evidence_maps(x)
+        return g.numpy(), e.numpy()
+
+    def result_maps(self, rows: np.ndarray) -> np.ndarray:
+        """Evidence maps of archive rows: stored ones if the index kept them, else recomputed."""
+        if self.index.maps is not None:
+            return np.asarray(self.index.maps[rows], dtype=np.float32)
+        squares = np.stack([self._square(load_image(self.index.paths[r])) for r in rows])
+        return self._maps(squares)[0]
+
+    def predict(
+        self,
+        image: np.ndarray,
+        *,
+        k: int = 10,
+        image_id: str = "query",
+        evidence: bool = True,
+        exclude_id: str | None = None,
+    ) -> QueryResult:
+        """Classify one decoded RGB image by kNN vote, with its neighbours and QAM/RAM pairs."""
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        square = self._square(image)
+        g, e = self._maps(square[None])
+        extra = 1 if exclude_id is not None else 0
+        dist, idx = self.index.search(e, k + extra)
+        dist, idx = dist[0], idx[0]
+        keep = [j for j in range(len(idx)) if idx[j] >= 0 and self.index.image_ids[idx[j]] != exclude_id][:k]
+        dist, idx = dist[keep], idx[keep]
+        prob = float(knn_vote(self._positive[idx][None], len(idx))[0])
+        neighbors = [
+            Neighbor(
+                rank=r + 1,
+                image_id=self.index.image_ids[i],
+                diagnosis=self.index.diagnoses[i],
+                group=self.index.groups[i],
+                distance=float(d),
+                image_path=self.index.paths[i],
+            )
+            for r, (i, d) in enumerate(zip(idx, dist, strict=True))
+        ]
+        pred = Prediction(image_id=image_id, melanoma_probability=prob, k=len(idx), neighbors=neighbors)
+        if evidence and len(idx):
+            qams, rams = activation_map_pairs(g[0], self.result_maps(idx))
+        else:
+            qams = rams = np.zeros((0, 1, 1), np.float32)
+        return QueryResult(pred, square, qams, rams, e[0])
+
+    def embed_table(self, table: ImageTable, *, skip_bad: bool = False) -> tuple[np.ndarray, list[int]]:
+        images, ok, _ = prepare(table.paths, self.cfg.model.load_size, skip_bad=skip_bad)
+        return embed(self.model, images, self.cfg.model.image_size)[0], ok

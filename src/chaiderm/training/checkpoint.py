@@ -1,0 +1,29 @@
+"""Per-epoch checkpoints (model + optimiser + history), written atomically, read with weights_only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chaiderm._io import atomic_path
+from chaiderm.errors import ArtifactError
+
+LAST = "checkpoints/last.pt"
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    path = run_dir / LAST
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / LAST
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ArtifactError(f"{path}: checkpoint unreadable ({e}); delete it to start over") from None

