@@ -1,0 +1,213 @@
+"""Benchmarks, one command: ``python bench/run.py [--only NAME ...] [--isic DIR]``.
+
+Sections (figures merged into ``bench/results.json`` with the machine and date):
+- ``train``: Lite0 training throughput at 224 on ISIC-sized (256x256) images, the real training path;
+- ``query``: one query = embed + exact search over 2000 archive images + 10 QAM/RAM pairs;
+- ``ann``: IVF search over 1,000,000 synthetic 1024-d embeddings, k=10, recall@10 against exact search;
+- ``normalise``: L2-normalised vs raw embeddings, Disease logic on ISIC 2017 train, val AUC per epoch
+  (needs the ISIC data).
+ISIC images are used where ``--isic`` (default ``../shared/data/isic2017``) exists; otherwise
+synthetic 256x256 images stand in for the throughput and latency sections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_ISIC = HERE.parent.parent / "shared" / "data" / "isic2017"
+
+
+def _archive(isic: Path, n: int, tmp: Path):
+    from chaiderm.data.records import load_table
+    from chaiderm.data.synthetic import write_dataset
+
+    if (isic / "ISIC-2017_Training_Part3_GroundTruth.csv").exists():
+        return load_table(isic, "train").subset(range(n)), "ISIC 2017 train (256x256 JPEG)"
+    write_dataset(tmp / "syn", splits={"train": n}, size=256, seed=0)
+    return load_table(tmp / "syn", "train"), "synthetic 256x256 PNG"
+
+
+def bench_train(isic: Path, tmp: Path) -> dict:
+    from chaiderm.config import ModelConfig, RunConfig, TrainConfig
+    from chaiderm.training import train
+
+    table, source = _archive(isic, 480, tmp)
+    cfg = RunConfig(model=ModelConfig(), train=TrainConfig(logic="disease", epochs=2, batch_size=48, chunk_size=16))
+    res = train(cfg, table, tmp / "train_run", force=True)
+    ips = [h["images_per_s"] for h in res.history]
+    return {
+        "data": source,
+        "images": len(table),
+        "backbone": "efficientnet_lite0",
+        "input": 224,
+        "batch": 48,
+        "images_per_s_by_epoch": ips,
+        "images_per_s": max(ips),
+    }
+
+
+def bench_query(isic: Path, tmp: Path, n_queries: int = 40) -> dict:
+    from chaiderm.config import ModelConfig, RunConfig
+    from chaiderm.data.images import load_image
+    from chaiderm.models.embedding import build_model, save_model
+    from chaiderm.pipeline import Predictor, build_index
+
+    table, source = _archive(isic, 2000, tmp)
+    torch.manual_seed(0)
+    cfg = RunConfig(model=ModelConfig())
+    model = build_model(cfg.model).eval()
+    save_model(model, tmp / "qmodel", cfg)
+    t = time.perf_counter()
+    index, _ = build_index(model, cfg, table, model_dir=tmp / "qmodel")
+    index.save(tmp / "qindex")
+    build_s = time.perf_counter() - t
+    pred = Predictor.load(tmp / "qmodel", tmp / "qindex")
+    images = [load_image(p) for p in table.paths[:n_queries]]
+    pred.predict(images[0], k=10)  # warm-up
+    times, parts = [], {"embed": [], "search_and_maps": []}
+    for img in images:
+        t0 = time.perf_counter()
+        res = pred.predict(img, k=10, evidence=True)
+        times.append(time.perf_counter() - t0)
+        assert len(res.qams) == 10
+        t1 = time.perf_counter()
+        sq = pred._square(img)
+        pred._maps(sq[None])
+        parts["embed"].append(time.perf_counter() - t1)
+    ms = np.array(times) * 1000
+    return {
+        "data": source,
+        "archive": len(index),
+        "k": 10,
+        "evidence_pairs": 10,
+        "queries": n_queries,
+        "median_ms": float(np.median(ms)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "embed_only_median_ms": float(np.median(parts["embed"]) * 1000),
+        "index_build_s": build_s,
+        "maps_stored": True,
+    }
+
+
+def _clustered_embeddings(n: int, d: int, seed: int, centres: int = 2000, latent: int = 64) -> np.ndarray:
+    """Unit vectors with the structure of learned embeddings: clusters on a low-dimensional manifold."""
+    rng = np.random.default_rng(seed)
+    proj = rng.normal(size=(latent, d)).astype(np.float32) / np.sqrt(latent)
+    mu = rng.normal(size=(centres, latent)).astype(np.float32)
+    out = np.empty((n, d), np.float32)
+    for s in range(0, n, 100_000):
+        m = min(100_000, n - s)
+        z = mu[rng.integers(0, centres, m)] + 0.5 * rng.normal(size=(m, latent)).astype(np.float32)
+        x = z @ proj + 0.15 * rng.normal(size=(m, d)).astype(np.float32)
+        out[s : s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def bench_ann(n: int = 1_000_000, d: int = 1024, n_queries: int = 200) -> dict:
+    import faiss
+
+    from chaiderm.index.faiss_index import build_faiss
+
+    t = time.perf_counter()
+    xb = _clustered_embeddings(n, d, seed=1)
+    xq = _clustered_embeddings(n_queries, d, seed=2)
+    gen_s = time.perf_counter() - t
+    t = time.perf_counter()
+    _, exact = faiss.knn(xq, xb, 10)
+    exact_s = (time.perf_counter() - t) / n_queries
+    t = time.perf_counter()
+    index = build_faiss(xb, "ivf", nlist=1024, nprobe=16)
+    build_s = time.perf_counter() - t
+    sweep = []
+    for nprobe in (8, 16, 32, 64):
+        index.nprobe = nprobe
+        lat, found = [], []
+        for q in xq:
+            t0 = time.perf_counter()
+            _, i = index.search(q[None], 10)
+            lat.append(time.perf_counter() - t0)
+            found.append(i[0])
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, found, strict=True)]))
+        sweep.append(
+            {
+                "nprobe": nprobe,
+                "recall_at_10": recall,
+                "median_ms": float(np.median(lat) * 1000),
+                "p95_ms": float(np.percentile(lat, 95) * 1000),
+            }
+        )
+    ok = [s for s in sweep if s["recall_at_10"] >= 0.95 and s["median_ms"] <= 10]
+    return {
+        "n": n,
+        "dim": d,
+        "queries": n_queries,
+        "index": "IVFFlat nlist=1024",
+        "data": "clustered unit vectors",
+        "generate_s": gen_s,
+        "build_s": build_s,
+        "exact_ms_per_query": exact_s * 1000,
+        "sweep": sweep,
+        "chosen": ok[0] if ok else None,
+    }
+
+
+def bench_normalise(isic: Path, tmp: Path, epochs: int = 2) -> dict:
+    from chaiderm.config import ModelConfig, RunConfig, TrainConfig
+    from chaiderm.data.records import load_table
+    from chaiderm.training import train
+
+    if not (isic / "ISIC-2017_Training_Part3_GroundTruth.csv").exists():
+        return {"skipped": "ISIC 2017 data not present"}
+    tr, va = load_table(isic, "train"), load_table(isic, "val")
+    out = {}
+    for normalise in (True, False):
+        cfg = RunConfig(
+            model=ModelConfig(normalize=normalise), train=TrainConfig(logic="disease", epochs=epochs, val_k=20)
+        )
+        res = train(cfg, tr, tmp / f"norm_{normalise}", val_table=va, force=True)
+        out["l2_normalised" if normalise else "raw"] = [
+            {k: h[k] for k in ("epoch", "loss", "val_auc", "images_per_s")} for h in res.history
+        ]
+    return {"data": "ISIC 2017 train -> val (150)", "k": 20, "epochs": epochs, **out}
+
+
+SECTIONS = {"train": bench_train, "query": bench_query, "ann": bench_ann, "normalise": bench_normalise}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", choices=sorted(SECTIONS), help="sections to run (default: all)")
+    ap.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
+    ap.add_argument("--out", type=Path, default=HERE / "results.json")
+    args = ap.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 2))
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    with tempfile.TemporaryDirectory() as d:
+        for name in args.only or list(SECTIONS):
+            fn = SECTIONS[name]
+            print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+            t = time.perf_counter()
+            kw = {} if name == "ann" else {"isic": args.isic, "tmp": Path(d)}
+            res = fn(**kw)
+            res["wall_s"] = time.perf_counter() - t
+            res["when"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+            res["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+            results[name] = res
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+            print(json.dumps(res, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
