@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 from safetensors.torch import load_file
+from tests.conftest import tiny_cfg
 
 from chaiderm.config import RunConfig
 from chaiderm.data.records import load_table
@@ -10,7 +11,6 @@ from chaiderm.errors import ArtifactError, DataError
 from chaiderm.evaluation.retrieval import evaluate_retrieval
 from chaiderm.models import build_model, load_model
 from chaiderm.training import train
-from tests.conftest import tiny_cfg
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +37,14 @@ def test_resume_after_kill_matches_uninterrupted_run(tables, tmp_path):
     tr = tr.subset(range(120))
     train(tiny_cfg(epochs=3, select_metric="last"), tr, tmp_path / "straight")
 
-    class Killed(Exception):
+    class KilledError(Exception):
         pass
 
     def kill_after_first(epoch, rec):
         if epoch == 0:
-            raise Killed
+            raise KilledError
 
-    with pytest.raises(Killed):
+    with pytest.raises(KilledError):
         train(tiny_cfg(epochs=3, select_metric="last"), tr, tmp_path / "resumed", on_epoch=kill_after_first)
     with pytest.raises(ArtifactError, match="--resume"):
         train(tiny_cfg(epochs=3, select_metric="last"), tr, tmp_path / "resumed")
@@ -107,3 +107,19 @@ def test_group_logic_without_groups_or_with_unnested_groups(tables, tmp_path):
     with pytest.raises(DataError, match="more than one disease"):
         train(tiny_cfg("hierarchical", epochs=1), blind, tmp_path / "b")
     train(tiny_cfg("joint", epochs=1), blind, tmp_path / "c")  # joint accepts them
+
+
+def test_skip_bad_images_counted(tables, tmp_path):
+    import shutil
+
+    tr, _, _ = tables
+    small = tr.subset(range(40))
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    small.paths[3] = str(bad)
+    with pytest.raises(DataError, match="broken.png"):
+        train(tiny_cfg(epochs=1), small, tmp_path / "a")
+    shutil.rmtree(tmp_path / "a", ignore_errors=True)
+    res = train(tiny_cfg(epochs=1), small, tmp_path / "b", skip_bad=True)
+    assert len(res.skipped) == 1 and "broken.png" in res.skipped[0]
+    assert RunConfig.load(tmp_path / "b" / "config.json").data.n_train == 39

@@ -74,6 +74,8 @@ def train_cmd(
     logic: Annotated[str, typer.Option(help="disease|joint|hierarchical|nonhierarchical|classifier")] = "disease",
     groups: Annotated[Path | None, typer.Option(help="groups CSV image_id,group[,disease]")] = None,
     init: Annotated[Path | None, typer.Option(help="run folder to fine-tune from")] = None,
+    feedback: Annotated[Path | None, typer.Option(help="feedback database from `chaiderm serve`")] = None,
+    feedback_weight: float = 1.0,
     split: Annotated[str | None, typer.Option(help="training split (ISIC: train)")] = None,
     val_data: Annotated[Path | None, typer.Option(help="validation data (default: same folder, split val)")] = None,
     val_split: str | None = None,
@@ -259,6 +261,50 @@ def query(
     for name, prob in results:
         typer.echo(f"{name}\t{predictor.positive_class}_probability={prob:.3f}")
     console.print(f"reports in {out}/")
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help="trained run folder")],
+    index: Annotated[Path, typer.Option(help="index folder")],
+    db: Annotated[Path, typer.Option(help="SQLite file for queries and feedback")] = Path("chaiderm-feedback.db"),
+    host: Annotated[str, typer.Option(help="bind address (loopback unless told otherwise)")] = "127.0.0.1",
+    port: int = 8000,
+    max_upload_mb: int = 20,
+) -> None:
+    """Serve the evidence viewer (query page + JSON API) and record users' similarity judgements."""
+    import uvicorn
+
+    from chaiderm.web.app import create_app
+
+    with _errors():
+        application = create_app(model, index, db, max_upload=max_upload_mb * 1_000_000)
+        console.print(f"evidence viewer on http://{host}:{port}/ (feedback in {db})")
+        uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def annotate(
+    data: Annotated[Path, typer.Option(help="images to sort (ISIC 2017 folder or generic folder)")],
+    out: Annotated[Path, typer.Option(help="groups CSV to write (resumed if it exists)")],
+    split: Annotated[str | None, typer.Option(help="ISIC split (default train)")] = None,
+    mode: Annotated[str, typer.Option(help="hierarchical (one disease at a time) or joint (disease-blind)")] = (
+        "hierarchical"
+    ),
+    host: str = "127.0.0.1",
+    port: int = 8001,
+) -> None:
+    """A page for sorting images into visual-similarity groups; writes `chaiderm train --groups` CSVs."""
+    import uvicorn
+
+    from chaiderm.data.records import is_isic2017, load_table
+    from chaiderm.web.annotate import create_annotate_app
+
+    with _errors():
+        table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")))
+        application = create_annotate_app(table, out, mode=mode)
+        console.print(f"annotator on http://{host}:{port}/ ({len(table)} images, saving to {out})")
+        uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -12,9 +12,10 @@ class ChaidermError(Exception):
 class DataError(ChaidermError, ValueError):
     """Bad input data: the message starts with the offending path."""
 
-    def __init__(self, path: str | Path | None, problem: str):
+    def __init__(self, path: str | Path | None, problem: str, *, code: str = "invalid"):
         self.path = None if path is None else str(path)
         self.problem = problem
+        self.code = code  # machine-readable kind: invalid, missing, empty, not_image, corrupt, too_large
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 

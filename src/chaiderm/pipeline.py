@@ -11,16 +11,30 @@ import numpy as np
 import torch
 
 from chaiderm.config import RunConfig
+from chaiderm.data.feedback import FeedbackStore, read_feedback_triplets
 from chaiderm.data.images import load_image
 from chaiderm.data.records import ImageTable
 from chaiderm.data.transforms import center_crop, prepare, resize_square, to_tensor
 from chaiderm.errors import ArtifactError
 from chaiderm.evidence.maps import activation_map_pairs
+from chaiderm.evidence.render import render_heatmap, to_png_bytes
 from chaiderm.index.archive import ArchiveIndex
 from chaiderm.index.knn import knn_vote
 from chaiderm.interfaces import Neighbor, Prediction
 from chaiderm.models.embedding import WEIGHTS, EmbeddingNet, load_model
 from chaiderm.models.inference import embed
+
+__all__ = [
+    "FeedbackStore",
+    "Predictor",
+    "QueryResult",
+    "build_index",
+    "load_image",
+    "read_feedback_triplets",
+    "render_heatmap",
+    "to_png_bytes",
+    "weights_digest",
+]
 
 
 def weights_digest(run_dir: str | Path) -> str:
@@ -79,6 +93,7 @@ class QueryResult:
     qams: np.ndarray  # (k, h, w)
     rams: np.ndarray  # (k, h, w)
     embedding: np.ndarray
+    maps: np.ndarray  # the query's own evidence maps (D, h, w)
 
 
 class Predictor:
@@ -155,7 +170,18 @@ class Predictor:
             qams, rams = activation_map_pairs(g[0], self.result_maps(idx))
         else:
             qams = rams = np.zeros((0, 1, 1), np.float32)
-        return QueryResult(pred, square, qams, rams, e[0])
+        return QueryResult(pred, square, qams, rams, e[0], g[0])
+
+    def pair_maps(self, result: QueryResult, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """QAM and RAM between a query and any archive image (listed neighbour or not)."""
+        row = self.index.row_of(image_id)
+        if row is None:
+            raise KeyError(image_id)
+        for n, qam, ram in zip(result.prediction.neighbors, result.qams, result.rams, strict=False):
+            if n.image_id == image_id:
+                return qam, ram
+        qams, rams = activation_map_pairs(result.maps, self.result_maps(np.array([row])))
+        return qams[0], rams[0]
 
     def embed_table(self, table: ImageTable, *, skip_bad: bool = False) -> tuple[np.ndarray, list[int]]:
         images, ok, _ = prepare(table.paths, self.cfg.model.load_size, skip_bad=skip_bad)

@@ -17,30 +17,32 @@ MAX_PIXELS = 50_000_000  # larger images are refused before their pixels are dec
 def _open(src: str | Path | bytes, name: str) -> Image.Image:
     if isinstance(src, bytes | bytearray):
         if len(src) == 0:
-            raise DataError(name, "empty file")
+            raise DataError(name, "empty file", code="empty")
         fh: io.BytesIO | Path = io.BytesIO(src)
     else:
         fh = Path(src)
         if not fh.exists():
-            raise DataError(name, "file not found")
+            raise DataError(name, "file not found", code="missing")
         if fh.stat().st_size == 0:
-            raise DataError(name, "empty file")
+            raise DataError(name, "empty file", code="empty")
     try:
         with warnings.catch_warnings():
             # PIL's own bomb check is a warning below 2x its limit; ours is exact and explicit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(fh)
     except UnidentifiedImageError:
-        raise DataError(name, "not an image file (format not recognised)") from None
+        raise DataError(name, "not an image file (format not recognised)", code="not_image") from None
     except Image.DecompressionBombError:
-        raise DataError(name, f"image has more than {MAX_PIXELS:,} pixels; refused") from None
+        raise DataError(name, f"image has more than {MAX_PIXELS:,} pixels; refused", code="too_large") from None
     except OSError as e:
-        raise DataError(name, f"cannot read image ({e})") from None
+        raise DataError(name, f"cannot read image ({e})", code="corrupt") from None
     w, h = img.size
     if w * h > MAX_PIXELS:
-        raise DataError(name, f"image is {w}x{h} = {w * h:,} pixels, over the {MAX_PIXELS:,} limit; refused")
+        raise DataError(
+            name, f"image is {w}x{h} = {w * h:,} pixels, over the {MAX_PIXELS:,} limit; refused", code="too_large"
+        )
     if w == 0 or h == 0:
-        raise DataError(name, "image has zero size")
+        raise DataError(name, "image has zero size", code="corrupt")
     return img
 
 
@@ -77,7 +79,7 @@ def load_image(src: str | Path | bytes, name: str | None = None) -> np.ndarray:
     except DataError:
         raise
     except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(name, f"corrupt or truncated image ({e})") from None
+        raise DataError(name, f"corrupt or truncated image ({e})", code="corrupt") from None
 
 
 def load_mask(path: str | Path) -> np.ndarray:

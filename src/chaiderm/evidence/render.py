@@ -51,3 +51,8 @@ def thumbnail(image: np.ndarray, side: int = 224) -> np.ndarray:
     img = Image.fromarray(image)
     img.thumbnail((side, side), Image.BILINEAR)
     return np.asarray(img)
+
+
+def render_heatmap(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The colourised map alone, upsampled to ``size``: a page overlays it with its own opacity."""
+    return colourise(normalise(upsample(amap, size)))

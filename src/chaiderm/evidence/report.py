@@ -80,7 +80,10 @@ def render_html(record: dict[str, Any]) -> str:
     cards, pairs = [], []
     for n in record["neighbors"]:
         cls = "mel" if n["diagnosis"] == pos else ""
-        label = f"#{n['rank']} {e(n['image_id'])}<br>{e(n['diagnosis'])}<br>{e(str(n['group'] or '-'))}<br>d={n['distance']:.3f}"
+        label = (
+            f"#{n['rank']} {e(n['image_id'])}<br>{e(n['diagnosis'])}<br>{e(str(n['group'] or '-'))}"
+            f"<br>d={n['distance']:.3f}"
+        )
         cards.append(
             f'<figure class="{cls}"><img src="{e(n["image"])}" alt="result {n["rank"]}">'
             f"<figcaption>{label}</figcaption></figure>"

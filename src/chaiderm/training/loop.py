@@ -23,15 +23,17 @@ from sklearn.metrics import roc_auc_score
 import chaiderm
 from chaiderm._io import write_json
 from chaiderm.config import RunConfig
+from chaiderm.data.feedback import FeedbackTriplets
+from chaiderm.data.images import load_image
 from chaiderm.data.records import ImageTable, check_nested
 from chaiderm.data.sampler import m_per_class_batches
-from chaiderm.data.transforms import augment, prepare, to_tensor
+from chaiderm.data.transforms import augment, prepare, resize_square, to_tensor
 from chaiderm.errors import ArtifactError, DataError
 from chaiderm.index.faiss_index import exact_search
 from chaiderm.index.knn import knn_vote, relevance_at_k
 from chaiderm.losses.logic import encode_labels, get_rule
 from chaiderm.losses.miners import sample_triplets
-from chaiderm.losses.triplet import ChaiTripletLoss
+from chaiderm.losses.triplet import ChaiTripletLoss, chai_triplet_loss
 from chaiderm.models.embedding import EmbeddingNet, build_model, load_model, save_model
 from chaiderm.models.inference import embed
 from chaiderm.training.checkpoint import load_checkpoint, save_checkpoint
@@ -135,6 +137,35 @@ def _batches(cfg: RunConfig, dis: np.ndarray, grp: np.ndarray, rng: np.random.Ge
         yield idx, None
 
 
+@dataclass
+class _Feedback:
+    queries: np.ndarray  # (Q, S, S, 3) uint8
+    triplets: np.ndarray  # (T, 3): query index, similar row, not-similar row (rows of the training table)
+
+
+def _prepare_feedback(fb: FeedbackTriplets, train_p: _Prepared, load_size: int) -> _Feedback:
+    rows = {iid: i for i, iid in enumerate(train_p.table.image_ids)}
+    trip = [(q, rows[p], rows[n]) for q, p, n in fb.triplets if p in rows and n in rows]
+    if not trip:
+        raise DataError(None, "feedback: no usable (similar, not similar) pair refers to a training image")
+    queries = np.stack(
+        [resize_square(load_image(b, name=f"feedback query {i}"), load_size) for i, b in enumerate(fb.query_images)]
+    )
+    return _Feedback(queries, np.asarray(trip, dtype=np.int64))
+
+
+def _feedback_loss(
+    model: EmbeddingNet, fb: _Feedback, train_p: _Prepared, cfg: RunConfig, rng: np.random.Generator
+) -> torch.Tensor:
+    """Eq. 1 on user-judged triplets (query, clicked similar, clicked not similar)."""
+    n = min(len(fb.triplets), max(1, cfg.train.batch_size // 6))
+    pick = fb.triplets[rng.choice(len(fb.triplets), n, replace=False)]
+    imgs = np.concatenate([fb.queries[pick[:, 0]], train_p.images[pick[:, 1]], train_p.images[pick[:, 2]]])
+    x = to_tensor(augment(imgs, cfg.model.image_size, rng), model.mean, model.std)
+    emb = _forward_chunks(model, x, cfg.train.chunk_size, model)
+    return chai_triplet_loss(emb[:n], emb[n : 2 * n], emb[2 * n :], cfg.train.margin).mean()
+
+
 def train(
     cfg: RunConfig,
     train_table: ImageTable,
@@ -148,6 +179,7 @@ def train(
     on_step: StepCallback | None = None,
     on_epoch: EpochCallback | None = None,
     on_prepare: Callable[[], None] | None = None,
+    feedback: FeedbackTriplets | None = None,
 ) -> TrainResult:
     """Train an embedding and write ``out/{config.json, model.safetensors, history.json, checkpoints/}``."""
     run_dir = Path(out)
@@ -193,6 +225,8 @@ def train(
     cfg.data.train_fingerprint = train_p.table.fingerprint()
     cfg.data.n_train, cfg.data.n_val = len(train_p.table), 0 if val_p is None else len(val_p.table)
 
+    fb = _prepare_feedback(feedback, train_p, cfg.model.load_size) if feedback is not None else None
+
     dis, _ = encode_labels(train_p.table.diagnoses)
     grp, _ = encode_labels(train_p.table.groups)
     loss_fn = ChaiTripletLoss(get_rule(t.logic), t.margin, t.reduction) if t.logic != "classifier" else None
@@ -229,6 +263,8 @@ def train(
             else:
                 emb = _forward_chunks(model, x, t.chunk_size, model)
                 loss = loss_fn(emb, dis[idx], grp[idx], indices_tuple=triplets)
+            if fb is not None:
+                loss = loss + t.feedback_weight * _feedback_loss(model, fb, train_p, cfg, rng)
             opt.zero_grad(set_to_none=True)
             if loss.requires_grad:
                 loss.backward()

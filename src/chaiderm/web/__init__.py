@@ -1,0 +1,1 @@
+"""Web interfaces: the evidence viewer (``chaiderm serve``) and the group annotator (``chaiderm annotate``)."""

@@ -1,0 +1,55 @@
+"""Request and response bodies of the JSON API (names fixed by the API contract)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class NeighborOut(BaseModel):
+    rank: int
+    image_id: str
+    diagnosis: str
+    group: str | None
+    distance: float
+    image_url: str
+    qam_url: str
+    ram_url: str
+
+
+class QueryOut(BaseModel):
+    query_id: str
+    melanoma_probability: float
+    k: int
+    query_image_url: str
+    neighbors: list[NeighborOut]
+
+
+class FeedbackIn(BaseModel):
+    query_id: str = Field(min_length=1, max_length=64)
+    image_id: str = Field(min_length=1, max_length=256)
+    relevant: bool
+
+
+class FeedbackOut(BaseModel):
+    ok: bool
+    feedback_id: int
+
+
+class AssignIn(BaseModel):
+    image_id: str = Field(min_length=1, max_length=256)
+    group: str | None = Field(default=None, max_length=200)
+
+
+class RenameIn(BaseModel):
+    old: str = Field(min_length=1, max_length=200)
+    new: str = Field(min_length=1, max_length=200)
+
+
+class MergeIn(BaseModel):
+    source: str = Field(min_length=1, max_length=200)
+    target: str = Field(min_length=1, max_length=200)
+
+
+class CreateGroupIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    disease: str | None = None

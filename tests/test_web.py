@@ -1,0 +1,104 @@
+import io
+import sqlite3
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from chaiderm.data.images import MAX_PIXELS
+from chaiderm.data.records import load_table
+from chaiderm.models import build_model, save_model
+from chaiderm.pipeline import build_index
+from chaiderm.web.app import create_app
+from tests.conftest import tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def served(synth_dir, tmp_path_factory):
+    """A tiny (untrained) model and its index over the synthetic archive."""
+    import torch
+
+    d = tmp_path_factory.mktemp("served")
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    model = build_model(cfg.model).eval()
+    save_model(model, d / "run", cfg)
+    table = load_table(synth_dir, "train").subset(range(80))
+    index, _ = build_index(model, cfg, table, model_dir=d / "run")
+    index.save(d / "ix")
+    return d
+
+
+@pytest.fixture
+def client(served, tmp_path):
+    app = create_app(served / "run", served / "ix", tmp_path / "fb.db", max_upload=200_000)
+    with TestClient(app) as c:
+        c.db = tmp_path / "fb.db"
+        yield c
+
+
+def _png(synth_dir, name="SYN_test_00000.png") -> bytes:
+    return (synth_dir / "test" / "images" / name).read_bytes()
+
+
+def test_query_maps_feedback_flow(client, synth_dir):
+    assert client.get("/healthz").json() == {"status": "ok", "archive": 80}
+    r = client.post("/api/query", files={"image": ("q.png", _png(synth_dir), "image/png")}, data={"k": "7"})
+    assert r.status_code == 200, r.text
+    q = r.json()
+    assert q["k"] == 7 and len(q["neighbors"]) == 7 and 0 <= q["melanoma_probability"] <= 1
+    n = q["neighbors"][0]
+    assert {"image_id", "diagnosis", "group", "distance", "qam_url", "ram_url"} <= set(n)
+    for url in (n["qam_url"], n["ram_url"], q["query_image_url"], n["image_url"]):
+        resp = client.get(url)
+        assert resp.status_code == 200 and resp.content[:4] in (b"\x89PNG", b"\xff\xd8\xff\xe0")
+    # another k without re-uploading
+    r5 = client.get(f"/api/query/{q['query_id']}?k=5").json()
+    assert r5["query_id"] == q["query_id"] and len(r5["neighbors"]) == 5
+    assert [x["image_id"] for x in r5["neighbors"]] == [x["image_id"] for x in q["neighbors"][:5]]
+    r = client.post("/api/feedback", json={"query_id": q["query_id"], "image_id": n["image_id"], "relevant": True})
+    assert r.status_code == 200 and r.json()["ok"]
+    rows = sqlite3.connect(client.db).execute("SELECT query_id, image_id, relevant FROM feedback").fetchall()
+    assert rows == [(q["query_id"], n["image_id"], 1)]
+    assert client.post("/api/feedback", json={"query_id": "nope", "image_id": n["image_id"],
+                                              "relevant": False}).status_code == 404
+    assert client.post("/api/feedback", json={"query_id": q["query_id"], "image_id": "nope",
+                                              "relevant": False}).status_code == 404
+
+
+def test_archive_query_excludes_itself(client):
+    r = client.post("/api/query", data={"archive_id": "SYN_train_00003", "k": "5"})
+    assert r.status_code == 200
+    assert "SYN_train_00003" not in [n["image_id"] for n in r.json()["neighbors"]]
+
+
+def test_bad_uploads(client, synth_dir):
+    r = client.post("/api/query", files={"image": ("x.txt", b"hello, not an image", "text/plain")})
+    assert r.status_code == 415 and "not an image" in r.json()["detail"]
+    data = _png(synth_dir)
+    r = client.post("/api/query", files={"image": ("t.png", data[: len(data) // 2], "image/png")})
+    assert r.status_code == 400 and "truncated" in r.json()["detail"]
+    r = client.post("/api/query", files={"image": ("big.bin", b"\0" * 300_000, "image/png")})
+    assert r.status_code == 413
+    side = int(np.sqrt(MAX_PIXELS)) + 10
+    buf = io.BytesIO()
+    Image.new("1", (side, side)).save(buf, "PNG")  # small file, huge image
+    r = client.post("/api/query", files={"image": ("huge.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 413 and "pixels" in r.json()["detail"]
+    assert client.post("/api/query", files={"image": ("q.png", data, "image/png")}, data={"k": "99"}).status_code == 422
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "SYN_train_99999", "%00"])
+def test_archive_images_by_id_only(client, bad):
+    assert client.get(f"/api/images/{bad}").status_code == 404
+
+
+def test_archive_image_served(client):
+    r = client.get("/api/images/SYN_train_00001")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+
+
+def test_query_page_served(client):
+    html = client.get("/").text
+    assert "evidence viewer" in html and "/api/query" in html and "similar" in html
