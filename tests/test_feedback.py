@@ -1,4 +1,5 @@
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def test_fine_tuning_on_clicks_moves_similar_items_up(synth_dir, tmp_path):
     store = FeedbackStore(tmp_path / "fb.db")
     marked_pos, marked_neg = [], []
     for qi, path in enumerate(test.paths):
-        qid = store.add_query(open(path, "rb").read())
+        qid = store.add_query(Path(path).read_bytes())
         order = sorted((r, iid) for (q, iid), r in before.items() if q == qi)
         for _, iid in order[40:42]:
             store.add_feedback(qid, iid, True)

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 from PIL import Image
-from tests.conftest import SHARED
 
 from chaiderm.data.records import attach_groups, check_nested, load_table, read_folder, read_groups, read_isic2017
 from chaiderm.errors import DataError
+from tests.conftest import SHARED
 
 
 def _img(path, side=20):

@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 from safetensors.torch import load_file
-from tests.conftest import tiny_cfg
 
 from chaiderm.config import RunConfig
 from chaiderm.data.records import load_table
@@ -11,6 +10,7 @@ from chaiderm.errors import ArtifactError, DataError
 from chaiderm.evaluation.retrieval import evaluate_retrieval
 from chaiderm.models import build_model, load_model
 from chaiderm.training import train
+from tests.conftest import tiny_cfg
 
 
 @pytest.fixture(scope="module")

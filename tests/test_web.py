@@ -61,10 +61,18 @@ def test_query_maps_feedback_flow(client, synth_dir):
     assert r.status_code == 200 and r.json()["ok"]
     rows = sqlite3.connect(client.db).execute("SELECT query_id, image_id, relevant FROM feedback").fetchall()
     assert rows == [(q["query_id"], n["image_id"], 1)]
-    assert client.post("/api/feedback", json={"query_id": "nope", "image_id": n["image_id"],
-                                              "relevant": False}).status_code == 404
-    assert client.post("/api/feedback", json={"query_id": q["query_id"], "image_id": "nope",
-                                              "relevant": False}).status_code == 404
+    assert (
+        client.post(
+            "/api/feedback", json={"query_id": "nope", "image_id": n["image_id"], "relevant": False}
+        ).status_code
+        == 404
+    )
+    assert (
+        client.post(
+            "/api/feedback", json={"query_id": q["query_id"], "image_id": "nope", "relevant": False}
+        ).status_code
+        == 404
+    )
 
 
 def test_archive_query_excludes_itself(client):
