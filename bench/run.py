@@ -5,7 +5,9 @@ Sections (figures merged into ``bench/results.json`` with the machine and date):
 - ``query``: one query = embed + exact search over 2000 archive images + 10 QAM/RAM pairs;
 - ``ann``: IVF search over 1,000,000 synthetic 1024-d embeddings, k=10, recall@10 against exact search;
 - ``normalise``: L2-normalised vs raw embeddings, Disease logic on ISIC 2017 train, val AUC per epoch
-  (needs the ISIC data).
+  (needs the ISIC data);
+- ``serve``: 8 concurrent clients against ``chaiderm serve`` for a minute: query p50/p95 with 10
+  evidence pairs, errors, and feedback rows written vs clicks sent.
 ISIC images are used where ``--isic`` (default ``../shared/data/isic2017``) exists; otherwise
 synthetic 256x256 images stand in for the throughput and latency sections.
 """
@@ -58,13 +60,15 @@ def bench_train(isic: Path, tmp: Path) -> dict:
     }
 
 
-def bench_query(isic: Path, tmp: Path, n_queries: int = 40) -> dict:
+def _model_and_index(isic: Path, tmp: Path):
+    """Lite0 embedding (ImageNet backbone, seeded head) and an index over 2000 archive images."""
     from chaiderm.config import ModelConfig, RunConfig
-    from chaiderm.data.images import load_image
     from chaiderm.models.embedding import build_model, save_model
-    from chaiderm.pipeline import Predictor, build_index
+    from chaiderm.pipeline import build_index
 
     table, source = _archive(isic, 2000, tmp)
+    if (tmp / "qindex").exists():
+        return table, source, 0.0
     torch.manual_seed(0)
     cfg = RunConfig(model=ModelConfig())
     model = build_model(cfg.model).eval()
@@ -72,7 +76,14 @@ def bench_query(isic: Path, tmp: Path, n_queries: int = 40) -> dict:
     t = time.perf_counter()
     index, _ = build_index(model, cfg, table, model_dir=tmp / "qmodel")
     index.save(tmp / "qindex")
-    build_s = time.perf_counter() - t
+    return table, source, time.perf_counter() - t
+
+
+def bench_query(isic: Path, tmp: Path, n_queries: int = 40) -> dict:
+    from chaiderm.data.images import load_image
+    from chaiderm.pipeline import Predictor
+
+    table, source, build_s = _model_and_index(isic, tmp)
     pred = Predictor.load(tmp / "qmodel", tmp / "qindex")
     images = [load_image(p) for p in table.paths[:n_queries]]
     pred.predict(images[0], k=10)  # warm-up
@@ -89,7 +100,7 @@ def bench_query(isic: Path, tmp: Path, n_queries: int = 40) -> dict:
     ms = np.array(times) * 1000
     return {
         "data": source,
-        "archive": len(index),
+        "archive": len(pred.index),
         "k": 10,
         "evidence_pairs": 10,
         "queries": n_queries,
@@ -183,7 +194,126 @@ def bench_normalise(isic: Path, tmp: Path, epochs: int = 2) -> dict:
     return {"data": "ISIC 2017 train -> val (150)", "k": 20, "epochs": epochs, **out}
 
 
-SECTIONS = {"train": bench_train, "query": bench_query, "ann": bench_ann, "normalise": bench_normalise}
+def bench_serve(isic: Path, tmp: Path, clients: int = 8, seconds: float = 60.0) -> dict:
+    """``chaiderm serve`` in its own process; 8 client threads query (k=10: 10 QAM/RAM pairs computed),
+    fetch the selected neighbour's QAM and RAM, and click "similar", for a minute."""
+    import socket
+    import sqlite3
+    import subprocess
+    import threading
+
+    import httpx
+
+    table, source, _ = _model_and_index(isic, tmp)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    db = tmp / "serve.db"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chaiderm.cli",
+            "serve",
+            "--model",
+            str(tmp / "qmodel"),
+            "--index",
+            str(tmp / "qindex"),
+            "--db",
+            str(db),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError("server did not start: " + proc.stderr.read().decode()[-2000:])
+            time.sleep(0.5)
+        payloads = [Path(p).read_bytes() for p in table.paths[:50]]
+        q_lat: list[float] = []
+        m_lat: list[float] = []
+        errors: list[str] = []
+        sent = [0]
+        lock = threading.Lock()
+        stop = time.time() + seconds
+
+        def client(worker: int) -> None:
+            rng = np.random.default_rng(worker)
+            with httpx.Client(base_url=base, timeout=60) as c:
+                while time.time() < stop:
+                    data = payloads[int(rng.integers(len(payloads)))]
+                    try:
+                        t0 = time.perf_counter()
+                        r = c.post("/api/query", files={"image": ("q.jpg", data, "image/jpeg")}, data={"k": "10"})
+                        t1 = time.perf_counter()
+                        r.raise_for_status()
+                        q = r.json()
+                        n = q["neighbors"][int(rng.integers(10))]
+                        c.get(n["qam_url"]).raise_for_status()
+                        c.get(n["ram_url"]).raise_for_status()
+                        t2 = time.perf_counter()
+                        c.post(
+                            "/api/feedback",
+                            json={
+                                "query_id": q["query_id"],
+                                "image_id": n["image_id"],
+                                "relevant": bool(rng.integers(2)),
+                            },
+                        ).raise_for_status()
+                        with lock:
+                            q_lat.append(t1 - t0)
+                            m_lat.append(t2 - t1)
+                            sent[0] += 1
+                    except (httpx.HTTPError, KeyError, ValueError) as e:
+                        with lock:
+                            errors.append(repr(e)[:200])
+
+        threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    rows = sqlite3.connect(db).execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+    ms = np.array(q_lat) * 1000
+    return {
+        "data": source,
+        "archive": len(table),
+        "clients": clients,
+        "seconds": seconds,
+        "k": 10,
+        "evidence_pairs_per_query": 10,
+        "queries": len(q_lat),
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "feedback_sent": sent[0],
+        "feedback_rows": int(rows),
+        "query_p50_ms": float(np.median(ms)),
+        "query_p95_ms": float(np.percentile(ms, 95)),
+        "maps_pair_p50_ms": float(np.median(m_lat) * 1000),
+        "queries_per_s": len(q_lat) / seconds,
+    }
+
+
+SECTIONS = {
+    "train": bench_train,
+    "query": bench_query,
+    "ann": bench_ann,
+    "normalise": bench_normalise,
+    "serve": bench_serve,
+}
 
 
 def main() -> None:
