@@ -20,7 +20,10 @@ def test_flat_search_is_exact_squared_l2(rng):
     np.testing.assert_allclose(d, np.sort(brute, axis=1)[:, :7], rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind,params", [("ivf", {"nlist": 16, "nprobe": 8}), ("hnsw", {})])
+@pytest.mark.parametrize(
+    "kind,params",
+    [("ivf", {"nlist": 16, "nprobe": 8, "pca_dim": 24, "k_factor": 16}), ("ivf", {"nlist": 16, "nprobe": 8}), ("hnsw", {})],
+)
 def test_approximate_indexes_recall(rng, kind, params):
     x = _clustered(3000, 32, rng)
     q = _clustered(50, 32, rng)
@@ -28,6 +31,9 @@ def test_approximate_indexes_recall(rng, kind, params):
     _, approx = build_faiss(x, kind, **params).search(q, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx, strict=True)])
     assert recall >= 0.9
+    if kind == "ivf":  # candidates are re-ranked on full vectors: returned distances are exact
+        d_approx, i_approx = build_faiss(x, kind, **params).search(q[:1], 3)
+        np.testing.assert_allclose(d_approx[0], ((x[i_approx[0]] - q[0]) ** 2).sum(1), rtol=1e-4)
 
 
 def test_knn_vote_and_relevance():

@@ -196,7 +196,7 @@ def index_cmd(
     groups: Path | None = None,
     kind: Annotated[str, typer.Option(help="flat (exact), ivf or hnsw (approximate)")] = "flat",
     nlist: int | None = None,
-    nprobe: int = 16,
+    nprobe: int = 128,
     store_maps: Annotated[bool, typer.Option(help="keep archive evidence maps for fast QAM/RAM")] = True,
     skip_bad: bool = False,
 ) -> None:
