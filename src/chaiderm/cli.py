@@ -82,7 +82,7 @@ def train_cmd(
     backbone: str = "efficientnet_lite0",
     weights: Annotated[Path | None, typer.Option(help="backbone weights file (e.g. AlexNet)")] = None,
     pretrained: bool = True,
-    normalize: bool = True,
+    normalize: bool = False,
     head: str = "conv",
     image_size: int = 224,
     load_size: int = 256,

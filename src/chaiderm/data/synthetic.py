@@ -9,7 +9,8 @@ Disease cues (the signal an embedding must learn):
 - nevus: symmetric, smooth border, one or two browns, a regular pigment network that fades out.
 
 Group cues (what a non-expert sorts by, and what an untrained embedding sees first): lesion size
-(small / large) and skin tone (pale / tan). Hair and lighting vary freely as nuisances.
+(small / large) and skin tone (pale / tan). Hair and lighting vary freely as nuisances, and at the
+"standard" difficulty so do the dermoscope's contrast curve and colour cast.
 Hierarchical groups are ``<disease>/<size>-<tone>``; disease-blind (joint) groups drop the prefix.
 Every cue is drawn with a disease-dependent probability (``CUE_PROBABILITY``) and colours come
 from one shared palette, so no single cue decides the label; 20% of cases also get an atypical
@@ -250,6 +251,11 @@ def make_case(seed: int, index: int, diagnosis: str, size: int = 128, difficulty
         img *= v[..., None]
     img *= rng.uniform(0.85, 1.1) * (1 + rng.normal(0, 0.04, 3))  # exposure and white balance
     img += rng.normal(0, 3, img.shape)
+    if difficulty == "standard":
+        # acquisition differences between dermoscopes (contrast curve, colour cast): they dominate generic
+        # image features without saying anything about the disease, so an embedding must learn to ignore them
+        img = 255.0 * (np.clip(img, 0, 255) / 255.0) ** rng.uniform(0.65, 1.5)
+        img *= 1 + rng.normal(0, 0.1, 3)
     group_blind = f"{lesion_size}-{tone}"
     return SyntheticCase(
         image=np.clip(img, 0, 255).astype(np.uint8),
