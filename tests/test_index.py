@@ -22,7 +22,11 @@ def test_flat_search_is_exact_squared_l2(rng):
 
 @pytest.mark.parametrize(
     "kind,params",
-    [("ivf", {"nlist": 16, "nprobe": 8, "pca_dim": 24, "k_factor": 16}), ("ivf", {"nlist": 16, "nprobe": 8}), ("hnsw", {})],
+    [
+        ("ivf", {"nlist": 16, "nprobe": 8, "pca_dim": 24, "k_factor": 16}),
+        ("ivf", {"nlist": 16, "nprobe": 8}),
+        ("hnsw", {}),
+    ],
 )
 def test_approximate_indexes_recall(rng, kind, params):
     x = _clustered(3000, 32, rng)
