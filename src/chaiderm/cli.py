@@ -114,9 +114,14 @@ def train_cmd(
         val_table = None
         vd = val_data or data
         vs = val_split or ("val" if is_isic2017(vd) else _split_of(vd, "val"))
-        if val_data is not None or vs is not None:
-            with contextlib.suppress(ChaidermError):
+        if val_data is not None or val_split is not None:
+            val_table = load_table(vd, vs, groups)  # asked for explicitly: a bad one is an error
+        elif vs is not None:
+            # found by convention (ISIC validation split, or a val/ sub-folder): train without if unreadable
+            try:
                 val_table = load_table(vd, vs, groups)
+            except ChaidermError as e:
+                console.print(f"[yellow]warning:[/yellow] no validation data ({e}); training without it")
         cfg = RunConfig(
             model=ModelConfig(
                 backbone=backbone,
@@ -180,7 +185,8 @@ def _run_training(cfg, table, out, **kw):
             p.update(tasks[epoch], completed=step, info=f"loss {loss:.4f}")
 
         def on_epoch(epoch: int, rec: dict) -> None:
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in rec.items() if k.startswith("val_") or k == "images_per_s")
+            shown = " ".join(f"{k[4:]} {rec[k]:.3f}" for k in ("val_auc", "val_rel") if k in rec)
+            shown += f" {rec['images_per_s']:.0f} img/s"
             if epoch in tasks:
                 p.update(tasks[epoch], info=shown)
 
@@ -246,7 +252,7 @@ def query(
         for path in images:
             img = load_image(path)
             res = predictor.predict(img, k=k, image_id=path.stem)
-            neigh = [predictor._square(load_image(n.image_path)) for n in res.prediction.neighbors]
+            neigh = predictor.neighbor_images(res)
             write_query_report(
                 out,
                 path.stem,

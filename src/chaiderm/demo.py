@@ -85,7 +85,7 @@ def run_demo(out: str | Path, s: DemoSettings, log: Callable[[str], None] = prin
     for i in range(min(s.queries, len(test_t))):
         img = load_image(test_t.paths[i])
         res = predictor.predict(img, k=s.k, image_id=test_t.image_ids[i])
-        neigh = [predictor._square(load_image(n.image_path)) for n in res.prediction.neighbors]
+        neigh = predictor.neighbor_images(res)
         rec = write_query_report(
             out / "queries",
             test_t.image_ids[i],

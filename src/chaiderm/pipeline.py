@@ -118,11 +118,12 @@ class Predictor:
             )
         return cls(model, cfg, index)
 
-    def _square(self, image: np.ndarray) -> np.ndarray:
+    def square(self, image: np.ndarray) -> np.ndarray:
+        """The image as the network sees it before cropping: square, ``load_size`` on a side."""
         return resize_square(image, self.cfg.model.load_size)
 
     @torch.inference_mode()
-    def _maps(self, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def embed_square(self, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = to_tensor(center_crop(squares, self.cfg.model.image_size), self.model.mean, self.model.std)
         g, e = self.model.evidence_maps(x)
         return g.numpy(), e.numpy()
@@ -131,8 +132,8 @@ class Predictor:
         """Evidence maps of archive rows: stored ones if the index kept them, else recomputed."""
         if self.index.maps is not None:
             return np.asarray(self.index.maps[rows], dtype=np.float32)
-        squares = np.stack([self._square(load_image(self.index.paths[r])) for r in rows])
-        return self._maps(squares)[0]
+        squares = np.stack([self.square(load_image(self.index.paths[r])) for r in rows])
+        return self.embed_square(squares)[0]
 
     def predict(
         self,
@@ -146,8 +147,8 @@ class Predictor:
         """Classify one decoded RGB image by kNN vote, with its neighbours and QAM/RAM pairs."""
         if k < 1:
             raise ValueError("k must be at least 1")
-        square = self._square(image)
-        g, e = self._maps(square[None])
+        square = self.square(image)
+        g, e = self.embed_square(square[None])
         extra = 1 if exclude_id is not None else 0
         dist, idx = self.index.search(e, k + extra)
         dist, idx = dist[0], idx[0]
@@ -171,6 +172,10 @@ class Predictor:
         else:
             qams = rams = np.zeros((0, 1, 1), np.float32)
         return QueryResult(pred, square, qams, rams, e[0], g[0])
+
+    def neighbor_images(self, result: QueryResult) -> list[np.ndarray]:
+        """The listed neighbours' images, squared like the query, for reports."""
+        return [self.square(load_image(n.image_path)) for n in result.prediction.neighbors]
 
     def pair_maps(self, result: QueryResult, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """QAM and RAM between a query and any archive image (listed neighbour or not)."""
