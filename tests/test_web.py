@@ -88,7 +88,9 @@ def test_bad_uploads(client, synth_dir):
     r = client.post("/api/query", files={"image": ("t.png", data[: len(data) // 2], "image/png")})
     assert r.status_code == 400 and "truncated" in r.json()["detail"]
     r = client.post("/api/query", files={"image": ("big.bin", b"\0" * 300_000, "image/png")})
-    assert r.status_code == 413
+    assert r.status_code == 413  # refused by its declared length
+    r = client.post("/api/query", files={"image": ("big.bin", b"\0" * 230_000, "image/png")})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]  # within the slack: refused after reading
     side = int(np.sqrt(MAX_PIXELS)) + 10
     buf = io.BytesIO()
     Image.new("1", (side, side)).save(buf, "PNG")  # small file, huge image

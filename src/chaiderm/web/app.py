@@ -5,13 +5,15 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from chaiderm.pipeline import FeedbackStore, Predictor
 from chaiderm.web.dependencies import ViewerState
 from chaiderm.web.routers import viewer
 
 MAX_UPLOAD = 20_000_000
+MULTIPART_SLACK = 64_000  # form boundaries and headers around the file
 
 
 def create_app(
@@ -23,5 +25,14 @@ def create_app(
         yield
 
     app = FastAPI(title="chaiderm", lifespan=lifespan)
+
+    @app.middleware("http")
+    async def refuse_large_bodies(request: Request, call_next):
+        # refuse by the declared size before the multipart body is read and spooled at all
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_upload + MULTIPART_SLACK:
+            return JSONResponse({"detail": f"upload over the {max_upload // 1_000_000} MB limit"}, status_code=413)
+        return await call_next(request)
+
     app.include_router(viewer.router)
     return app
