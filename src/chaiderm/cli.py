@@ -16,6 +16,8 @@ from chaiderm.errors import ChaidermError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evidence-based melanoma classification (CHAI).")
 console = Console(stderr=True)
+groups_app = typer.Typer(no_args_is_help=True, help="Make similarity-group CSVs for training.")
+app.add_typer(groups_app, name="groups")
 
 
 def _progress() -> Progress:
@@ -311,6 +313,71 @@ def annotate(
         application = create_annotate_app(table, out, mode=mode)
         console.print(f"annotator on http://{host}:{port}/ ({len(table)} images, saving to {out})")
         uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@groups_app.command("enhance")
+def groups_enhance(
+    enhance: Annotated[Path, typer.Option(help="ENHANCE folder (crowd/, student/)")],
+    data: Annotated[Path, typer.Option(help="ISIC 2017 folder (its training split is grouped)")],
+    out: Annotated[Path, typer.Option(help="folder for the group CSVs")],
+    split: Annotated[str | None, typer.Option(help="ISIC split (default train)")] = None,
+    n_finetune: Annotated[int, typer.Option(help="annotated images kept for group-based fine-tuning")] = 1000,
+    melanoma_groups: int = 20,
+    sk_groups: int = 12,
+    nevus_groups: int = 15,
+    blind_groups: int = 37,
+    seed: int = 0,
+) -> None:
+    """Group images on non-expert ENHANCE ratings: hierarchical (within disease) and disease-blind.
+
+    Writes groups.csv / groups_blind.csv (the fine-tuning images) and groups_heldout.csv /
+    groups_blind_heldout.csv (the other rated images, for REL only), plus groups_info.json.
+    """
+    from chaiderm._io import write_json, write_text
+    from chaiderm.data.enhance import enhance_groups, read_enhance
+    from chaiderm.data.records import is_isic2017, load_table
+
+    with _errors():
+        table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")))
+        ratings = read_enhance(enhance)
+        per = {"melanoma": melanoma_groups, "seborrheic_keratosis": sk_groups, "nevus": nevus_groups}
+        parts = enhance_groups(
+            ratings,
+            table.image_ids,
+            table.diagnoses,
+            n_finetune=n_finetune,
+            groups_per_disease=per,
+            n_blind=blind_groups,
+            seed=seed,
+        )
+        names = {
+            "finetune": "groups.csv",
+            "heldout": "groups_heldout.csv",
+            "blind_finetune": "groups_blind.csv",
+            "blind_heldout": "groups_blind_heldout.csv",
+        }
+        for key, name in names.items():
+            header = "image_id,group,disease" if not key.startswith("blind") else "image_id,group"
+            lines = [f"{i},{g},{d}" if not key.startswith("blind") else f"{i},{g}" for i, g, d in parts[key]]
+            write_text(out / name, "\n".join([header, *lines]) + "\n")
+        write_json(
+            out / "groups_info.json",
+            {
+                "enhance": str(enhance),
+                "data": str(data),
+                "split": split,
+                "seed": seed,
+                "n_rated": sum(len(parts[k]) for k in ("finetune", "heldout")),
+                "counts": {k: len(v) for k, v in parts.items()},
+                "groups_per_disease": per,
+                "blind_groups": blind_groups,
+                "sources": ratings.sources,
+            },
+        )
+    console.print(
+        f"wrote {', '.join(names.values())} to {out} ({len(parts['finetune'])} fine-tuning images, "
+        f"{len(parts['heldout'])} held out)"
+    )
 
 
 @app.command()
