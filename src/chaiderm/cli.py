@@ -333,8 +333,8 @@ def groups_enhance(
     Writes groups.csv / groups_blind.csv (the fine-tuning images) and groups_heldout.csv /
     groups_blind_heldout.csv (the other rated images, for REL only), plus groups_info.json.
     """
-    from chaiderm._io import write_json, write_text
-    from chaiderm.data.enhance import enhance_groups, read_enhance
+    from chaiderm._io import write_json
+    from chaiderm.data.enhance import GROUP_FILES, enhance_groups, read_enhance, write_group_files
     from chaiderm.data.records import is_isic2017, load_table
 
     with _errors():
@@ -350,16 +350,7 @@ def groups_enhance(
             n_blind=blind_groups,
             seed=seed,
         )
-        names = {
-            "finetune": "groups.csv",
-            "heldout": "groups_heldout.csv",
-            "blind_finetune": "groups_blind.csv",
-            "blind_heldout": "groups_blind_heldout.csv",
-        }
-        for key, name in names.items():
-            header = "image_id,group,disease" if not key.startswith("blind") else "image_id,group"
-            lines = [f"{i},{g},{d}" if not key.startswith("blind") else f"{i},{g}" for i, g, d in parts[key]]
-            write_text(out / name, "\n".join([header, *lines]) + "\n")
+        write_group_files(parts, out)
         write_json(
             out / "groups_info.json",
             {
@@ -375,9 +366,37 @@ def groups_enhance(
             },
         )
     console.print(
-        f"wrote {', '.join(names.values())} to {out} ({len(parts['finetune'])} fine-tuning images, "
+        f"wrote {', '.join(GROUP_FILES.values())} to {out} ({len(parts['finetune'])} fine-tuning images, "
         f"{len(parts['heldout'])} held out)"
     )
+
+
+@app.command()
+def reproduce(
+    isic: Annotated[Path, typer.Option(help="ISIC 2017 folder (challenge layout)")],
+    enhance: Annotated[Path, typer.Option(help="ENHANCE folder (non-expert ratings)")],
+    masks_data: Annotated[Path, typer.Option(help="images with lesion masks for localisation (ham10000_dev)")],
+    out: Annotated[Path, typer.Option(help="output folder; a killed run resumes from it")],
+    seeds: int = 1,
+    epochs: int = 3,
+    finetune_epochs: int = 2,
+    backbone: str = "efficientnet_lite0",
+    image_size: int = 224,
+    n_boot: int = 1000,
+) -> None:
+    """The paper's Table 1: six embeddings, AUC@k, REL@k, map localisation, statistics and figures."""
+    from chaiderm.reproduce import ReproduceSettings, run_reproduce
+
+    s = ReproduceSettings(
+        backbone=backbone,
+        epochs=epochs,
+        finetune_epochs=finetune_epochs,
+        image_size=image_size,
+        seeds=seeds,
+        n_boot=n_boot,
+    )
+    with _errors():
+        run_reproduce(isic, enhance, masks_data, out, s, log=lambda m: console.print(m))
 
 
 @app.command()

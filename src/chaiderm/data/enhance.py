@@ -171,3 +171,23 @@ def enhance_groups(
                 (str(i), str(g), str(d)) for i, g, d in zip(ids[mask], groups[mask], dis[mask], strict=True)
             ]
     return out
+
+
+GROUP_FILES = {
+    "finetune": "groups.csv",
+    "heldout": "groups_heldout.csv",
+    "blind_finetune": "groups_blind.csv",
+    "blind_heldout": "groups_blind_heldout.csv",
+}
+
+
+def write_group_files(parts: dict[str, list[tuple[str, str, str]]], out: str | Path) -> None:
+    """Write the four CSVs (hierarchical ones with a disease column, disease-blind ones without)."""
+    from chaiderm._io import write_text
+
+    out = Path(out)
+    for key, name in GROUP_FILES.items():
+        blind = key.startswith("blind")
+        header = "image_id,group" if blind else "image_id,group,disease"
+        lines = [f"{i},{g}" if blind else f"{i},{g},{d}" for i, g, d in parts[key]]
+        write_text(out / name, "\n".join([header, *lines]) + "\n")

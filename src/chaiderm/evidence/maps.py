@@ -39,3 +39,19 @@ def normalise(amap: np.ndarray) -> np.ndarray:
     """Scale to [0, 1] by the map's own range (a flat map becomes all zeros)."""
     lo, hi = float(amap.min()), float(amap.max())
     return np.zeros_like(amap) if hi <= lo else (amap - lo) / (hi - lo)
+
+
+def similarity_maps(g_q: np.ndarray, g_rs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact spatial decomposition of the GAP dot-product similarity (Stylianou et al., WACV 2019).
+
+    With f(x) = mean over positions of g(x), f_q . f_r = sum_ij S_q(i, j) where
+    S_q(i, j) = sum_z g_z(x_q, i, j) f_z(x_r) / (h w); likewise S_r for the result. Returns
+    ``(S_q (R, h, w), S_r (R, h', w'))`` for one query ``(D, h, w)`` against results ``(R, D, h', w')``.
+    """
+    gq = np.asarray(g_q, dtype=np.float32)
+    gr = np.asarray(g_rs, dtype=np.float32)
+    f_q = gq.mean(axis=(1, 2))
+    f_r = gr.mean(axis=(2, 3))
+    s_q = np.einsum("rz,zij->rij", f_r, gq, optimize=True) / (gq.shape[1] * gq.shape[2])
+    s_r = np.einsum("z,rzij->rij", f_q, gr, optimize=True) / (gr.shape[2] * gr.shape[3])
+    return s_q, s_r

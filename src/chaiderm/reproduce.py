@@ -1,0 +1,340 @@
+"""``chaiderm reproduce``: the paper's Table 1 on ISIC 2017, with the six embeddings of section 2.3.
+
+Protocol (docs/reproduction.md): non-expert groups from ENHANCE (1000 rated training images for
+group-based fine-tuning, the other rated ones held out as REL queries); Baseline = ImageNet
+EfficientNet-Lite0 GAP, not fine-tuned; BaselineFT = the same fine-tuned with a multiclass loss;
+Disease / Joint from ImageNet with triplets; NonHierarchical / Hierarchical fine-tuned from Disease on
+the 1000 annotated images. Choices are made on the validation split; the test split is evaluated once per
+final model. Every finished step is kept on disk, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from chaiderm._io import write_json, write_text
+from chaiderm.config import ModelConfig, RunConfig, TrainConfig
+from chaiderm.data.enhance import GROUP_FILES, enhance_groups, read_enhance, write_group_files
+from chaiderm.data.images import load_mask
+from chaiderm.data.records import ImageTable, attach_groups, load_table, read_folder, read_groups
+from chaiderm.data.transforms import center_crop, prepare, resize_square, to_tensor
+from chaiderm.evaluation.metrics import (
+    bootstrap_auc_ci,
+    calculate_jaccard,
+    calculate_mass_in_mask,
+    centred_gaussian,
+    paired_bootstrap_test,
+)
+from chaiderm.evidence.maps import activation_map_pairs, similarity_maps
+from chaiderm.index.faiss_index import exact_search
+from chaiderm.index.knn import knn_vote
+from chaiderm.losses.logic import encode_labels
+from chaiderm.models.embedding import build_model, load_model, save_model
+from chaiderm.models.inference import embed
+from chaiderm.training import train
+
+VARIANTS = ("Baseline", "BaselineFT", "Disease", "Joint", "NonHierarchical", "Hierarchical")
+KS = (3, 5, 10, 20, 40)
+PAPER = {
+    "auc": {
+        "Baseline": [0.663, 0.675, 0.681, 0.712, 0.691], "BaselineFT": [0.700, 0.714, 0.709, 0.745, 0.742],
+        "Disease": [0.734, 0.744, 0.757, 0.775, 0.776], "Joint": [0.704, 0.738, 0.754, 0.752, 0.760],
+        "NonHierarchical": [0.713, 0.743, 0.749, 0.769, 0.776], "Hierarchical": [0.729, 0.756, 0.774, 0.783, 0.786],
+    },
+    "rel": {
+        "Baseline": [0.942, 1.505, 2.875, 5.470, 10.283], "BaselineFT": [1.005, 1.608, 3.027, 5.772, 10.703],
+        "Disease": [0.865, 1.412, 2.632, 4.903, 9.125], "Joint": [1.048, 1.678, 3.147, 6.067, 11.507],
+        "NonHierarchical": [1.212, 1.958, 3.793, 7.300, 13.958], "Hierarchical": [1.125, 1.872, 3.658, 6.968, 13.333],
+    },
+    "ja": {"Baseline": None, "BaselineFT": None, "Disease": 0.176, "Joint": 0.201, "NonHierarchical": 0.193,
+           "Hierarchical": 0.208},
+}  # fmt: skip
+
+
+@dataclass
+class ReproduceSettings:
+    backbone: str = "efficientnet_lite0"
+    epochs: int = 3  # variants trained from ImageNet weights
+    finetune_epochs: int = 2  # NonHierarchical / Hierarchical, from Disease
+    image_size: int = 224
+    load_size: int = 256
+    seeds: int = 1
+    n_finetune: int = 1000
+    n_boot: int = 1000
+
+
+@dataclass
+class _Data:
+    train: ImageTable
+    val: ImageTable
+    test: ImageTable
+    ham: ImageTable
+    train_img: np.ndarray
+    test_img: np.ndarray
+    ham_img: np.ndarray
+    ham_masks: np.ndarray  # (n, S, S) bool, on the crop the network sees
+    rel_groups: np.ndarray  # hierarchical group code per training image (-1: unrated)
+    rel_queries: np.ndarray  # rows of the held-out rated training images
+
+
+def _load(isic: Path, masks_data: Path, groups_dir: Path, s: ReproduceSettings, log) -> _Data:
+    train_t, val_t, test_t = (load_table(isic, sp) for sp in ("train", "val", "test"))
+    ham = read_folder(masks_data)
+    if not ham.has_masks:
+        raise ValueError(f"{masks_data}: every image needs a mask for the localisation metrics")
+    t = time.perf_counter()
+    train_img = prepare(train_t.paths, s.load_size)[0]
+    test_img = prepare(test_t.paths, s.load_size)[0]
+    ham_img = prepare(ham.paths, s.load_size)[0]
+    masks = np.stack(
+        [
+            center_crop(
+                resize_square(load_mask(m).astype(np.uint8) * 255, s.load_size)[None, :, :, None], s.image_size
+            )[0, :, :, 0]
+            > 127
+            for m in ham.mask_paths
+        ]
+    )
+    log(f"decoded {len(train_img) + len(test_img) + len(ham_img)} images in {time.perf_counter() - t:.0f} s")
+    rated = {**read_groups(groups_dir / GROUP_FILES["finetune"]), **read_groups(groups_dir / GROUP_FILES["heldout"])}
+    codes, _ = encode_labels([rated[i][0] if i in rated else None for i in train_t.image_ids])
+    held = set(read_groups(groups_dir / GROUP_FILES["heldout"]))
+    rel_q = np.array([j for j, i in enumerate(train_t.image_ids) if i in held])
+    return _Data(train_t, val_t, test_t, ham, train_img, test_img, ham_img, masks, codes, rel_q)
+
+
+def _train_variant(
+    name: str, run: Path, d: _Data, groups_dir: Path, runs: dict[str, Path], seed: int, s: ReproduceSettings, log
+) -> None:
+    if (run / "done").exists():
+        return
+    mc = dict(backbone=s.backbone, image_size=s.image_size, load_size=s.load_size)
+    if name == "Baseline":
+        torch.manual_seed(seed)
+        cfg = RunConfig(model=ModelConfig(head="none", **mc), train=TrainConfig(logic="disease", epochs=0))
+        save_model(build_model(cfg.model), run, cfg)
+    else:
+        table, logic, init, epochs = {
+            "BaselineFT": (d.train, "classifier", None, s.epochs),
+            "Disease": (d.train, "disease", None, s.epochs),
+            "Joint": (attach_groups(d.train, groups_dir / GROUP_FILES["blind_finetune"]), "joint", None, s.epochs),
+            "NonHierarchical": (
+                attach_groups(d.train, groups_dir / GROUP_FILES["finetune"]),
+                "nonhierarchical",
+                runs["Disease"],
+                s.finetune_epochs,
+            ),
+            "Hierarchical": (
+                attach_groups(d.train, groups_dir / GROUP_FILES["finetune"]),
+                "hierarchical",
+                runs["Disease"],
+                s.finetune_epochs,
+            ),
+        }[name]
+        cfg = RunConfig(
+            model=ModelConfig(head="none" if name == "BaselineFT" else "conv", **mc),
+            train=TrainConfig(logic=logic, epochs=epochs, seed=seed, val_k=20),
+        )
+        cfg.data.groups = str(groups_dir)
+        resume = (run / "checkpoints" / "last.pt").exists()
+        res = train(
+            cfg,
+            table,
+            run,
+            val_table=d.val,
+            init=init,
+            resume=resume,
+            force=not resume,
+            on_epoch=lambda e, r: log(f"  {name} epoch {e + 1}: val AUC@20 {r.get('val_auc', float('nan')):.3f}"),
+        )
+        log(f"  {name}: best epoch {res.best_epoch + 1}")
+    (run / "done").write_text("ok\n")
+
+
+def _evaluate(run: Path, d: _Data, s: ReproduceSettings, seed: int) -> tuple[dict, dict[str, np.ndarray]]:
+    model, cfg = load_model(run)
+    tr, tr_maps = embed(model, d.train_img, s.image_size, with_maps=True)
+    te, _ = embed(model, d.test_img, s.image_size)
+    hm, hm_maps = embed(model, d.ham_img, s.image_size, with_maps=True)
+    kmax = max(KS)
+    _, i_te = exact_search(tr, te, kmax)
+    mel_tr = d.train.is_positive("melanoma")
+    sk_tr = d.train.is_positive("seborrheic_keratosis")
+    y_mel, y_sk = d.test.is_positive("melanoma"), d.test.is_positive("seborrheic_keratosis")
+    out: dict = {"auc": {}, "auc_ci": {}, "sk_auc": {}, "rel": {}, "external_auc": {}}
+    scores: dict[str, np.ndarray] = {}
+    for k in KS:
+        v = knn_vote(mel_tr[i_te], k)
+        scores[f"auc_{k}"] = v
+        out["auc"][str(k)] = float(roc_auc_score(y_mel, v))
+        out["auc_ci"][str(k)] = bootstrap_auc_ci(y_mel, v, n_boot=s.n_boot, seed=seed)
+        out["sk_auc"][str(k)] = float(roc_auc_score(y_sk, knn_vote(sk_tr[i_te], k)))
+    # REL: held-out rated training images query the other 1999 training images (themselves excluded)
+    _, i_rel = exact_search(tr, tr[d.rel_queries], kmax + 1)
+    i_rel = np.array([[j for j in row if j != q][:kmax] for q, row in zip(d.rel_queries, i_rel, strict=True)])
+    qg = d.rel_groups[d.rel_queries]
+    for k in KS:
+        out["rel"][str(k)] = float(((d.rel_groups[i_rel[:, :k]] == qg[:, None]) & (qg[:, None] >= 0)).sum(1).mean())
+    # external queries (HAM10000, with masks) against the ISIC 2017 training archive
+    _, i_hm = exact_search(tr, hm, kmax)
+    y_ham = d.ham.is_positive("melanoma")
+    for k in KS:
+        out["external_auc"][str(k)] = float(roc_auc_score(y_ham, knn_vote(mel_tr[i_hm], k)))
+    ja, mass, ja_sim, mass_sim, ja_g, mass_g = [], [], [], [], [], []
+    gauss = centred_gaussian((s.image_size, s.image_size))
+    for q in range(len(hm)):
+        nearest = tr_maps[i_hm[q, :1]]
+        qam, _ = activation_map_pairs(hm_maps[q], nearest)
+        sim, _ = similarity_maps(hm_maps[q], nearest)
+        m = d.ham_masks[q]
+        ja.append(calculate_jaccard(qam[0], m))
+        mass.append(calculate_mass_in_mask(qam[0], m))
+        ja_sim.append(calculate_jaccard(sim[0], m))
+        mass_sim.append(calculate_mass_in_mask(np.clip(sim[0], 0, None), m))
+        ja_g.append(calculate_jaccard(gauss, m))
+        mass_g.append(calculate_mass_in_mask(gauss, m))
+    out.update(
+        ja=float(np.mean(ja)),
+        mass_in_mask=float(np.mean(mass)),
+        ja_similarity_map=float(np.mean(ja_sim)),
+        mass_in_mask_similarity_map=float(np.mean(mass_sim)),
+        ja_gaussian=float(np.mean(ja_g)),
+        mass_in_mask_gaussian=float(np.mean(mass_g)),
+    )
+    if model.classifier is not None:
+        names = sorted(set(d.train.diagnoses))
+        with torch.inference_mode():
+            logits = torch.cat(
+                [
+                    model.logits(to_tensor(center_crop(d.test_img[i : i + 16], s.image_size), model.mean, model.std))
+                    for i in range(0, len(d.test_img), 16)
+                ]
+            )
+        p = torch.softmax(logits, 1)[:, names.index("melanoma")].numpy()
+        scores["softmax"] = p
+        out["softmax_auc"] = float(roc_auc_score(y_mel, p))
+        out["softmax_auc_ci"] = bootstrap_auc_ci(y_mel, p, n_boot=s.n_boot, seed=seed)
+    scores["neighbors_test"] = i_te[:, :5]
+    scores["neighbors_ham"] = i_hm[:, :1]
+    return out, scores
+
+
+def run_reproduce(
+    isic: str | Path,
+    enhance: str | Path,
+    masks_data: str | Path,
+    out: str | Path,
+    s: ReproduceSettings | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    s = s or ReproduceSettings()
+    isic, enhance, masks_data, out = Path(isic), Path(enhance), Path(masks_data), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    groups_dir = out / "groups"
+    if not (groups_dir / "groups_info.json").exists():
+        train_t = load_table(isic, "train")
+        ratings = read_enhance(enhance)
+        parts = enhance_groups(ratings, train_t.image_ids, train_t.diagnoses, n_finetune=s.n_finetune)
+        write_group_files(parts, groups_dir)
+        write_json(
+            groups_dir / "groups_info.json",
+            {"counts": {k: len(v) for k, v in parts.items()}, "sources": ratings.sources},
+        )
+    timing["groups"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    d = _load(isic, masks_data, groups_dir, s, log)
+    timing["decode"] = time.perf_counter() - t
+    per_seed: dict[int, dict[str, dict]] = {}
+    for seed in range(s.seeds):
+        runs = {v: out / "runs" / f"seed{seed}" / v for v in VARIANTS}
+        per_seed[seed] = {}
+        for name in VARIANTS:
+            t = time.perf_counter()
+            log(f"[seed {seed}] {name}: training")
+            _train_variant(name, runs[name], d, groups_dir, runs, seed, s, log)
+            timing[f"train_{name}_seed{seed}"] = time.perf_counter() - t
+            ev_path = out / "eval" / f"seed{seed}" / f"{name}.json"
+            if not ev_path.exists():
+                t = time.perf_counter()
+                ev, scores = _evaluate(runs[name], d, s, seed)
+                ev_path.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(ev_path.with_suffix(".npz"), **scores)
+                write_json(ev_path, ev)
+                timing[f"eval_{name}_seed{seed}"] = time.perf_counter() - t
+            per_seed[seed][name] = json.loads(ev_path.read_text())
+            log(
+                f"[seed {seed}] {name}: AUC@20 {per_seed[seed][name]['auc']['20']:.3f}, "
+                f"REL@10 {per_seed[seed][name]['rel']['10']:.2f}, JA {per_seed[seed][name]['ja']:.3f}"
+            )
+    table = _table(per_seed, out, d, s)
+    timing["total"] = time.perf_counter() - t0
+    table["timing_s"] = timing
+    table["settings"] = asdict(s)
+    write_json(out / "table1.json", table)
+    write_text(out / "table1.md", _markdown(table))
+    from chaiderm.evaluation.figures import write_figures
+
+    write_figures(out, d, VARIANTS, KS)
+    log(f"done in {timing['total'] / 60:.1f} min: {out / 'table1.json'}, {out / 'table1.md'}")
+    return table
+
+
+def _table(per_seed: dict[int, dict[str, dict]], out: Path, d: _Data, s: ReproduceSettings) -> dict:
+    variants = {}
+    for name in VARIANTS:
+        evs = [per_seed[seed][name] for seed in per_seed]
+        v = dict(evs[0])
+        if len(evs) > 1:
+            for key in ("auc", "rel", "sk_auc", "external_auc"):
+                v[key] = {k: float(np.mean([e[key][k] for e in evs])) for k in evs[0][key]}
+                v[key + "_std"] = {k: float(np.std([e[key][k] for e in evs], ddof=1)) for k in evs[0][key]}
+            v["ja"] = float(np.mean([e["ja"] for e in evs]))
+            v["ja_std"] = float(np.std([e["ja"] for e in evs], ddof=1))
+        v["n_seeds"] = len(evs)
+        variants[name] = v
+    y = d.test.is_positive("melanoma")
+    tests = {}
+    sc = {n: np.load(out / "eval" / "seed0" / f"{n}.npz") for n in VARIANTS}
+    for other in ("Disease", "Baseline"):
+        tests[f"Hierarchical_vs_{other}"] = {
+            str(k): paired_bootstrap_test(y, sc["Hierarchical"][f"auc_{k}"], sc[other][f"auc_{k}"], n_boot=s.n_boot)
+            for k in KS
+        }
+    return {"variants": variants, "baselineft_softmax_auc": variants["BaselineFT"].get("softmax_auc"), "tests": tests}
+
+
+def _markdown(t: dict) -> str:
+    lines = [
+        "| metric | " + " | ".join(f"{v} (ours / paper)" for v in VARIANTS) + " |",
+        "| --- |" + " --- |" * len(VARIANTS),
+    ]
+    for i, k in enumerate(KS):
+        cells = [f"{t['variants'][v]['auc'][str(k)]:.3f} / {PAPER['auc'][v][i]:.3f}" for v in VARIANTS]
+        lines.append(f"| AUC k{k} | " + " | ".join(cells) + " |")
+    for i, k in enumerate(KS):
+        cells = [f"{t['variants'][v]['rel'][str(k)]:.3f} / {PAPER['rel'][v][i]:.3f}" for v in VARIANTS]
+        lines.append(f"| REL k{k} | " + " | ".join(cells) + " |")
+    cells = [
+        f"{t['variants'][v]['ja']:.3f} / {PAPER['ja'][v] if PAPER['ja'][v] is not None else 'NA'}" for v in VARIANTS
+    ]
+    lines.append("| JA (QAM) | " + " | ".join(cells) + " |")
+    lines.append(
+        "| JA (similarity map) | " + " | ".join(f"{t['variants'][v]['ja_similarity_map']:.3f}" for v in VARIANTS) + " |"
+    )
+    lines.append(
+        "| JA (centred Gaussian) | " + " | ".join(f"{t['variants'][v]['ja_gaussian']:.3f}" for v in VARIANTS) + " |"
+    )
+    sm = t.get("baselineft_softmax_auc")
+    lines.append("")
+    lines.append(f"BaselineFT softmax AUC: {sm:.3f} (paper 0.772)" if sm is not None else "")
+    return "\n".join(lines) + "\n"
