@@ -90,3 +90,34 @@ def test_localisation_metrics():
     assert calculate_mass_in_mask(amap, mask) == 1.0
     assert calculate_jaccard(1 - amap, mask) == 0.0
     assert upsample(np.ones((2, 2)), (8, 8)).shape == (8, 8)
+
+
+def test_similarity_decomposition_sums_to_gap_dot_product():
+    from chaiderm.evidence.maps import similarity_maps
+
+    rng = np.random.default_rng(1)
+    gq = rng.random((5, 3, 3)).astype(np.float32)
+    gr = rng.random((2, 5, 4, 4)).astype(np.float32)
+    s_q, s_r = similarity_maps(gq, gr)
+    dots = gr.mean((2, 3)) @ gq.mean((1, 2))
+    np.testing.assert_allclose(s_q.sum((1, 2)), dots, rtol=1e-5)
+    np.testing.assert_allclose(s_r.sum((1, 2)), dots, rtol=1e-5)
+
+
+def test_bootstrap_ci_and_paired_test():
+    from chaiderm.evaluation.metrics import bootstrap_auc_ci, centred_gaussian, paired_bootstrap_test
+
+    rng = np.random.default_rng(0)
+    y = rng.random(300) < 0.3
+    good = y + rng.normal(0, 0.5, 300)
+    bad = rng.normal(0, 1, 300)
+    from sklearn.metrics import roc_auc_score
+
+    lo, hi = bootstrap_auc_ci(y, good, n_boot=200)
+    assert lo < roc_auc_score(y, good) < hi and 0.02 < hi - lo < 0.2
+    t = paired_bootstrap_test(y, good, bad, n_boot=300)
+    assert t["auc_diff"] > 0.2 and t["p_value"] < 0.01 and t["ci_low"] > 0
+    same = paired_bootstrap_test(y, good, good, n_boot=100)
+    assert same["auc_diff"] == 0
+    g = centred_gaussian((9, 9))
+    assert g.argmax() == 40 and g.max() == 1.0

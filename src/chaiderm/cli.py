@@ -396,7 +396,7 @@ def reproduce(
         n_boot=n_boot,
     )
     with _errors():
-        run_reproduce(isic, enhance, masks_data, out, s, log=lambda m: console.print(m))
+        run_reproduce(isic, enhance, masks_data, out, s, log=lambda m: console.print(m, markup=False))
 
 
 @app.command()
@@ -427,7 +427,7 @@ def demo(
         seed=seed,
     )
     with _errors():
-        summary = run_demo(out, settings, log=lambda msg: console.print(msg))
+        summary = run_demo(out, settings, log=lambda msg: console.print(msg, markup=False))
     typer.echo(json.dumps({k: summary[k] for k in ("metrics", "seconds")}, indent=2))
     typer.echo(f"report: {Path(out) / 'report.html'}\nresults: {Path(out) / 'demo.json'}")
 

@@ -23,9 +23,8 @@ from sklearn.metrics import roc_auc_score
 from chaiderm._io import write_json, write_text
 from chaiderm.config import ModelConfig, RunConfig, TrainConfig
 from chaiderm.data.enhance import GROUP_FILES, enhance_groups, read_enhance, write_group_files
-from chaiderm.data.images import load_mask
 from chaiderm.data.records import ImageTable, attach_groups, load_table, read_folder, read_groups
-from chaiderm.data.transforms import center_crop, prepare, resize_square, to_tensor
+from chaiderm.data.transforms import center_crop, mask_as_seen, prepare, to_tensor
 from chaiderm.evaluation.metrics import (
     bootstrap_auc_ci,
     calculate_jaccard,
@@ -94,15 +93,7 @@ def _load(isic: Path, masks_data: Path, groups_dir: Path, s: ReproduceSettings, 
     train_img = prepare(train_t.paths, s.load_size)[0]
     test_img = prepare(test_t.paths, s.load_size)[0]
     ham_img = prepare(ham.paths, s.load_size)[0]
-    masks = np.stack(
-        [
-            center_crop(
-                resize_square(load_mask(m).astype(np.uint8) * 255, s.load_size)[None, :, :, None], s.image_size
-            )[0, :, :, 0]
-            > 127
-            for m in ham.mask_paths
-        ]
-    )
+    masks = np.stack([mask_as_seen(m, s.load_size, s.image_size) for m in ham.mask_paths])
     log(f"decoded {len(train_img) + len(test_img) + len(ham_img)} images in {time.perf_counter() - t:.0f} s")
     rated = {**read_groups(groups_dir / GROUP_FILES["finetune"]), **read_groups(groups_dir / GROUP_FILES["heldout"])}
     codes, _ = encode_labels([rated[i][0] if i in rated else None for i in train_t.image_ids])

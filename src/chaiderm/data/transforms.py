@@ -54,6 +54,14 @@ def prepare(
     return out[: len(ok)], ok, errors
 
 
+def mask_as_seen(path: str, load_size: int, image_size: int) -> np.ndarray:
+    """A lesion mask on the crop the network sees (square resize, then centre crop), as bool."""
+    from chaiderm.data.images import load_mask
+
+    sq = resize_square(load_mask(path).astype(np.uint8) * 255, load_size)
+    return center_crop(sq[None, :, :, None], image_size)[0, :, :, 0] > 127
+
+
 def to_tensor(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 NHWC -> float NCHW, scaled as the backbone's weights expect, channels_last."""
     x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from chaiderm.data.images import load_mask
 from chaiderm.data.records import ImageTable
-from chaiderm.data.transforms import center_crop, prepare, resize_square
+from chaiderm.data.transforms import mask_as_seen, prepare
 from chaiderm.evaluation.metrics import (
     calculate_auc_at_k,
     calculate_jaccard,
@@ -57,8 +56,7 @@ def evaluate_retrieval(
         for qi in range(len(queries)):
             qam, _ = activation_map_pairs(q_maps[qi], a_maps[idx[qi, :1]])
             # the network saw the centre crop of the square-resized image: compare the mask on that crop
-            sq = resize_square(load_mask(queries.mask_paths[qi]).astype(np.uint8) * 255, load_size)
-            m = center_crop(sq[None, :, :, None], image_size)[0, :, :, 0] > 127
+            m = mask_as_seen(queries.mask_paths[qi], load_size, image_size)
             jac.append(calculate_jaccard(qam[0], m))
             mass.append(calculate_mass_in_mask(qam[0], m))
         out["jaccard"] = float(np.mean(jac))
