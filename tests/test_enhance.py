@@ -122,3 +122,42 @@ def test_real_enhance_paper_protocol():
     assert len(parts["finetune"]) == 1000 and len(parts["heldout"]) > 700
     assert len({g for _, g, _ in parts["finetune"] + parts["heldout"]}) == 20 + 12 + 15
     assert len({g for _, g, _ in parts["blind_finetune"] + parts["blind_heldout"]}) == 37
+
+
+def test_proxy_groups_follow_visible_appearance(synth_dir, tmp_path):
+    from sklearn.metrics import adjusted_rand_score
+
+    from chaiderm.data.proxy import proxy_groups
+    from chaiderm.data.records import load_table
+
+    t = load_table(synth_dir, "train")
+    parts = proxy_groups(
+        t.paths,
+        t.image_ids,
+        t.diagnoses,
+        n_finetune=120,
+        n_blind=4,
+        groups_per_disease={"melanoma": 4, "nevus": 4, "seborrheic_keratosis": 4},
+    )
+    blind = dict((i, g) for i, g, _ in parts["blind_finetune"] + parts["blind_heldout"])
+    truth = [g.split("/")[1] for g in t.groups]  # the synthetic size-tone groups
+    ari = adjusted_rand_score(truth, [blind[i] for i in t.image_ids])
+    assert ari > 0.1, ari  # the computed groups track what the generator made visible
+    assert all(g.startswith("proxy-") for g in blind.values())
+    r = CliRunner().invoke(
+        app,
+        [
+            "groups",
+            "proxy",
+            "--data",
+            str(synth_dir),
+            "--out",
+            str(tmp_path / "p"),
+            "--n-finetune",
+            "100",
+            "--blind-groups",
+            "4",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    check_nested(attach_groups(t, tmp_path / "p" / "groups.csv"))

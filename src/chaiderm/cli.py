@@ -371,6 +371,50 @@ def groups_enhance(
     )
 
 
+@groups_app.command("proxy")
+def groups_proxy(
+    data: Annotated[Path, typer.Option(help="images to group (ISIC 2017 folder or generic folder)")],
+    out: Annotated[Path, typer.Option(help="folder for the group CSVs")],
+    split: Annotated[str | None, typer.Option(help="ISIC split (default train)")] = None,
+    n_finetune: int = 1000,
+    melanoma_groups: int = 20,
+    sk_groups: int = 12,
+    nevus_groups: int = 15,
+    blind_groups: int = 37,
+    seed: int = 0,
+) -> None:
+    """PROXY groups computed from the images (size, colour, border, texture), for data without annotations."""
+    from chaiderm._io import write_json
+    from chaiderm.data.enhance import GROUP_FILES, write_group_files
+    from chaiderm.data.proxy import DESCRIPTORS, proxy_groups
+    from chaiderm.data.records import is_isic2017, load_table
+
+    with _errors():
+        table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")))
+        per = {"melanoma": melanoma_groups, "seborrheic_keratosis": sk_groups, "nevus": nevus_groups}
+        parts = proxy_groups(
+            table.paths,
+            table.image_ids,
+            table.diagnoses,
+            n_finetune=n_finetune,
+            groups_per_disease=per,
+            n_blind=blind_groups,
+            seed=seed,
+        )
+        write_group_files(parts, out)
+        write_json(
+            out / "groups_info.json",
+            {
+                "kind": "proxy (computed, not human)",
+                "descriptors": DESCRIPTORS,
+                "data": str(data),
+                "seed": seed,
+                "counts": {k: len(v) for k, v in parts.items()},
+            },
+        )
+    console.print(f"wrote proxy groups ({', '.join(GROUP_FILES.values())}) to {out}")
+
+
 @app.command()
 def reproduce(
     isic: Annotated[Path, typer.Option(help="ISIC 2017 folder (challenge layout)")],

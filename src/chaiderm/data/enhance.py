@@ -37,9 +37,9 @@ class Ratings:
     values: dict[str, dict[str, float]] = field(default_factory=dict)
     sources: dict[str, int] = field(default_factory=dict)  # source name -> images rated
 
-    def matrix(self, ids: list[str]) -> np.ndarray:
-        """``(n, 3)`` features; a feature no source rated for an image is imputed as 0 (the mean)."""
-        return np.array([[self.values.get(i, {}).get(f, 0.0) for f in FEATURES] for i in ids], dtype=np.float64)
+    def matrix(self, ids: list[str], features: tuple[str, ...] = FEATURES) -> np.ndarray:
+        """``(n, F)`` features; a feature no source rated for an image is imputed as 0 (the mean)."""
+        return np.array([[self.values.get(i, {}).get(f, 0.0) for f in features] for i in ids], dtype=np.float64)
 
 
 def _stem(column: str) -> str | None:
@@ -134,6 +134,7 @@ def enhance_groups(
     groups_per_disease: dict[str, int] | None = None,
     n_blind: int = PAPER_BLIND_GROUPS,
     seed: int = 0,
+    features: tuple[str, ...] = FEATURES,
 ) -> dict[str, list[tuple[str, str, str]]]:
     """Group the rated images of a dataset; split them into fine-tuning and held-out (REL) images.
 
@@ -157,7 +158,7 @@ def enhance_groups(
     take[np.argsort(-(share - take))[: n_finetune - take.sum()]] += 1  # largest remainders: exactly n
     for d, t in zip(diseases, take, strict=True):
         finetune[rng.choice(np.flatnonzero(dis == d), t, replace=False)] = True
-    x = ratings.matrix(list(ids))
+    x = ratings.matrix(list(ids), features)
     hier = np.empty(len(ids), dtype=object)
     for d in np.unique(dis):
         where = np.flatnonzero(dis == d)
