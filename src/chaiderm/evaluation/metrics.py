@@ -57,17 +57,21 @@ def centred_gaussian(shape: tuple[int, int], sigma_frac: float = 0.25) -> np.nda
     return np.exp(-(((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) / (2 * s * s))).astype(np.float32)
 
 
+def _resamples(y: np.ndarray, n_boot: int, seed: int):
+    """Bootstrap index sets over the queries, skipping draws that lack one of the two classes."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        if y[i].any() and not y[i].all():
+            yield i
+
+
 def bootstrap_auc_ci(
     y: np.ndarray, score: np.ndarray, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the ROC AUC (queries resampled with replacement)."""
     y = np.asarray(y, bool)
-    rng = np.random.default_rng(seed)
-    aucs = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(y), len(y))
-        if y[i].any() and not y[i].all():
-            aucs.append(roc_auc_score(y[i], score[i]))
+    aucs = [roc_auc_score(y[i], score[i]) for i in _resamples(y, n_boot, seed)]
     lo, hi = np.percentile(aucs, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return float(lo), float(hi)
 
@@ -77,13 +81,9 @@ def paired_bootstrap_test(
 ) -> dict[str, float]:
     """Two-sided paired bootstrap test of AUC(a) - AUC(b) on the same queries."""
     y = np.asarray(y, bool)
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(y), len(y))
-        if y[i].any() and not y[i].all():
-            diffs.append(roc_auc_score(y[i], score_a[i]) - roc_auc_score(y[i], score_b[i]))
-    d = np.asarray(diffs)
+    d = np.array(
+        [roc_auc_score(y[i], score_a[i]) - roc_auc_score(y[i], score_b[i]) for i in _resamples(y, n_boot, seed)]
+    )
     p = 2 * min((d <= 0).mean(), (d >= 0).mean())
     return {
         "auc_diff": float(roc_auc_score(y, score_a) - roc_auc_score(y, score_b)),
