@@ -25,7 +25,7 @@ def test_reproduce_end_to_end_and_resume(synth_dir, tmp_path):
     _isic_from_synthetic(synth_dir, tmp_path / "isic")
     _fake_enhance(tmp_path / "enh", n=200)
     s = ReproduceSettings(
-        backbone="tiny", epochs=1, finetune_epochs=1, image_size=64, load_size=72, n_finetune=100, n_boot=50
+        backbone="tiny", epochs=1, finetune_epochs=1, image_size=64, load_size=72, n_finetune=100, n_boot=50, seeds=2
     )
     out = tmp_path / "out"
     logs = []
@@ -40,6 +40,8 @@ def test_reproduce_end_to_end_and_resume(synth_dir, tmp_path):
         assert row["rel"]["40"] >= row["rel"]["3"] >= 0
         assert 0 <= row["ja"] <= 1 and 0 <= row["mass_in_mask"] <= 1 and "ja_gaussian" in row
     assert 0 <= t["baselineft_softmax_auc"] <= 1
+    assert t["variants"]["Disease"]["n_seeds"] == 2 and set(t["variants"]["Disease"]["auc_std"]) == set(row["auc"])
+    assert (out / "runs" / "seed1" / "Hierarchical" / "done").exists()
     assert set(t["tests"]) == {"Hierarchical_vs_Disease", "Hierarchical_vs_Baseline"}
     assert 0 <= t["tests"]["Hierarchical_vs_Disease"]["20"]["p_value"] <= 1
     for f in ("table1.md", "roc.png", "fig3.png", "fig4.png"):
