@@ -27,8 +27,10 @@ from chaiderm.data.records import ImageTable, attach_groups, load_table, read_fo
 from chaiderm.data.transforms import center_crop, mask_as_seen, prepare, to_tensor
 from chaiderm.evaluation.metrics import (
     bootstrap_auc_ci,
+    calculate_auc_at_k,
     calculate_jaccard,
     calculate_mass_in_mask,
+    calculate_rel_at_k,
     centred_gaussian,
     paired_bootstrap_test,
 )
@@ -172,13 +174,11 @@ def _evaluate(run: Path, d: _Data, s: ReproduceSettings, seed: int) -> tuple[dic
     _, i_rel = exact_search(tr, tr[d.rel_queries], kmax + 1)
     i_rel = np.array([[j for j in row if j != q][:kmax] for q, row in zip(d.rel_queries, i_rel, strict=True)])
     qg = d.rel_groups[d.rel_queries]
-    for k in KS:
-        out["rel"][str(k)] = float(((d.rel_groups[i_rel[:, :k]] == qg[:, None]) & (qg[:, None] >= 0)).sum(1).mean())
+    out["rel"] = {str(k): v for k, v in calculate_rel_at_k(qg, d.rel_groups[i_rel], KS).items()}
     # external queries (HAM10000, with masks) against the ISIC 2017 training archive
     _, i_hm = exact_search(tr, hm, kmax)
     y_ham = d.ham.is_positive("melanoma")
-    for k in KS:
-        out["external_auc"][str(k)] = float(roc_auc_score(y_ham, knn_vote(mel_tr[i_hm], k)))
+    out["external_auc"] = {str(k): v for k, v in calculate_auc_at_k(mel_tr[i_hm], y_ham, KS).items()}
     ja, mass, ja_sim, mass_sim, ja_g, mass_g = [], [], [], [], [], []
     gauss = centred_gaussian((s.image_size, s.image_size))
     for q in range(len(hm)):
