@@ -1,9 +1,12 @@
+import dataclasses
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from chaiderm.data.records import load_table
+from chaiderm.errors import ArtifactError
 from chaiderm.reproduce import VARIANTS, ReproduceSettings, run_reproduce
 from tests.test_enhance import _fake_enhance
 
@@ -57,3 +60,7 @@ def test_reproduce_end_to_end_and_resume(synth_dir, tmp_path):
     again = run_reproduce(tmp_path / "isic", tmp_path / "enh", synth_dir / "test", out, s, log=logs.append)
     assert not any("epoch" in m for m in logs)
     assert np.isclose(again["variants"]["Hierarchical"]["auc"]["20"], table["variants"]["Hierarchical"]["auc"]["20"])
+    # other settings into the same folder would mix models: refused, naming the file and the setting
+    other = dataclasses.replace(s, finetune_epochs=3)
+    with pytest.raises(ArtifactError, match=r"settings\.json.*finetune_epochs: 1 there, 3 now"):
+        run_reproduce(tmp_path / "isic", tmp_path / "enh", synth_dir / "test", out, other, log=logs.append)

@@ -421,24 +421,20 @@ def reproduce(
     enhance: Annotated[Path, typer.Option(help="ENHANCE folder (non-expert ratings)")],
     masks_data: Annotated[Path, typer.Option(help="images with lesion masks for localisation (ham10000_dev)")],
     out: Annotated[Path, typer.Option(help="output folder; a killed run resumes from it")],
-    seeds: int = 1,
-    epochs: int = 3,
-    finetune_epochs: int = 2,
-    backbone: str = "efficientnet_lite0",
-    image_size: int = 224,
+    seeds: Annotated[int, typer.Option(help="train every variant this many times (mean and std)")] = 1,
+    epochs: Annotated[int | None, typer.Option(help="epochs from ImageNet (default: the tuned setting)")] = None,
+    finetune_epochs: Annotated[int | None, typer.Option(help="epochs of group fine-tuning from Disease")] = None,
+    backbone: Annotated[str | None, typer.Option(help="backbone (default: the tuned setting)")] = None,
+    image_size: Annotated[int | None, typer.Option(help="network input side")] = None,
     n_boot: int = 1000,
 ) -> None:
-    """The paper's Table 1: six embeddings, AUC@k, REL@k, map localisation, statistics and figures."""
+    """The paper's Table 1: six embeddings, AUC@k, REL@k, map localisation, statistics and figures.
+
+    Defaults are the settings chosen on the validation split (bench/tune_val.py, docs/reproduction.md)."""
     from chaiderm.reproduce import ReproduceSettings, run_reproduce
 
-    s = ReproduceSettings(
-        backbone=backbone,
-        epochs=epochs,
-        finetune_epochs=finetune_epochs,
-        image_size=image_size,
-        seeds=seeds,
-        n_boot=n_boot,
-    )
+    given = dict(epochs=epochs, finetune_epochs=finetune_epochs, backbone=backbone, image_size=image_size)
+    s = ReproduceSettings(seeds=seeds, n_boot=n_boot, **{k: v for k, v in given.items() if v is not None})
     with _errors():
         run_reproduce(isic, enhance, masks_data, out, s, log=lambda m: console.print(m, markup=False))
 

@@ -25,6 +25,7 @@ from chaiderm.config import ModelConfig, RunConfig, TrainConfig
 from chaiderm.data.enhance import GROUP_FILES, enhance_groups, read_enhance, write_group_files
 from chaiderm.data.records import ImageTable, attach_groups, load_table, read_folder, read_groups
 from chaiderm.data.transforms import center_crop, mask_as_seen, prepare, to_tensor
+from chaiderm.errors import ArtifactError
 from chaiderm.evaluation.metrics import (
     bootstrap_auc_ci,
     calculate_auc_at_k,
@@ -229,6 +230,7 @@ def run_reproduce(
     s = s or ReproduceSettings()
     isic, enhance, masks_data, out = Path(isic), Path(enhance), Path(masks_data), Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, s)
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     groups_dir = out / "groups"
@@ -278,6 +280,25 @@ def run_reproduce(
     write_figures(out, d, VARIANTS, KS)
     log(f"done in {timing['total'] / 60:.1f} min: {out / 'table1.json'}, {out / 'table1.md'}")
     return table
+
+
+def _check_settings(out: Path, s: ReproduceSettings) -> None:
+    """Resuming is only sound with the settings the finished steps were made with; more seeds may be added."""
+    path = out / "settings.json"
+    now = {k: v for k, v in asdict(s).items() if k != "seeds"}
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"{path}: unreadable ({e}); remove it or choose another --out") from e
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if diff:
+            raise ArtifactError(
+                f"{path}: this folder holds a run made with other settings ({', '.join(diff)}: "
+                f"{', '.join(f'{saved.get(k)} there, {now.get(k)} now' for k in diff)}); choose another --out"
+            )
+    else:
+        write_json(path, now)
 
 
 def _table(per_seed: dict[int, dict[str, dict]], out: Path, d: _Data, s: ReproduceSettings) -> dict:
