@@ -7,7 +7,7 @@ from PIL import Image
 
 from chaiderm.data.records import load_table
 from chaiderm.errors import ArtifactError
-from chaiderm.reproduce import VARIANTS, ReproduceSettings, run_reproduce
+from chaiderm.reproduce import VARIANTS, ReproduceSettings, _evaluate_ensemble, _load, run_reproduce
 from tests.test_enhance import _fake_enhance
 
 
@@ -45,6 +45,18 @@ def test_reproduce_end_to_end_and_resume(synth_dir, tmp_path):
     assert 0 <= t["baselineft_softmax_auc"] <= 1
     assert t["variants"]["Disease"]["n_seeds"] == 2 and set(t["variants"]["Disease"]["auc_std"]) == set(row["auc"])
     assert (out / "runs" / "seed1" / "Hierarchical" / "done").exists()
+    # two seeds: each ensembled variant is also scored on the concatenation of its two embeddings
+    ens = t["ensembles"]["Hierarchical"]
+    assert ens["n_models"] == 2 and set(ens["auc"]) == set(ens["val_auc"]) == set(row["auc"])
+    assert all(lo <= ens["auc"][k] <= hi for k, (lo, hi) in ens["auc_ci"].items())
+    md = (out / "table1.md").read_text()
+    assert "Hierarchical, kNN over the concatenated embeddings of 2 seeds" in md
+    # an "ensemble" of one model twice has the same neighbours, so the same AUC as the model alone
+    d = _load(tmp_path / "isic", synth_dir / "test", out / "groups", s, log=logs.append)
+    twice = _evaluate_ensemble([out / "runs" / "seed0" / "Hierarchical"] * 2, d, s, 0)
+    single = json.loads((out / "eval" / "seed0" / "Hierarchical.json").read_text())
+    assert twice["auc"] == pytest.approx(single["auc"])
+    assert " ± " in md  # means over seeds carry their standard deviation
     assert set(t["tests"]) == {"Hierarchical_vs_Disease", "Hierarchical_vs_Baseline"}
     assert 0 <= t["tests"]["Hierarchical_vs_Disease"]["20"]["p_value"] <= 1
     for f in ("table1.md", "roc.png", "fig3.png", "fig4.png"):
@@ -59,6 +71,10 @@ def test_reproduce_end_to_end_and_resume(synth_dir, tmp_path):
     logs.clear()
     again = run_reproduce(tmp_path / "isic", tmp_path / "enh", synth_dir / "test", out, s, log=logs.append)
     assert not any("epoch" in m for m in logs)
+    # the steps' durations survive the resume, so the table still says what the whole run took
+    assert again["timing_s"]["train_Disease_seed1"] == table["timing_s"]["train_Disease_seed1"] > 0
+    steps = sum(v for k, v in table["timing_s"].items() if k.startswith(("train_", "eval_")))
+    assert again["timing_s"]["total"] >= steps > 0 and again["timing_s"]["this_run"] > 0
     assert np.isclose(again["variants"]["Hierarchical"]["auc"]["20"], table["variants"]["Hierarchical"]["auc"]["20"])
     # other settings into the same folder would mix models: refused, naming the file and the setting
     other = dataclasses.replace(s, finetune_epochs=3)

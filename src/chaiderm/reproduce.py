@@ -80,6 +80,7 @@ class _Data:
     test: ImageTable
     ham: ImageTable
     train_img: np.ndarray
+    val_img: np.ndarray
     test_img: np.ndarray
     ham_img: np.ndarray
     ham_masks: np.ndarray  # (n, S, S) bool, on the crop the network sees
@@ -94,15 +95,17 @@ def _load(isic: Path, masks_data: Path, groups_dir: Path, s: ReproduceSettings, 
         raise ValueError(f"{masks_data}: every image needs a mask for the localisation metrics")
     t = time.perf_counter()
     train_img = prepare(train_t.paths, s.load_size)[0]
+    val_img = prepare(val_t.paths, s.load_size)[0]
     test_img = prepare(test_t.paths, s.load_size)[0]
     ham_img = prepare(ham.paths, s.load_size)[0]
     masks = np.stack([mask_as_seen(m, s.load_size, s.image_size) for m in ham.mask_paths])
-    log(f"decoded {len(train_img) + len(test_img) + len(ham_img)} images in {time.perf_counter() - t:.0f} s")
+    n = len(train_img) + len(val_img) + len(test_img) + len(ham_img)
+    log(f"decoded {n} images in {time.perf_counter() - t:.0f} s")
     rated = {**read_groups(groups_dir / GROUP_FILES["finetune"]), **read_groups(groups_dir / GROUP_FILES["heldout"])}
     codes, _ = encode_labels([rated[i][0] if i in rated else None for i in train_t.image_ids])
     held = set(read_groups(groups_dir / GROUP_FILES["heldout"]))
     rel_q = np.array([j for j, i in enumerate(train_t.image_ids) if i in held])
-    return _Data(train_t, val_t, test_t, ham, train_img, test_img, ham_img, masks, codes, rel_q)
+    return _Data(train_t, val_t, test_t, ham, train_img, val_img, test_img, ham_img, masks, codes, rel_q)
 
 
 def _train_variant(
@@ -219,6 +222,35 @@ def _evaluate(run: Path, d: _Data, s: ReproduceSettings, seed: int) -> tuple[dic
     return out, scores
 
 
+ENSEMBLED = ("Disease", "Hierarchical")
+
+
+def _evaluate_ensemble(runs: list[Path], d: _Data, s: ReproduceSettings, seed: int) -> dict:
+    """kNN over the concatenated embeddings of one variant's seeds (beyond the paper).
+
+    Concatenation makes the squared distance the sum of the members' distances. Validation AUC@k is
+    reported beside the test figures, so the ensemble is judged on validation like every other choice.
+    """
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for run in runs:
+        model, _ = load_model(run)
+        for split, img in (("train", d.train_img), ("val", d.val_img), ("test", d.test_img)):
+            parts[split].append(embed(model, img, s.image_size)[0])
+    tr, va, te = (np.ascontiguousarray(np.concatenate(parts[k], 1)) for k in ("train", "val", "test"))
+    kmax = max(KS)
+    mel_tr = d.train.is_positive("melanoma")
+    y_va, y_te = d.val.is_positive("melanoma"), d.test.is_positive("melanoma")
+    _, i_va = exact_search(tr, va, kmax)
+    _, i_te = exact_search(tr, te, kmax)
+    out = {
+        "n_models": len(runs),
+        "val_auc": {str(k): v for k, v in calculate_auc_at_k(mel_tr[i_va], y_va, KS).items()},
+        "auc": {str(k): v for k, v in calculate_auc_at_k(mel_tr[i_te], y_te, KS).items()},
+        "auc_ci": {str(k): bootstrap_auc_ci(y_te, knn_vote(mel_tr[i_te], k), n_boot=s.n_boot, seed=seed) for k in KS},
+    }
+    return out
+
+
 def run_reproduce(
     isic: str | Path,
     enhance: str | Path,
@@ -231,10 +263,18 @@ def run_reproduce(
     isic, enhance, masks_data, out = Path(isic), Path(enhance), Path(masks_data), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, s)
-    timing: dict[str, float] = {}
+    # each step's duration is kept on disk when it runs, so a resumed run still reports what every step took
+    timing_path = out / "timing.json"
+    timing: dict[str, float] = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+
+    def took(step: str, since: float) -> None:
+        timing[step] = time.perf_counter() - since
+        write_json(timing_path, timing)
+
     t0 = time.perf_counter()
     groups_dir = out / "groups"
     if not (groups_dir / "groups_info.json").exists():
+        t = time.perf_counter()
         train_t = load_table(isic, "train")
         ratings = read_enhance(enhance)
         parts = enhance_groups(ratings, train_t.image_ids, train_t.diagnoses, n_finetune=s.n_finetune)
@@ -243,19 +283,20 @@ def run_reproduce(
             groups_dir / "groups_info.json",
             {"counts": {k: len(v) for k, v in parts.items()}, "sources": ratings.sources},
         )
-    timing["groups"] = time.perf_counter() - t0
+        took("groups", t)
     t = time.perf_counter()
     d = _load(isic, masks_data, groups_dir, s, log)
-    timing["decode"] = time.perf_counter() - t
+    took("decode", t)
     per_seed: dict[int, dict[str, dict]] = {}
     for seed in range(s.seeds):
         runs = {v: out / "runs" / f"seed{seed}" / v for v in VARIANTS}
         per_seed[seed] = {}
         for name in VARIANTS:
-            t = time.perf_counter()
-            log(f"[seed {seed}] {name}: training")
-            _train_variant(name, runs[name], d, groups_dir, runs, seed, s, log)
-            timing[f"train_{name}_seed{seed}"] = time.perf_counter() - t
+            if not (runs[name] / "done").exists():
+                t = time.perf_counter()
+                log(f"[seed {seed}] {name}: training")
+                _train_variant(name, runs[name], d, groups_dir, runs, seed, s, log)
+                took(f"train_{name}_seed{seed}", t)
             ev_path = out / "eval" / f"seed{seed}" / f"{name}.json"
             if not ev_path.exists():
                 t = time.perf_counter()
@@ -263,22 +304,32 @@ def run_reproduce(
                 ev_path.parent.mkdir(parents=True, exist_ok=True)
                 np.savez(ev_path.with_suffix(".npz"), **scores)
                 write_json(ev_path, ev)
-                timing[f"eval_{name}_seed{seed}"] = time.perf_counter() - t
+                took(f"eval_{name}_seed{seed}", t)
             per_seed[seed][name] = json.loads(ev_path.read_text())
             log(
                 f"[seed {seed}] {name}: AUC@20 {per_seed[seed][name]['auc']['20']:.3f}, "
                 f"REL@10 {per_seed[seed][name]['rel']['10']:.2f}, JA {per_seed[seed][name]['ja']:.3f}"
             )
     table = _table(per_seed, out, d, s)
-    timing["total"] = time.perf_counter() - t0
-    table["timing_s"] = timing
+    if s.seeds > 1:
+        table["ensembles"] = {}
+        for name in ENSEMBLED:
+            path = out / "eval" / f"ensemble{s.seeds}_{name}.json"
+            if not path.exists():
+                log(f"{name}: ensemble of {s.seeds} seeds")
+                t = time.perf_counter()
+                runs = [out / "runs" / f"seed{seed}" / name for seed in range(s.seeds)]
+                write_json(path, _evaluate_ensemble(runs, d, s, 0))
+                took(f"eval_ensemble{s.seeds}_{name}", t)
+            table["ensembles"][name] = json.loads(path.read_text())
+    table["timing_s"] = {**timing, "total": sum(timing.values()), "this_run": time.perf_counter() - t0}
     table["settings"] = asdict(s)
     write_json(out / "table1.json", table)
     write_text(out / "table1.md", _markdown(table))
     from chaiderm.evaluation.figures import write_figures
 
     write_figures(out, d, VARIANTS, KS)
-    log(f"done in {timing['total'] / 60:.1f} min: {out / 'table1.json'}, {out / 'table1.md'}")
+    log(f"done in {(time.perf_counter() - t0) / 60:.1f} min: {out / 'table1.json'}, {out / 'table1.md'}")
     return table
 
 
@@ -330,14 +381,21 @@ def _markdown(t: dict) -> str:
         "| metric | " + " | ".join(f"{v} (ours / paper)" for v in VARIANTS) + " |",
         "| --- |" + " --- |" * len(VARIANTS),
     ]
-    for i, k in enumerate(KS):
-        cells = [f"{t['variants'][v]['auc'][str(k)]:.3f} / {PAPER['auc'][v][i]:.3f}" for v in VARIANTS]
-        lines.append(f"| AUC k{k} | " + " | ".join(cells) + " |")
-    for i, k in enumerate(KS):
-        cells = [f"{t['variants'][v]['rel'][str(k)]:.3f} / {PAPER['rel'][v][i]:.3f}" for v in VARIANTS]
-        lines.append(f"| REL k{k} | " + " | ".join(cells) + " |")
+
+    def ours(v: str, key: str, k: int) -> str:
+        row = t["variants"][v]
+        std = row.get(f"{key}_std", {}).get(str(k))
+        return f"{row[key][str(k)]:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+
+    for key, label in (("auc", "AUC"), ("rel", "REL")):
+        for i, k in enumerate(KS):
+            cells = [f"{ours(v, key, k)} / {PAPER[key][v][i]:.3f}" for v in VARIANTS]
+            lines.append(f"| {label} k{k} | " + " | ".join(cells) + " |")
     cells = [
-        f"{t['variants'][v]['ja']:.3f} / {PAPER['ja'][v] if PAPER['ja'][v] is not None else 'NA'}" for v in VARIANTS
+        f"{t['variants'][v]['ja']:.3f}"
+        + (f" ± {t['variants'][v]['ja_std']:.3f}" if "ja_std" in t["variants"][v] else "")
+        + f" / {PAPER['ja'][v] if PAPER['ja'][v] is not None else 'NA'}"
+        for v in VARIANTS
     ]
     lines.append("| JA (QAM) | " + " | ".join(cells) + " |")
     lines.append(
@@ -349,4 +407,13 @@ def _markdown(t: dict) -> str:
     sm = t.get("baselineft_softmax_auc")
     lines.append("")
     lines.append(f"BaselineFT softmax AUC: {sm:.3f} (paper 0.772)" if sm is not None else "")
+    for name, e in t.get("ensembles", {}).items():
+        lines.append("")
+        lines.append(
+            f"{name}, kNN over the concatenated embeddings of {e['n_models']} seeds (beyond the paper), "
+            f"AUC@{'/'.join(map(str, KS))}: test "
+            + " / ".join(f"{e['auc'][str(k)]:.3f}" for k in KS)
+            + "; validation "
+            + " / ".join(f"{e['val_auc'][str(k)]:.3f}" for k in KS)
+        )
     return "\n".join(lines) + "\n"
