@@ -1,10 +1,11 @@
 """Validation-only choices for ``chaiderm reproduce``: ``python bench/tune_val.py [--only NAME ...]``.
 
-Every candidate trains the Disease embedding on the 2000 ISIC 2017 training images (seed 0) and is
-scored on the 150 validation images only (melanoma kNN AUC@k against the training archive, k = 3..40,
-and their mean); the test split is never read. Figures are merged into ``bench/tuning.json`` one
-candidate at a time, so a killed run keeps what finished. The choices this led to are recorded in
-docs/reproduction.md.
+Every candidate trains an embedding on the 2000 ISIC 2017 training images (seed 0; Disease logic, or
+Hierarchical fine-tuned from a Disease candidate) and is scored on the 150 validation images only
+(melanoma kNN AUC@k against the training archive, k = 3..40, and their mean); the test split is never
+read. Figures are merged into ``bench/tuning.json`` one candidate at a time, so a killed run keeps what
+finished. The Lite1 candidates need ``pip install -e '.[lite1]'``. The choices this led to are recorded
+in docs/reproduction.md.
 """
 
 from __future__ import annotations
