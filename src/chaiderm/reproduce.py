@@ -242,13 +242,12 @@ def _evaluate_ensemble(runs: list[Path], d: _Data, s: ReproduceSettings, seed: i
     y_va, y_te = d.val.is_positive("melanoma"), d.test.is_positive("melanoma")
     _, i_va = exact_search(tr, va, kmax)
     _, i_te = exact_search(tr, te, kmax)
-    out = {
+    return {
         "n_models": len(runs),
         "val_auc": {str(k): v for k, v in calculate_auc_at_k(mel_tr[i_va], y_va, KS).items()},
         "auc": {str(k): v for k, v in calculate_auc_at_k(mel_tr[i_te], y_te, KS).items()},
         "auc_ci": {str(k): bootstrap_auc_ci(y_te, knn_vote(mel_tr[i_te], k), n_boot=s.n_boot, seed=seed) for k in KS},
     }
-    return out
 
 
 def run_reproduce(
