@@ -62,7 +62,7 @@ def _finetune_table(tr_t, enhance: Path, work: Path):
     from chaiderm.data.records import attach_groups
 
     groups = work / "groups"
-    if not (groups / GROUP_FILES["finetune"]).exists():
+    if not (groups / "groups_info.json").exists():
         write_group_files(enhance_groups(read_enhance(enhance), tr_t.image_ids, tr_t.diagnoses), groups)
     return attach_groups(tr_t, groups / GROUP_FILES["finetune"])
 

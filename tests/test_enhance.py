@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -103,6 +105,8 @@ def test_groups_enhance_command_writes_training_csvs(tmp_path, synth_dir):
     check_nested(attach_groups(read_folder(data), tmp_path / "g" / "groups.csv"))
     assert len(read_groups(tmp_path / "g" / "groups_heldout.csv")) == len(table) - 100
     assert set(read_groups(tmp_path / "g" / "groups_blind.csv")) == set(g)
+    info = json.loads((tmp_path / "g" / "groups_info.json").read_text())
+    assert info["counts"]["finetune"] == 100 and info["blind_groups"] == 6
 
 
 def test_missing_folder():

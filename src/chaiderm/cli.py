@@ -333,7 +333,6 @@ def groups_enhance(
     Writes groups.csv / groups_blind.csv (the fine-tuning images) and groups_heldout.csv /
     groups_blind_heldout.csv (the other rated images, for REL only), plus groups_info.json.
     """
-    from chaiderm._io import write_json
     from chaiderm.data.enhance import GROUP_FILES, enhance_groups, read_enhance, write_group_files
     from chaiderm.data.records import is_isic2017, load_table
 
@@ -350,16 +349,15 @@ def groups_enhance(
             n_blind=blind_groups,
             seed=seed,
         )
-        write_group_files(parts, out)
-        write_json(
-            out / "groups_info.json",
+        write_group_files(
+            parts,
+            out,
             {
                 "enhance": str(enhance),
                 "data": str(data),
                 "split": split,
                 "seed": seed,
                 "n_rated": sum(len(parts[k]) for k in ("finetune", "heldout")),
-                "counts": {k: len(v) for k, v in parts.items()},
                 "groups_per_disease": per,
                 "blind_groups": blind_groups,
                 "sources": ratings.sources,
@@ -384,7 +382,6 @@ def groups_proxy(
     seed: int = 0,
 ) -> None:
     """PROXY groups computed from the images (size, colour, border, texture), for data without annotations."""
-    from chaiderm._io import write_json
     from chaiderm.data.enhance import GROUP_FILES, write_group_files
     from chaiderm.data.proxy import DESCRIPTORS, proxy_groups
     from chaiderm.data.records import is_isic2017, load_table
@@ -401,16 +398,10 @@ def groups_proxy(
             n_blind=blind_groups,
             seed=seed,
         )
-        write_group_files(parts, out)
-        write_json(
-            out / "groups_info.json",
-            {
-                "kind": "proxy (computed, not human)",
-                "descriptors": DESCRIPTORS,
-                "data": str(data),
-                "seed": seed,
-                "counts": {k: len(v) for k, v in parts.items()},
-            },
+        write_group_files(
+            parts,
+            out,
+            {"kind": "proxy (computed, not human)", "descriptors": DESCRIPTORS, "data": str(data), "seed": seed},
         )
     console.print(f"wrote proxy groups ({', '.join(GROUP_FILES.values())}) to {out}")
 

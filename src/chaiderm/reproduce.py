@@ -277,11 +277,7 @@ def run_reproduce(
         train_t = load_table(isic, "train")
         ratings = read_enhance(enhance)
         parts = enhance_groups(ratings, train_t.image_ids, train_t.diagnoses, n_finetune=s.n_finetune)
-        write_group_files(parts, groups_dir)
-        write_json(
-            groups_dir / "groups_info.json",
-            {"counts": {k: len(v) for k, v in parts.items()}, "sources": ratings.sources},
-        )
+        write_group_files(parts, groups_dir, {"sources": ratings.sources})
         took("groups", t)
     t = time.perf_counter()
     d = _load(isic, masks_data, groups_dir, s, log)

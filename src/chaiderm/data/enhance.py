@@ -182,9 +182,10 @@ GROUP_FILES = {
 }
 
 
-def write_group_files(parts: dict[str, list[tuple[str, str, str]]], out: str | Path) -> None:
-    """Write the four CSVs (hierarchical ones with a disease column, disease-blind ones without)."""
-    from chaiderm._io import write_text
+def write_group_files(parts: dict[str, list[tuple[str, str, str]]], out: str | Path, info: dict | None = None) -> None:
+    """Write the four CSVs (hierarchical ones with a disease column, disease-blind ones without), then
+    ``groups_info.json`` (``info`` plus the row counts): written last, it marks a complete set."""
+    from chaiderm._io import write_json, write_text
 
     out = Path(out)
     for key, name in GROUP_FILES.items():
@@ -192,3 +193,4 @@ def write_group_files(parts: dict[str, list[tuple[str, str, str]]], out: str | P
         header = "image_id,group" if blind else "image_id,group,disease"
         lines = [f"{i},{g}" if blind else f"{i},{g},{d}" for i, g, d in parts[key]]
         write_text(out / name, "\n".join([header, *lines]) + "\n")
+    write_json(out / "groups_info.json", {**(info or {}), "counts": {k: len(v) for k, v in parts.items()}})
