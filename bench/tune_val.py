@@ -45,16 +45,14 @@ DEFAULT_ENHANCE = DEFAULT_ISIC.parent / "enhance"
 
 
 def val_auc_at_k(model, train_img: np.ndarray, val_img: np.ndarray, y_train, y_val, size: int) -> dict[str, float]:
-    from sklearn.metrics import roc_auc_score
-
+    from chaiderm.evaluation.metrics import calculate_auc_at_k
     from chaiderm.index.faiss_index import exact_search
-    from chaiderm.index.knn import knn_vote
     from chaiderm.models.inference import embed
 
     tr, _ = embed(model, train_img, size)
     va, _ = embed(model, val_img, size)
     _, idx = exact_search(tr, va, max(KS))
-    return {str(k): float(roc_auc_score(y_val, knn_vote(y_train[idx], k))) for k in KS}
+    return {str(k): v for k, v in calculate_auc_at_k(y_train[idx], y_val, KS).items()}
 
 
 def _finetune_table(tr_t, enhance: Path, work: Path):
