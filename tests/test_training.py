@@ -57,6 +57,33 @@ def test_resume_after_kill_matches_uninterrupted_run(tables, tmp_path):
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+def test_weight_averaging_saves_the_average_and_resumes_exactly(tables, tmp_path):
+    tr, _, _ = tables
+    tr = tr.subset(range(120))
+    cfg = lambda: tiny_cfg(epochs=2, select_metric="last", ema_decay=0.9)  # noqa: E731
+    train(tiny_cfg(epochs=2, select_metric="last"), tr, tmp_path / "raw")
+    train(cfg(), tr, tmp_path / "ema")
+
+    class KilledError(Exception):
+        pass
+
+    def kill_after_first(epoch, rec):
+        if epoch == 0:
+            raise KilledError
+
+    with pytest.raises(KilledError):
+        train(cfg(), tr, tmp_path / "resumed", on_epoch=kill_after_first)
+    train(cfg(), tr, tmp_path / "resumed", resume=True)
+    raw, ema, resumed = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("raw", "ema", "resumed"))
+    assert raw.keys() == ema.keys()
+    # the saved weights are the average, not the last step's (which equal the plain run's)
+    assert any(not np.allclose(raw[k].numpy(), ema[k].numpy(), atol=1e-6) for k in raw if k.startswith("proj"))
+    for k in ema:
+        np.testing.assert_allclose(ema[k].numpy(), resumed[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+    with pytest.raises(DataError, match="ema_decay"):
+        train(tiny_cfg(epochs=1, ema_decay=1.0), tr, tmp_path / "bad")
+
+
 def test_trained_embedding_beats_untrained(tables, tmp_path):
     tr, va, te = tables
     cfg = tiny_cfg(epochs=6)

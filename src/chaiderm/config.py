@@ -50,6 +50,9 @@ class TrainConfig:
     select_metric: Literal["auc", "loss", "last"] = "auc"
     positive_class: str = "melanoma"
     feedback_weight: float = 1.0
+    # >0: validate and save an exponential moving average of the weights (per step) instead of the
+    # raw weights; smooths the step-to-step drift of short, noisy fine-tuning runs
+    ema_decay: float = 0.0
 
 
 @dataclass

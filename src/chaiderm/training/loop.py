@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import chaiderm
 from chaiderm._io import write_json
@@ -231,7 +232,12 @@ def train(
     grp, _ = encode_labels(train_p.table.groups)
     loss_fn = ChaiTripletLoss(get_rule(t.logic), t.margin, t.reduction) if t.logic != "classifier" else None
 
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise DataError(None, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     opt = _optimizer(model, cfg)
+    ema = None
+    if t.ema_decay:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
     history: list[dict[str, Any]] = []
     best = -math.inf
     best_epoch = -1
@@ -239,6 +245,8 @@ def train(
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         history = json.loads(ckpt["history"])
         best, best_epoch, start_epoch = ckpt["best"], ckpt["best_epoch"], ckpt["epoch"] + 1
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -269,6 +277,8 @@ def train(
             if loss.requires_grad:
                 loss.backward()
                 opt.step()
+                if ema is not None:
+                    ema.update_parameters(model)
             losses.append(float(loss.detach()))
             n_images += len(idx)
             if on_step is not None:
@@ -280,12 +290,13 @@ def train(
             "images_per_s": n_images / max(elapsed, 1e-9),
             "train_s": elapsed,
         }
+        kept = model if ema is None else ema.module  # the weights that are validated and saved
         if val_p is not None:
-            rec.update(validate(model, train_p, val_p, cfg.model.image_size, t.val_k, t.positive_class))
+            rec.update(validate(kept, train_p, val_p, cfg.model.image_size, t.val_k, t.positive_class))
         score = {"auc": rec.get("val_auc", -rec["loss"]), "loss": -rec["loss"], "last": epoch}[t.select_metric]
         if score > best:
             best, best_epoch = score, epoch
-            save_model(model, run_dir, cfg)
+            save_model(kept, run_dir, cfg)
         rec["best_epoch"] = best_epoch
         history.append(rec)
         write_json(run_dir / "history.json", history)
@@ -294,6 +305,7 @@ def train(
             {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
+                **({} if ema is None else {"ema": ema.state_dict()}),
                 "epoch": epoch,
                 "best": best,
                 "best_epoch": best_epoch,
@@ -304,5 +316,5 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch, rec)
     if not (run_dir / "model.safetensors").exists():  # zero epochs asked: save the initial weights
-        save_model(model, run_dir, cfg)
+        save_model(model if ema is None else ema.module, run_dir, cfg)
     return TrainResult(run_dir, history, best_epoch, skipped)
