@@ -51,6 +51,9 @@ def test_bad_inputs_exit_cleanly(tmp_path, synth_dir):
         ],
     )
     assert r.exit_code == 2 and "more than one disease" in r.output
+    args = ["train", "--data", str(synth_dir), "--out", str(tmp_path / "e"), "--ema-decay", "1.5", *TINY]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "ema_decay" in r.output and not (tmp_path / "e").exists()
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
     r = runner.invoke(app, ["query", str(bad), "--model", str(tmp_path), "--index", str(tmp_path)])

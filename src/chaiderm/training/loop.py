@@ -187,6 +187,8 @@ def train(
     t = cfg.train
     if t.logic not in ("disease", "joint", "hierarchical", "nonhierarchical", "classifier"):
         raise DataError(None, f"unknown logic '{t.logic}'")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise DataError(None, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     ckpt = load_checkpoint(run_dir) if resume else None
     if not resume and not force and (run_dir / "checkpoints").exists():
         raise ArtifactError(f"{run_dir}: a run already exists here; pass --resume to continue or --force to replace")
@@ -232,8 +234,6 @@ def train(
     grp, _ = encode_labels(train_p.table.groups)
     loss_fn = ChaiTripletLoss(get_rule(t.logic), t.margin, t.reduction) if t.logic != "classifier" else None
 
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise DataError(None, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     opt = _optimizer(model, cfg)
     ema = None
     if t.ema_decay:
