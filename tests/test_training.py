@@ -18,6 +18,16 @@ def tables(synth_dir):
     return load_table(synth_dir, "train"), load_table(synth_dir, "val"), load_table(synth_dir, "test")
 
 
+class _KilledError(Exception):
+    pass
+
+
+def _kill_after_first(epoch, rec):
+    """An ``on_epoch`` callback standing in for a run killed after its first epoch."""
+    if epoch == 0:
+        raise _KilledError
+
+
 def test_run_folder_has_weights_config_history(tables, tmp_path):
     tr, va, _ = tables
     res = train(tiny_cfg(epochs=2), tr, tmp_path / "run", val_table=va)
@@ -37,15 +47,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tables, tmp_path):
     tr = tr.subset(range(120))
     train(tiny_cfg(epochs=3, select_metric="last"), tr, tmp_path / "straight")
 
-    class KilledError(Exception):
-        pass
-
-    def kill_after_first(epoch, rec):
-        if epoch == 0:
-            raise KilledError
-
-    with pytest.raises(KilledError):
-        train(tiny_cfg(epochs=3, select_metric="last"), tr, tmp_path / "resumed", on_epoch=kill_after_first)
+    with pytest.raises(_KilledError):
+        train(tiny_cfg(epochs=3, select_metric="last"), tr, tmp_path / "resumed", on_epoch=_kill_after_first)
     with pytest.raises(ArtifactError, match="--resume"):
         train(tiny_cfg(epochs=3, select_metric="last"), tr, tmp_path / "resumed")
     res = train(tiny_cfg(epochs=3, select_metric="last"), tr, tmp_path / "resumed", resume=True)
@@ -64,15 +67,8 @@ def test_weight_averaging_saves_the_average_and_resumes_exactly(tables, tmp_path
     train(tiny_cfg(epochs=2, select_metric="last"), tr, tmp_path / "raw")
     train(cfg(), tr, tmp_path / "ema")
 
-    class KilledError(Exception):
-        pass
-
-    def kill_after_first(epoch, rec):
-        if epoch == 0:
-            raise KilledError
-
-    with pytest.raises(KilledError):
-        train(cfg(), tr, tmp_path / "resumed", on_epoch=kill_after_first)
+    with pytest.raises(_KilledError):
+        train(cfg(), tr, tmp_path / "resumed", on_epoch=_kill_after_first)
     train(cfg(), tr, tmp_path / "resumed", resume=True)
     raw, ema, resumed = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("raw", "ema", "resumed"))
     assert raw.keys() == ema.keys()
