@@ -6,6 +6,7 @@ from safetensors.torch import load_file
 
 from chaiderm.config import RunConfig
 from chaiderm.data.records import load_table
+from chaiderm.data.transforms import prepare
 from chaiderm.errors import ArtifactError, DataError
 from chaiderm.evaluation.retrieval import evaluate_retrieval
 from chaiderm.models import build_model, load_model
@@ -111,6 +112,24 @@ def test_other_logics_train_and_fine_tune(tables, tmp_path, logic):
         assert cfg.model.n_classes == 3
     else:
         assert cfg.data.init == str(tmp_path / "disease")
+
+
+def test_group_fine_tuning_trains_on_annotated_images_and_validates_on_the_whole_archive(tables, tmp_path):
+    from chaiderm.training.loop import _Prepared, validate
+
+    tr, va, _ = tables
+    tr, va = tr.subset(range(100)), va.subset(range(40))
+    tr.groups = [g if i % 2 else None for i, g in enumerate(tr.groups)]  # half the archive unannotated
+    train(tiny_cfg(epochs=1), tr, tmp_path / "disease")
+    cfg = tiny_cfg("hierarchical", epochs=1, select_metric="last")
+    res = train(cfg, tr, tmp_path / "h", val_table=va, init=tmp_path / "disease")
+    assert RunConfig.load(tmp_path / "h" / "config.json").data.n_train == 50  # only the annotated half trains
+    model, _ = load_model(tmp_path / "h")
+    prep = lambda t: _Prepared(prepare(t.paths, 72)[0], t)  # noqa: E731
+    whole = validate(model, prep(tr), prep(va), 64, cfg.train.val_k, "melanoma")
+    half = validate(model, prep(tr.subset(range(1, 100, 2))), prep(va), 64, cfg.train.val_k, "melanoma")
+    assert res.history[0]["val_auc"] == pytest.approx(whole["val_auc"], abs=1e-9)
+    assert whole["val_auc"] != pytest.approx(half["val_auc"], abs=1e-9)
 
 
 def test_random_triplet_protocol(tables, tmp_path):

@@ -202,8 +202,6 @@ def train(
         if not train_table.has_groups:
             raise DataError(train_table.source, f"{t.logic} logic needs similarity groups (--groups CSV)")
         check_nested(train_table, cfg.data.groups or train_table.source)
-        # as in the paper, only group-annotated images feed group-based fine-tuning
-        train_table = train_table.subset([i for i, g in enumerate(train_table.groups) if g is not None])
     if t.logic == "joint" and not train_table.has_groups:
         raise DataError(train_table.source, "joint logic needs similarity groups (--groups CSV)")
 
@@ -220,7 +218,13 @@ def train(
         model.classifier = torch.nn.Linear(model.dim, len(diseases))
     cfg.version = chaiderm.__version__
 
-    train_p, skipped = _prepare(train_table, cfg.model.load_size, skip_bad, on_prepare)
+    archive_p, skipped = _prepare(train_table, cfg.model.load_size, skip_bad, on_prepare)
+    train_p = archive_p
+    if t.logic in ("hierarchical", "nonhierarchical"):
+        # as in the paper, only group-annotated images feed group-based fine-tuning; validation still
+        # searches the whole archive, as the evaluation does, so the epoch kept is chosen on that task
+        rows = [i for i, g in enumerate(archive_p.table.groups) if g is not None]
+        train_p = _Prepared(archive_p.images[rows], archive_p.table.subset(rows))
     val_p = None
     if val_table is not None and len(val_table):
         val_p, sk = _prepare(val_table, cfg.model.load_size, skip_bad, on_prepare)
@@ -292,7 +296,7 @@ def train(
         }
         kept = model if ema is None else ema.module  # the weights that are validated and saved
         if val_p is not None:
-            rec.update(validate(kept, train_p, val_p, cfg.model.image_size, t.val_k, t.positive_class))
+            rec.update(validate(kept, archive_p, val_p, cfg.model.image_size, t.val_k, t.positive_class))
         score = {"auc": rec.get("val_auc", -rec["loss"]), "loss": -rec["loss"], "last": epoch}[t.select_metric]
         if score > best:
             best, best_epoch = score, epoch
