@@ -377,18 +377,19 @@ def _markdown(t: dict) -> str:
         "| --- |" + " --- |" * len(VARIANTS),
     ]
 
+    def pm(value: float, std: float | None) -> str:
+        return f"{value:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+
     def ours(v: str, key: str, k: int) -> str:
         row = t["variants"][v]
-        std = row.get(f"{key}_std", {}).get(str(k))
-        return f"{row[key][str(k)]:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+        return pm(row[key][str(k)], row.get(f"{key}_std", {}).get(str(k)))
 
     for key, label in (("auc", "AUC"), ("rel", "REL")):
         for i, k in enumerate(KS):
             cells = [f"{ours(v, key, k)} / {PAPER[key][v][i]:.3f}" for v in VARIANTS]
             lines.append(f"| {label} k{k} | " + " | ".join(cells) + " |")
     cells = [
-        f"{t['variants'][v]['ja']:.3f}"
-        + (f" ± {t['variants'][v]['ja_std']:.3f}" if "ja_std" in t["variants"][v] else "")
+        pm(t["variants"][v]["ja"], t["variants"][v].get("ja_std"))
         + f" / {PAPER['ja'][v] if PAPER['ja'][v] is not None else 'NA'}"
         for v in VARIANTS
     ]
