@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from chaiderm.config import RunConfig
@@ -165,3 +166,30 @@ def test_skip_bad_images_counted(tables, tmp_path):
     res = train(tiny_cfg(epochs=1), small, tmp_path / "b", skip_bad=True)
     assert len(res.skipped) == 1 and "broken.png" in res.skipped[0]
     assert RunConfig.load(tmp_path / "b" / "config.json").data.n_train == 39
+
+
+def test_device_is_checked_before_any_image_is_decoded(tables, tmp_path):
+    tr, _, _ = tables
+    broken = tr.subset(range(4))
+    broken.paths[0] = str(tmp_path / "missing.jpg")  # decoding it would raise a DataError naming the file
+    with pytest.raises(DataError, match="not a torch device"):
+        train(tiny_cfg(epochs=1), broken, tmp_path / "a", device="gpu-please")
+    if not torch.cuda.is_available():
+        with pytest.raises(DataError, match="no CUDA GPU"):
+            train(tiny_cfg(epochs=1), broken, tmp_path / "b", device="cuda")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_run_saves_cpu_weights_that_embed_like_the_gpu_model(tables, tmp_path):
+    tr, va, _ = tables
+    res = train(tiny_cfg(epochs=1), tr.subset(range(60)), tmp_path / "gpu", val_table=va, device="cuda")
+    assert res.history[0]["device"].startswith("cuda") and "val_auc" in res.history[0]
+    model, cfg = load_model(tmp_path / "gpu")
+    assert next(model.parameters()).device.type == "cpu"
+    imgs = prepare(va.paths[:8], cfg.model.load_size)[0]
+    from chaiderm.models.inference import embed
+
+    cpu, _ = embed(model, imgs, cfg.model.image_size)
+    gpu, _ = embed(model.to("cuda"), imgs, cfg.model.image_size)
+    np.testing.assert_allclose(cpu, gpu, rtol=1e-2, atol=1e-3)

@@ -107,6 +107,7 @@ def train_cmd(
     resume: Annotated[bool, typer.Option(help="continue a killed run from its last checkpoint")] = False,
     force: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
     skip_bad: Annotated[bool, typer.Option(help="skip unreadable images with a counted warning")] = False,
+    device: Annotated[str, typer.Option(help="where to compute: cpu, cuda, cuda:1 (not saved as a setting)")] = "cpu",
 ) -> None:
     """Train an embedding (triplet logics) or a multiclass classifier (BaselineFT)."""
     from chaiderm.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -163,7 +164,15 @@ def train_cmd(
             ),
         )
         result = _run_training(
-            cfg, table, out, val_table=val_table, init=init, resume=resume, force=force, skip_bad=skip_bad
+            cfg,
+            table,
+            out,
+            val_table=val_table,
+            init=init,
+            resume=resume,
+            force=force,
+            skip_bad=skip_bad,
+            device=device,
         )
     if result.skipped:
         console.print(

@@ -65,7 +65,7 @@ class ChaiTripletLoss(nn.Module):
             if disease is None or group is None:
                 raise ValueError("labels are needed when no triplets are given")
             indices_tuple = all_valid_triplets(self.rule, disease, group)
-        a, b, c = indices_tuple
+        a, b, c = (i.to(embeddings.device) for i in indices_tuple)
         # one (n, n) distance matrix instead of gathering three (n_triplets, d) tensors: a 48-image
         # batch has ~23k disease triplets, and the gathers (and their backward) dominated the step
         dist = pairwise_squared_euclidean(embeddings)

@@ -124,7 +124,7 @@ def save_model(model: EmbeddingNet, run_dir: str | Path, cfg: RunConfig, name: s
     """Write weights (safetensors) and the full run config beside them, each atomically."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(run_dir / name) as tmp:
         save_file(state, str(tmp), metadata={"config": json.dumps(cfg.to_dict())})
     cfg.save(run_dir / CONFIG)

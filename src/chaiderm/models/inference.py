@@ -17,15 +17,18 @@ def embed(
     images: np.ndarray,
     image_size: int,
     *,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     with_maps: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Embed ``(N, S, S, 3)`` uint8 images (centre crop to ``image_size``).
 
     Returns float32 embeddings ``(N, D)`` and, with ``with_maps``, float16 evidence maps
-    ``(N, D, h, w)`` whose spatial mean equals the embeddings.
+    ``(N, D, h, w)`` whose spatial mean equals the embeddings. Runs on the device the model is on.
     """
+    device = next(model.parameters()).device
+    # small batches are fastest on a CPU (MEASURED.md); a GPU wants large ones
+    batch_size = batch_size or (64 if device.type == "cuda" else 8)
     was_training = model.training
     model.eval()
     embs: list[np.ndarray] = []
@@ -33,13 +36,13 @@ def embed(
     try:
         for start in range(0, len(images), batch_size):
             chunk = center_crop(images[start : start + batch_size], image_size)
-            x = to_tensor(chunk, model.mean, model.std)
+            x = to_tensor(chunk, model.mean, model.std).to(device)
             if with_maps:
                 g, e = model.evidence_maps(x)
-                maps.append(g.float().numpy().astype(np.float16))
+                maps.append(g.float().cpu().numpy().astype(np.float16))
             else:
                 e = model(x)
-            embs.append(e.float().numpy())
+            embs.append(e.float().cpu().numpy())
             if progress is not None:
                 progress(len(chunk))
     finally:

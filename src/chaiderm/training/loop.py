@@ -82,6 +82,16 @@ def validate(
     return out
 
 
+def _device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise DataError(None, f"device: '{name}' is not a torch device ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(None, f"device: '{name}' asked for, but this torch sees no CUDA GPU")
+    return dev
+
+
 def _optimizer(model: EmbeddingNet, cfg: RunConfig) -> torch.optim.Optimizer:
     t = cfg.train
     groups = [
@@ -162,7 +172,8 @@ def _feedback_loss(
     n = min(len(fb.triplets), max(1, cfg.train.batch_size // 6))
     pick = fb.triplets[rng.choice(len(fb.triplets), n, replace=False)]
     imgs = np.concatenate([fb.queries[pick[:, 0]], train_p.images[pick[:, 1]], train_p.images[pick[:, 2]]])
-    x = to_tensor(augment(imgs, cfg.model.image_size, rng), model.mean, model.std)
+    device = next(model.parameters()).device
+    x = to_tensor(augment(imgs, cfg.model.image_size, rng), model.mean, model.std).to(device)
     emb = _forward_chunks(model, x, cfg.train.chunk_size, model)
     return chai_triplet_loss(emb[:n], emb[n : 2 * n], emb[2 * n :], cfg.train.margin).mean()
 
@@ -181,10 +192,16 @@ def train(
     on_epoch: EpochCallback | None = None,
     on_prepare: Callable[[], None] | None = None,
     feedback: FeedbackTriplets | None = None,
+    device: str = "cpu",
 ) -> TrainResult:
-    """Train an embedding and write ``out/{config.json, model.safetensors, history.json, checkpoints/}``."""
+    """Train an embedding and write ``out/{config.json, model.safetensors, history.json, checkpoints/}``.
+
+    ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``...) only says where the arithmetic runs; it is not a
+    setting of the result, so it is kept out of the saved config and a run may resume on another device.
+    """
     run_dir = Path(out)
     t = cfg.train
+    dev = _device(device)
     if t.logic not in ("disease", "joint", "hierarchical", "nonhierarchical", "classifier"):
         raise DataError(None, f"unknown logic '{t.logic}'")
     if not 0.0 <= t.ema_decay < 1.0:
@@ -217,6 +234,7 @@ def train(
         cfg.model.n_classes = len(diseases)
         model.classifier = torch.nn.Linear(model.dim, len(diseases))
     cfg.version = chaiderm.__version__
+    model.to(dev)
 
     archive_p, skipped = _prepare(train_table, cfg.model.load_size, skip_bad, on_prepare)
     train_p = archive_p
@@ -266,12 +284,12 @@ def train(
         n_images = 0
         batches = list(_batches(cfg, dis, grp, rng))
         for step, (idx, triplets) in enumerate(batches):
-            x = to_tensor(augment(train_p.images[idx], cfg.model.image_size, rng), model.mean, model.std)
+            x = to_tensor(augment(train_p.images[idx], cfg.model.image_size, rng), model.mean, model.std).to(dev)
             if t.logic == "classifier":
                 logits = _forward_chunks(
                     model, x, t.chunk_size, lambda c: model.classifier(model.pool(model.forward_features(c)))
                 )
-                loss = F.cross_entropy(logits, torch.from_numpy(dis[idx]))
+                loss = F.cross_entropy(logits, torch.from_numpy(dis[idx]).to(dev))
             else:
                 emb = _forward_chunks(model, x, t.chunk_size, model)
                 loss = loss_fn(emb, dis[idx], grp[idx], indices_tuple=triplets)
@@ -293,6 +311,7 @@ def train(
             "loss": float(np.mean(losses)) if losses else 0.0,
             "images_per_s": n_images / max(elapsed, 1e-9),
             "train_s": elapsed,
+            "device": str(dev),
         }
         kept = model if ema is None else ema.module  # the weights that are validated and saved
         if val_p is not None:
