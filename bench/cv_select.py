@@ -1,0 +1,275 @@
+"""Cross-validated choice of the reproduction's training settings.
+
+    python bench/cv_select.py [--device cuda] [--workers 5] [--budget-s 420] [--out bench/cv_selection.json]
+
+Why: the 150-image validation split (30 melanomas) cannot rank settings: a seed change moves its AUC
+more than any setting tried (docs/reproduction.md). Here every candidate is scored on all 2000
+*training* images instead, by 5-fold cross-validation, and on five training seeds at once.
+
+Protocol. The training images are split into 5 folds, stratified by disease (seed 0). For fold f
+(training seed f): a Disease model is trained on the other four folds (the epoch kept is chosen, as in
+the reproduction, by the official validation split searched against those four folds); the Hierarchical
+candidates fine-tune it on the group-annotated images of those four folds. Each image of fold f then
+queries the other four folds. The melanoma votes of all 2000 queries are pooled and scored: AUC@k for
+k = 3, 5, 10, 20, 40 and their mean. The test split is never read.
+
+Decision rule, fixed before the first run: among the Hierarchical candidates finished on all five folds,
+the one with the highest pooled mean AUC replaces the default settings when it beats the default by more
+than 0.01 and has the higher per-fold mean AUC in at least 4 of the 5 folds. Otherwise the defaults stay.
+
+Each fold runs in its own process; ``--budget-s`` stops starting new candidates after that many seconds,
+so the script ends inside a fixed time (unfinished candidates are reported, never chosen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_ISIC = HERE.parent.parent / "shared" / "data" / "isic2017"
+KS = (3, 5, 10, 20, 40)
+N_FOLDS = 5
+
+# Disease candidates: (model settings, training settings), trained from ImageNet weights
+DISEASE: dict[str, tuple[dict, dict]] = {
+    "d_default": ({}, {}),
+    "d_e5": ({}, {"epochs": 5}),
+    "d_256": ({"image_size": 256}, {}),
+    "d_ema": ({}, {"ema_decay": 0.98}),
+    "d_e5_step": ({}, {"epochs": 5, "lr_step": 3}),  # learning rates / 10 for the last two epochs
+    "d_norm_e5": ({"normalize": True}, {"epochs": 5}),
+}
+# Hierarchical candidates: (Disease candidate fine-tuned, training settings); priority order
+HIER: dict[str, tuple[str, dict]] = {
+    "h_default": ("d_default", {}),
+    "h_lowlr": ("d_default", {"lr_backbone": 3e-5, "lr_head": 3e-4}),
+    "h_e4": ("d_default", {"epochs": 4}),
+    "h_m8": ("d_default", {"m_per_class": 8}),
+    "h_from_e5": ("d_e5", {}),
+    "h_from_256": ("d_256", {}),
+    "h_ema": ("d_ema", {"ema_decay": 0.98}),
+    "h_from_e5_step": ("d_e5_step", {}),
+    "h_from_norm_e5": ("d_norm_e5", {}),
+}
+DEFAULT_HIER = "h_default"
+
+
+def folds_of(diagnoses: list[str]) -> np.ndarray:
+    from sklearn.model_selection import StratifiedKFold
+
+    fold = np.empty(len(diagnoses), np.int64)
+    skf = StratifiedKFold(N_FOLDS, shuffle=True, random_state=0)
+    for f, (_, held) in enumerate(skf.split(np.zeros(len(diagnoses)), diagnoses)):
+        fold[held] = f
+    return fold
+
+
+def _tables(isic: Path, limit: int):
+    """The training and validation tables; ``limit`` > 0 keeps that many training images (smoke runs)."""
+    from chaiderm.data.records import load_table
+
+    tr_t, va_t = load_table(isic, "train"), load_table(isic, "val")
+    if limit:
+        rng = np.random.default_rng(0)
+        tr_t = tr_t.subset(np.sort(rng.choice(len(tr_t), limit, replace=False)))
+    return tr_t, va_t
+
+
+def _neighbour_labels(model, archive_img, query_img, y_archive, size: int) -> np.ndarray:
+    from chaiderm.index.faiss_index import exact_search
+    from chaiderm.models.inference import embed
+
+    arc, _ = embed(model, archive_img, size)
+    q, _ = embed(model, query_img, size)
+    _, idx = exact_search(arc, q, max(KS))
+    return y_archive[idx]
+
+
+def run_fold(
+    fold: int, isic: Path, enhance: Path, work: Path, out: Path, device: str, deadline: float, limit: int = 0
+) -> None:
+    """Train and score every candidate on one fold; results go to ``out/fold<f>.json`` as they finish."""
+    import torch
+
+    from chaiderm._io import write_json
+    from chaiderm.config import ModelConfig, RunConfig, TrainConfig
+    from chaiderm.data.enhance import GROUP_FILES, enhance_groups, read_enhance, write_group_files
+    from chaiderm.data.records import attach_groups, load_table
+    from chaiderm.data.transforms import prepare
+    from chaiderm.models.embedding import load_model
+    from chaiderm.training import train
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // N_FOLDS))
+    tr_t, va_t = _tables(isic, limit)
+    groups = work / f"groups_{fold}"  # each process writes its own (identical) copy: no race on one folder
+    full = load_table(isic, "train")  # groups come from every rated image, also in a --limit smoke run
+    write_group_files(enhance_groups(read_enhance(enhance), full.image_ids, full.diagnoses), groups)
+    grouped = attach_groups(tr_t, groups / GROUP_FILES["finetune"])
+    fold_of = folds_of(tr_t.diagnoses)
+    keep = np.flatnonzero(fold_of != fold)
+    held = np.flatnonzero(fold_of == fold)
+    imgs = prepare(tr_t.paths, 256)[0]
+    va_img = prepare(va_t.paths, 256)[0]
+    y = tr_t.is_positive("melanoma")
+    result: dict = {"fold": fold, "held": held.tolist(), "candidates": {}}
+    chunk = 48 if device.startswith("cuda") else 16
+    cap = {"epochs": 1} if limit else {}  # a smoke run only checks that everything runs
+
+    def score(name: str, run: Path, t0: float, **extra) -> None:
+        model, cfg = load_model(run)
+        model.to(device)
+        size = cfg.model.image_size
+        result["candidates"][name] = {
+            "neighbour_melanoma": _neighbour_labels(model, imgs[keep], imgs[held], y[keep], size).tolist(),
+            "val_neighbour_melanoma": _neighbour_labels(model, imgs[keep], va_img, y[keep], size).tolist(),
+            "history": json.loads((run / "history.json").read_text()),
+            "seconds": time.perf_counter() - t0,
+            **extra,
+        }
+        write_json(out / f"fold{fold}.json", result)
+        print(f"fold {fold} {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    for h_name, (d_name, h_set) in HIER.items():
+        if time.time() > deadline:
+            break
+        d_run = work / f"{d_name}_f{fold}"
+        if d_name not in result["candidates"]:
+            t0 = time.perf_counter()
+            m_set, t_set = DISEASE[d_name]
+            cfg = RunConfig(
+                model=ModelConfig(load_size=256, **m_set),
+                train=TrainConfig(
+                    **{"logic": "disease", "epochs": 3, "seed": fold, "val_k": 20, "chunk_size": chunk, **t_set, **cap}
+                ),
+            )
+            train(cfg, tr_t.subset(keep), d_run, val_table=va_t, force=True, device=device)
+            score(d_name, d_run, t0, model=m_set, train=t_set)
+        if time.time() > deadline:
+            break
+        t0 = time.perf_counter()
+        cfg = RunConfig(
+            train=TrainConfig(
+                **{"logic": "hierarchical", "epochs": 2, "seed": fold, "val_k": 20, "chunk_size": chunk, **h_set, **cap}
+            )
+        )
+        h_run = work / f"{h_name}_f{fold}"
+        train(cfg, grouped.subset(keep), h_run, val_table=va_t, init=d_run, force=True, device=device)
+        score(h_name, h_run, t0, init=d_name, train=h_set)
+
+
+def _auc(neigh: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    from chaiderm.evaluation.metrics import calculate_auc_at_k
+
+    return {str(k): float(v) for k, v in calculate_auc_at_k(neigh, y, KS).items()}
+
+
+def summarise(out: Path, isic: Path, limit: int = 0) -> dict:
+    """Pool the folds' votes per candidate and apply the decision rule."""
+    tr_t, va_t = _tables(isic, limit)
+    y, y_va = tr_t.is_positive("melanoma"), va_t.is_positive("melanoma")
+    folds = [
+        json.loads((out / f"fold{f}.json").read_text()) for f in range(N_FOLDS) if (out / f"fold{f}.json").exists()
+    ]
+    names = list(DISEASE) + list(HIER)
+    table: dict[str, dict] = {}
+    for name in names:
+        got = [f for f in folds if name in f["candidates"]]
+        if not got:
+            continue
+        per_fold = {}
+        for f in got:
+            c = f["candidates"][name]
+            auc = _auc(np.asarray(c["neighbour_melanoma"]), y[f["held"]])
+            per_fold[f["fold"]] = {
+                "auc": auc,
+                "mean": float(np.mean(list(auc.values()))),
+                "val_mean": float(np.mean(list(_auc(np.asarray(c["val_neighbour_melanoma"]), y_va).values()))),
+                "best_epoch": c["history"][-1]["best_epoch"],
+                "seconds": c["seconds"],
+            }
+        entry = {"folds": sorted(per_fold), "per_fold": per_fold}
+        if len(got) == N_FOLDS:
+            neigh = np.concatenate([np.asarray(f["candidates"][name]["neighbour_melanoma"]) for f in got])
+            held = np.concatenate([f["held"] for f in got])
+            pooled = _auc(neigh, y[held])
+            entry.update(pooled_auc=pooled, pooled_mean=float(np.mean(list(pooled.values()))))
+            entry["val_mean_over_folds"] = float(np.mean([p["val_mean"] for p in per_fold.values()]))
+        table[name] = entry
+    decision = "defaults stay"
+    chosen = DEFAULT_HIER
+    base = table.get(DEFAULT_HIER, {})
+    finished = {n: e for n, e in table.items() if n in HIER and "pooled_mean" in e}
+    if "pooled_mean" in base and finished:
+        best = max(finished, key=lambda n: finished[n]["pooled_mean"])
+        margin = finished[best]["pooled_mean"] - base["pooled_mean"]
+        wins = sum(finished[best]["per_fold"][f]["mean"] > base["per_fold"][f]["mean"] for f in base["per_fold"])
+        if best != DEFAULT_HIER and margin > 0.01 and wins >= 4:
+            chosen, decision = best, f"{best} replaces the defaults (+{margin:.3f}, wins {wins}/5 folds)"
+        else:
+            decision = f"defaults stay (best {best}: {margin:+.3f}, wins {wins}/5 folds)"
+    return {"candidates": table, "chosen": chosen, "decision": decision}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
+    ap.add_argument("--enhance", type=Path, default=DEFAULT_ISIC.parent / "enhance")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/chaiderm_cv"), help="trained fold models")
+    ap.add_argument("--raw", type=Path, default=None, help="per-fold votes (default: WORK/raw)")
+    ap.add_argument("--out", type=Path, default=HERE / "cv_selection.json")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=N_FOLDS, help="folds run at once")
+    ap.add_argument("--budget-s", type=float, default=1e9, help="start no new candidate after this many seconds")
+    ap.add_argument("--limit", type=int, default=0, help="smoke run: this many training images, 1 epoch each")
+    ap.add_argument("--summarise-only", action="store_true", help="only pool the per-fold files in --raw")
+    a = ap.parse_args()
+    import multiprocessing as mp
+
+    from chaiderm._io import write_json
+
+    raw = a.raw or a.work / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if not a.summarise_only:
+        deadline = t0 + a.budget_s
+        ctx = mp.get_context("spawn")  # CUDA cannot be shared with forked processes
+        with ctx.Pool(a.workers) as pool:
+            pool.starmap(
+                run_fold, [(f, a.isic, a.enhance, a.work, raw, a.device, deadline, a.limit) for f in range(N_FOLDS)]
+            )
+    summary = summarise(raw, a.isic, a.limit)
+    import torch
+
+    summary.update(
+        machine=f"{platform.machine()}, {os.cpu_count()} cores, device {a.device}"
+        + (f" ({torch.cuda.get_device_name()})" if a.device.startswith("cuda") else "")
+        + f", torch {torch.__version__}",
+        date=datetime.date.today().isoformat(),
+        wall_s=time.time() - t0,
+        disease_candidates=DISEASE,
+        hierarchical_candidates=HIER,
+    )
+    write_json(a.out, summary)
+    for name, e in summary["candidates"].items():
+        if "pooled_mean" in e:
+            print(
+                name,
+                " ".join(f"{v:.3f}" for v in e["pooled_auc"].values()),
+                f"mean {e['pooled_mean']:.3f}",
+                f"val {e['val_mean_over_folds']:.3f}",
+            )
+        else:
+            print(name, f"unfinished ({len(e['folds'])} folds)")
+    print(summary["decision"])
+
+
+if __name__ == "__main__":
+    main()
