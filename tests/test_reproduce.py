@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from chaiderm.data.records import load_table
-from chaiderm.errors import ArtifactError
+from chaiderm.errors import ArtifactError, DataError
 from chaiderm.reproduce import VARIANTS, ReproduceSettings, _evaluate_ensemble, _load, run_reproduce
 from tests.test_enhance import _fake_enhance
 
@@ -80,3 +80,10 @@ def test_reproduce_end_to_end_and_resume(synth_dir, tmp_path):
     other = dataclasses.replace(s, finetune_epochs=3)
     with pytest.raises(ArtifactError, match=r"settings\.json.*finetune_epochs: 1 there, 3 now"):
         run_reproduce(tmp_path / "isic", tmp_path / "enh", synth_dir / "test", out, other, log=logs.append)
+
+
+def test_a_bad_device_is_refused_before_anything_is_written(synth_dir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="not a torch device"):
+        run_reproduce(tmp_path / "no-isic", tmp_path / "no-enh", synth_dir / "test", out, device="gpu-please")
+    assert not out.exists()

@@ -429,6 +429,7 @@ def reproduce(
     backbone: Annotated[str | None, typer.Option(help="backbone (default: the tuned setting)")] = None,
     image_size: Annotated[int | None, typer.Option(help="network input side")] = None,
     n_boot: int = 1000,
+    device: Annotated[str, typer.Option(help="where to compute: cpu, cuda (not a setting of the results)")] = "cpu",
 ) -> None:
     """The paper's Table 1: six embeddings, AUC@k, REL@k, map localisation, statistics and figures.
 
@@ -438,7 +439,7 @@ def reproduce(
     given = dict(epochs=epochs, finetune_epochs=finetune_epochs, backbone=backbone, image_size=image_size)
     s = ReproduceSettings(seeds=seeds, n_boot=n_boot, **{k: v for k, v in given.items() if v is not None})
     with _errors():
-        run_reproduce(isic, enhance, masks_data, out, s, log=lambda m: console.print(m, markup=False))
+        run_reproduce(isic, enhance, masks_data, out, s, log=lambda m: console.print(m, markup=False), device=device)
 
 
 @app.command()

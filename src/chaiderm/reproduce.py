@@ -40,7 +40,7 @@ from chaiderm.index.faiss_index import exact_search
 from chaiderm.index.knn import knn_vote
 from chaiderm.losses.logic import encode_labels
 from chaiderm.models.embedding import build_model, load_model, save_model
-from chaiderm.models.inference import embed
+from chaiderm.models.inference import embed, resolve_device
 from chaiderm.training import train
 
 VARIANTS = ("Baseline", "BaselineFT", "Disease", "Joint", "NonHierarchical", "Hierarchical")
@@ -109,7 +109,15 @@ def _load(isic: Path, masks_data: Path, groups_dir: Path, s: ReproduceSettings, 
 
 
 def _train_variant(
-    name: str, run: Path, d: _Data, groups_dir: Path, runs: dict[str, Path], seed: int, s: ReproduceSettings, log
+    name: str,
+    run: Path,
+    d: _Data,
+    groups_dir: Path,
+    runs: dict[str, Path],
+    seed: int,
+    s: ReproduceSettings,
+    log,
+    device: str = "cpu",
 ) -> None:
     if (run / "done").exists():
         return
@@ -150,14 +158,18 @@ def _train_variant(
             init=init,
             resume=resume,
             force=not resume,
+            device=device,
             on_epoch=lambda e, r: log(f"  {name} epoch {e + 1}: val AUC@20 {r.get('val_auc', float('nan')):.3f}"),
         )
         log(f"  {name}: best epoch {res.best_epoch + 1}")
     (run / "done").write_text("ok\n")
 
 
-def _evaluate(run: Path, d: _Data, s: ReproduceSettings, seed: int) -> tuple[dict, dict[str, np.ndarray]]:
+def _evaluate(
+    run: Path, d: _Data, s: ReproduceSettings, seed: int, device: str = "cpu"
+) -> tuple[dict, dict[str, np.ndarray]]:
     model, cfg = load_model(run)
+    model.to(device)
     tr, tr_maps = embed(model, d.train_img, s.image_size, with_maps=True)
     te, _ = embed(model, d.test_img, s.image_size)
     hm, hm_maps = embed(model, d.ham_img, s.image_size, with_maps=True)
@@ -209,7 +221,9 @@ def _evaluate(run: Path, d: _Data, s: ReproduceSettings, seed: int) -> tuple[dic
         with torch.inference_mode():
             logits = torch.cat(
                 [
-                    model.logits(to_tensor(center_crop(d.test_img[i : i + 16], s.image_size), model.mean, model.std))
+                    model.logits(
+                        to_tensor(center_crop(d.test_img[i : i + 16], s.image_size), model.mean, model.std).to(device)
+                    ).cpu()
                     for i in range(0, len(d.test_img), 16)
                 ]
             )
@@ -225,7 +239,7 @@ def _evaluate(run: Path, d: _Data, s: ReproduceSettings, seed: int) -> tuple[dic
 ENSEMBLED = ("Disease", "Hierarchical")
 
 
-def _evaluate_ensemble(runs: list[Path], d: _Data, s: ReproduceSettings, seed: int) -> dict:
+def _evaluate_ensemble(runs: list[Path], d: _Data, s: ReproduceSettings, seed: int, device: str = "cpu") -> dict:
     """kNN over the concatenated embeddings of one variant's seeds (beyond the paper).
 
     Concatenation makes the squared distance the sum of the members' distances. Validation AUC@k is
@@ -234,6 +248,7 @@ def _evaluate_ensemble(runs: list[Path], d: _Data, s: ReproduceSettings, seed: i
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for run in runs:
         model, _ = load_model(run)
+        model.to(device)
         for split, img in (("train", d.train_img), ("val", d.val_img), ("test", d.test_img)):
             parts[split].append(embed(model, img, s.image_size)[0])
     tr, va, te = (np.ascontiguousarray(np.concatenate(parts[k], 1)) for k in ("train", "val", "test"))
@@ -257,8 +272,11 @@ def run_reproduce(
     out: str | Path,
     s: ReproduceSettings | None = None,
     log: Callable[[str], None] = print,
+    device: str = "cpu",
 ) -> dict:
+    """Run (or resume) the whole reproduction into ``out``; ``device`` only says where to compute."""
     s = s or ReproduceSettings()
+    resolve_device(device)  # a bad device is refused before anything is written or decoded
     isic, enhance, masks_data, out = Path(isic), Path(enhance), Path(masks_data), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, s)
@@ -290,12 +308,12 @@ def run_reproduce(
             if not (runs[name] / "done").exists():
                 t = time.perf_counter()
                 log(f"[seed {seed}] {name}: training")
-                _train_variant(name, runs[name], d, groups_dir, runs, seed, s, log)
+                _train_variant(name, runs[name], d, groups_dir, runs, seed, s, log, device)
                 took(f"train_{name}_seed{seed}", t)
             ev_path = out / "eval" / f"seed{seed}" / f"{name}.json"
             if not ev_path.exists():
                 t = time.perf_counter()
-                ev, scores = _evaluate(runs[name], d, s, seed)
+                ev, scores = _evaluate(runs[name], d, s, seed, device)
                 ev_path.parent.mkdir(parents=True, exist_ok=True)
                 np.savez(ev_path.with_suffix(".npz"), **scores)
                 write_json(ev_path, ev)
@@ -314,7 +332,7 @@ def run_reproduce(
                 log(f"{name}: ensemble of {s.seeds} seeds")
                 t = time.perf_counter()
                 runs = [out / "runs" / f"seed{seed}" / name for seed in range(s.seeds)]
-                write_json(path, _evaluate_ensemble(runs, d, s, 0))
+                write_json(path, _evaluate_ensemble(runs, d, s, 0, device))
                 took(f"eval_ensemble{s.seeds}_{name}", t)
             table["ensembles"][name] = json.loads(path.read_text())
     table["timing_s"] = {**timing, "total": sum(timing.values()), "this_run": time.perf_counter() - t0}

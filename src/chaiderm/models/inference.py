@@ -8,7 +8,19 @@ import numpy as np
 import torch
 
 from chaiderm.data.transforms import center_crop, to_tensor
+from chaiderm.errors import DataError
 from chaiderm.models.embedding import EmbeddingNet
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch device from its name, refused with a clear error when unknown or not present."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise DataError(None, f"device: '{name}' is not a torch device ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(None, f"device: '{name}' asked for, but this torch sees no CUDA GPU")
+    return dev
 
 
 @torch.inference_mode()

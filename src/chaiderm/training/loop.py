@@ -36,7 +36,7 @@ from chaiderm.losses.logic import encode_labels, get_rule
 from chaiderm.losses.miners import sample_triplets
 from chaiderm.losses.triplet import ChaiTripletLoss, chai_triplet_loss
 from chaiderm.models.embedding import EmbeddingNet, build_model, load_model, save_model
-from chaiderm.models.inference import embed
+from chaiderm.models.inference import embed, resolve_device
 from chaiderm.training.checkpoint import load_checkpoint, save_checkpoint
 
 StepCallback = Callable[[int, int, int, float], None]  # epoch, step, n_steps, loss
@@ -80,16 +80,6 @@ def validate(
         has = va_g >= 0
         out["val_rel"] = float(relevance_at_k(va_g[has], tr_g[idx[has]], idx.shape[1]).mean())
     return out
-
-
-def _device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise DataError(None, f"device: '{name}' is not a torch device ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(None, f"device: '{name}' asked for, but this torch sees no CUDA GPU")
-    return dev
 
 
 def _optimizer(model: EmbeddingNet, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -201,7 +191,7 @@ def train(
     """
     run_dir = Path(out)
     t = cfg.train
-    dev = _device(device)
+    dev = resolve_device(device)
     if t.logic not in ("disease", "joint", "hierarchical", "nonhierarchical", "classifier"):
         raise DataError(None, f"unknown logic '{t.logic}'")
     if not 0.0 <= t.ema_decay < 1.0:
