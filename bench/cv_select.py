@@ -58,15 +58,16 @@ HIER: dict[str, tuple[str, dict]] = {
     "h_ema": ("d_ema", {"ema_decay": 0.98}),
     "h_from_e5_step": ("d_e5_step", {}),
     "h_from_norm_e5": ("d_norm_e5", {}),
+    "h_ema_lowlr": ("d_ema", {"ema_decay": 0.98, "lr_backbone": 3e-5, "lr_head": 3e-4}),
 }
 DEFAULT_HIER = "h_default"
 
 
-def folds_of(diagnoses: list[str]) -> np.ndarray:
+def folds_of(diagnoses: list[str], fold_seed: int = 0) -> np.ndarray:
     from sklearn.model_selection import StratifiedKFold
 
     fold = np.empty(len(diagnoses), np.int64)
-    skf = StratifiedKFold(N_FOLDS, shuffle=True, random_state=0)
+    skf = StratifiedKFold(N_FOLDS, shuffle=True, random_state=fold_seed)
     for f, (_, held) in enumerate(skf.split(np.zeros(len(diagnoses)), diagnoses)):
         fold[held] = f
     return fold
@@ -94,7 +95,16 @@ def _neighbour_labels(model, archive_img, query_img, y_archive, size: int) -> np
 
 
 def run_fold(
-    fold: int, isic: Path, enhance: Path, work: Path, out: Path, device: str, deadline: float, limit: int = 0
+    fold: int,
+    isic: Path,
+    enhance: Path,
+    work: Path,
+    out: Path,
+    device: str,
+    deadline: float,
+    limit: int = 0,
+    fold_seed: int = 0,
+    only: tuple[str, ...] = (),
 ) -> None:
     """Train and score every candidate on one fold; results go to ``out/fold<f>.json`` as they finish."""
     import torch
@@ -113,7 +123,8 @@ def run_fold(
     full = load_table(isic, "train")  # groups come from every rated image, also in a --limit smoke run
     write_group_files(enhance_groups(read_enhance(enhance), full.image_ids, full.diagnoses), groups)
     grouped = attach_groups(tr_t, groups / GROUP_FILES["finetune"])
-    fold_of = folds_of(tr_t.diagnoses)
+    fold_of = folds_of(tr_t.diagnoses, fold_seed)
+    seed = N_FOLDS * fold_seed + fold  # another split also means other training seeds
     keep = np.flatnonzero(fold_of != fold)
     held = np.flatnonzero(fold_of == fold)
     imgs = prepare(tr_t.paths, 256)[0]
@@ -138,6 +149,8 @@ def run_fold(
         print(f"fold {fold} {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
 
     for h_name, (d_name, h_set) in HIER.items():
+        if only and h_name not in only:
+            continue
         if time.time() > deadline:
             break
         d_run = work / f"{d_name}_f{fold}"
@@ -147,7 +160,7 @@ def run_fold(
             cfg = RunConfig(
                 model=ModelConfig(load_size=256, **m_set),
                 train=TrainConfig(
-                    **{"logic": "disease", "epochs": 3, "seed": fold, "val_k": 20, "chunk_size": chunk, **t_set, **cap}
+                    **{"logic": "disease", "epochs": 3, "seed": seed, "val_k": 20, "chunk_size": chunk, **t_set, **cap}
                 ),
             )
             train(cfg, tr_t.subset(keep), d_run, val_table=va_t, force=True, device=device)
@@ -157,7 +170,7 @@ def run_fold(
         t0 = time.perf_counter()
         cfg = RunConfig(
             train=TrainConfig(
-                **{"logic": "hierarchical", "epochs": 2, "seed": fold, "val_k": 20, "chunk_size": chunk, **h_set, **cap}
+                **{"logic": "hierarchical", "epochs": 2, "seed": seed, "val_k": 20, "chunk_size": chunk, **h_set, **cap}
             )
         )
         h_run = work / f"{h_name}_f{fold}"
@@ -172,12 +185,20 @@ def _auc(neigh: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def summarise(out: Path, isic: Path, limit: int = 0) -> dict:
-    """Pool the folds' votes per candidate and apply the decision rule."""
+    """Pool the per-fold files in ``out`` and apply the decision rule."""
     tr_t, va_t = _tables(isic, limit)
-    y, y_va = tr_t.is_positive("melanoma"), va_t.is_positive("melanoma")
     folds = [
         json.loads((out / f"fold{f}.json").read_text()) for f in range(N_FOLDS) if (out / f"fold{f}.json").exists()
     ]
+    return summarise_folds(folds, tr_t.is_positive("melanoma"), va_t.is_positive("melanoma"))
+
+
+def summarise_folds(folds: list[dict], y: np.ndarray, y_va: np.ndarray) -> dict:
+    """Per candidate: per-fold and pooled AUC@k of the held-out queries; then the decision rule.
+
+    ``folds`` are the per-fold results of :func:`run_fold`; ``y`` / ``y_va`` say which training /
+    validation images are melanoma.
+    """
     names = list(DISEASE) + list(HIER)
     table: dict[str, dict] = {}
     for name in names:
@@ -229,6 +250,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=N_FOLDS, help="folds run at once")
     ap.add_argument("--budget-s", type=float, default=1e9, help="start no new candidate after this many seconds")
     ap.add_argument("--limit", type=int, default=0, help="smoke run: this many training images, 1 epoch each")
+    ap.add_argument("--fold-seed", type=int, default=0, help="another split (and training seeds 5s..5s+4)")
+    ap.add_argument("--only", nargs="*", choices=sorted(HIER), default=(), help="Hierarchical candidates to run")
     ap.add_argument("--summarise-only", action="store_true", help="only pool the per-fold files in --raw")
     a = ap.parse_args()
     import multiprocessing as mp
@@ -243,9 +266,14 @@ def main() -> None:
         ctx = mp.get_context("spawn")  # CUDA cannot be shared with forked processes
         with ctx.Pool(a.workers) as pool:
             pool.starmap(
-                run_fold, [(f, a.isic, a.enhance, a.work, raw, a.device, deadline, a.limit) for f in range(N_FOLDS)]
+                run_fold,
+                [
+                    (f, a.isic, a.enhance, a.work, raw, a.device, deadline, a.limit, a.fold_seed, tuple(a.only))
+                    for f in range(N_FOLDS)
+                ],
             )
     summary = summarise(raw, a.isic, a.limit)
+    summary["fold_seed"] = a.fold_seed
     import torch
 
     summary.update(

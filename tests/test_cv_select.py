@@ -1,0 +1,79 @@
+"""The cross-validated selection of bench/cv_select.py: its folds and its decision rule."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_spec = importlib.util.spec_from_file_location("cv_select", Path(__file__).parents[1] / "bench" / "cv_select.py")
+cv = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cv)
+
+N, K = 100, 40
+RNG = np.random.default_rng(0)
+Y = np.zeros(N, bool)
+Y[RNG.choice(N, 20, replace=False)] = True
+Y_VA = np.array([True] * 5 + [False] * 15)
+HELD = [list(range(f, N, 5)) for f in range(5)]
+
+
+def _noisy(rows: list[int], seed: int) -> list[list[int]]:
+    """Neighbour melanoma labels that carry some, not all, of the truth."""
+    r = np.random.default_rng(seed)
+    p = np.where(Y[rows], 0.45, 0.25)[:, None]
+    return (r.random((len(rows), K)) < p).astype(int).tolist()
+
+
+def _perfect(rows: list[int]) -> list[list[int]]:
+    return np.repeat(Y[rows, None], K, axis=1).astype(int).tolist()
+
+
+def _cand(neigh: list[list[int]]) -> dict:
+    val = np.repeat(Y_VA[:, None], K, axis=1).astype(int).tolist()
+    return {"neighbour_melanoma": neigh, "val_neighbour_melanoma": val, "history": [{"best_epoch": 1}], "seconds": 1.0}
+
+
+def _folds(other: dict[str, callable], n_folds: int = 5) -> list[dict]:
+    folds = []
+    for f in range(n_folds):
+        c = {"d_default": _cand(_noisy(HELD[f], f)), "h_default": _cand(_noisy(HELD[f], 10 + f))}
+        for name, make in other.items():
+            got = make(f)
+            if got is not None:
+                c[name] = _cand(got)
+        folds.append({"fold": f, "held": HELD[f], "candidates": c})
+    return folds
+
+
+def test_folds_are_a_stratified_partition_and_change_with_the_fold_seed():
+    dis = ["melanoma"] * 37 + ["nevus"] * 50 + ["seborrheic_keratosis"] * 13
+    a, again, other = cv.folds_of(dis), cv.folds_of(dis), cv.folds_of(dis, 1)
+    assert set(a.tolist()) == set(range(5)) and np.array_equal(a, again) and not np.array_equal(a, other)
+    for d in set(dis):
+        counts = np.bincount(a[np.array(dis) == d], minlength=5)
+        assert counts.max() - counts.min() <= 1, d
+
+
+def test_a_clearly_better_candidate_replaces_the_defaults():
+    s = cv.summarise_folds(_folds({"h_ema": lambda f: _perfect(HELD[f])}), Y, Y_VA)
+    assert s["chosen"] == "h_ema" and "replaces" in s["decision"]
+    assert s["candidates"]["h_ema"]["pooled_mean"] == pytest.approx(1.0)
+    assert s["candidates"]["h_default"]["pooled_mean"] < 0.9
+
+
+def test_a_candidate_must_win_four_folds_and_finish_all_five():
+    # perfect on three folds, the default's own votes on two: pooled better, but 3 wins of 5
+    three = {"h_ema": lambda f: _perfect(HELD[f]) if f < 3 else _noisy(HELD[f], 10 + f)}
+    s = cv.summarise_folds(_folds(three), Y, Y_VA)
+    assert s["candidates"]["h_ema"]["pooled_mean"] > s["candidates"]["h_default"]["pooled_mean"] + 0.01
+    assert s["chosen"] == "h_default" and "wins 3/5" in s["decision"]
+    # perfect but unfinished (four folds): reported, never chosen
+    s = cv.summarise_folds(_folds({"h_lowlr": lambda f: _perfect(HELD[f]) if f < 4 else None}), Y, Y_VA)
+    assert s["candidates"]["h_lowlr"]["folds"] == [0, 1, 2, 3] and "pooled_mean" not in s["candidates"]["h_lowlr"]
+    assert s["chosen"] == "h_default"
+
+
+def test_an_equal_candidate_leaves_the_defaults():
+    s = cv.summarise_folds(_folds({"h_ema": lambda f: _noisy(HELD[f], 10 + f)}), Y, Y_VA)
+    assert s["chosen"] == "h_default" and s["decision"].startswith("defaults stay")
