@@ -95,3 +95,18 @@ def test_index_refuses_mismatched_model(synth_dir, tmp_path):
 
     with pytest.raises(ArtifactError, match="another model"):
         Predictor.load(tmp_path / "b", tmp_path / "ix")
+
+
+def test_reproduce_paper_groups_flag_reaches_the_settings(tmp_path):
+    """--paper-groups asks for 20 / 12 / 15 groups; a folder made with the default 10 / 6 / 8 refuses it."""
+    from dataclasses import asdict
+
+    from chaiderm.reproduce import ReproduceSettings
+
+    out = tmp_path / "out"
+    out.mkdir()
+    saved = {k: v for k, v in asdict(ReproduceSettings()).items() if k != "seeds"}
+    (out / "settings.json").write_text(json.dumps(saved))
+    args = ["reproduce", "--isic", str(tmp_path), "--enhance", str(tmp_path), "--masks-data", str(tmp_path)]
+    r = runner.invoke(app, [*args, "--out", str(out), "--paper-groups"])
+    assert r.exit_code == 2 and "groups_per_disease" in r.output and "'melanoma': 20" in r.output

@@ -27,8 +27,17 @@ def _isic_from_synthetic(synth_dir, root):
 def test_reproduce_end_to_end_and_resume(synth_dir, tmp_path):
     _isic_from_synthetic(synth_dir, tmp_path / "isic")
     _fake_enhance(tmp_path / "enh", n=200)
+    per = {"melanoma": 3, "seborrheic_keratosis": 2, "nevus": 4}
     s = ReproduceSettings(
-        backbone="tiny", epochs=1, finetune_epochs=1, image_size=64, load_size=72, n_finetune=100, n_boot=50, seeds=2
+        backbone="tiny",
+        epochs=1,
+        finetune_epochs=1,
+        image_size=64,
+        load_size=72,
+        n_finetune=100,
+        n_boot=50,
+        seeds=2,
+        groups_per_disease=per,
     )
     out = tmp_path / "out"
     logs = []
@@ -67,6 +76,10 @@ def test_reproduce_end_to_end_and_resume(synth_dir, tmp_path):
     groups = (out / "groups" / "groups.csv").read_text()
     held = [line.split(",")[0] for line in (out / "groups" / "groups_heldout.csv").read_text().splitlines()[1:]]
     assert held and not any(h in groups for h in held)
+    # the hierarchical groups have the numbers asked for within each disease
+    rows = [line.split(",") for line in groups.splitlines()[1:]]
+    for disease, n in per.items():
+        assert len({g for _, g, d in rows if d == disease}) == n, disease
     # a second run finds every variant done and recomputes nothing but the table
     logs.clear()
     again = run_reproduce(tmp_path / "isic", tmp_path / "enh", synth_dir / "test", out, s, log=logs.append)
