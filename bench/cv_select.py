@@ -118,7 +118,7 @@ def run_fold(
 
     from chaiderm._io import write_json
     from chaiderm.config import ModelConfig, RunConfig, TrainConfig
-    from chaiderm.data.enhance import GROUP_FILES, enhance_groups, read_enhance, write_group_files
+    from chaiderm.data.enhance import GROUP_FILES, PAPER_GROUPS, enhance_groups, read_enhance, write_group_files
     from chaiderm.data.records import attach_groups, load_table
     from chaiderm.data.transforms import prepare
     from chaiderm.models.embedding import load_model
@@ -131,6 +131,9 @@ def run_fold(
     grouped: dict[str, object] = {}
 
     def grouped_for(per_disease: dict | None):
+        # candidates without their own numbers use the paper's 20 / 12 / 15: the setting these rounds
+        # started from (the package default is now 10 / 6 / 8, the third round's winner)
+        per_disease = per_disease or PAPER_GROUPS
         key = json.dumps(per_disease, sort_keys=True)
         if key not in grouped:
             # each process writes its own copy: no race on one folder
