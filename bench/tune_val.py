@@ -68,12 +68,14 @@ def val_auc_at_k(model, train_img: np.ndarray, val_img: np.ndarray, y_train, y_v
 
 
 def _finetune_table(tr_t, enhance: Path, work: Path):
-    from chaiderm.data.enhance import GROUP_FILES, enhance_groups, read_enhance, write_group_files
+    from chaiderm.data.enhance import GROUP_FILES, PAPER_GROUPS, enhance_groups, read_enhance, write_group_files
     from chaiderm.data.records import attach_groups
 
     groups = work / "groups"
     if not (groups / "groups_info.json").exists():
-        write_group_files(enhance_groups(read_enhance(enhance), tr_t.image_ids, tr_t.diagnoses), groups)
+        # the paper's numbers, with which these candidates ran (the package default changed after them)
+        parts = enhance_groups(read_enhance(enhance), tr_t.image_ids, tr_t.diagnoses, groups_per_disease=PAPER_GROUPS)
+        write_group_files(parts, groups)
     return attach_groups(tr_t, groups / GROUP_FILES["finetune"])
 
 
