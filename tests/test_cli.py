@@ -109,4 +109,13 @@ def test_reproduce_paper_groups_flag_reaches_the_settings(tmp_path):
     (out / "settings.json").write_text(json.dumps(saved))
     args = ["reproduce", "--isic", str(tmp_path), "--enhance", str(tmp_path), "--masks-data", str(tmp_path)]
     r = runner.invoke(app, [*args, "--out", str(out), "--paper-groups"])
-    assert r.exit_code == 2 and "groups_per_disease" in r.output and "'melanoma': 20" in r.output
+    said = " ".join(r.output.split())  # rich wraps long lines
+    assert r.exit_code == 2 and "groups_per_disease" in said and "'melanoma': 20" in said
+    # a folder from before the setting existed was grouped with the paper's numbers: --paper-groups resumes it
+    del saved["groups_per_disease"]
+    (out / "settings.json").write_text(json.dumps(saved))
+    r = runner.invoke(app, [*args, "--out", str(out), "--paper-groups"])
+    assert r.exit_code == 2 and "groups_per_disease" not in r.output
+    r = runner.invoke(app, [*args, "--out", str(out)])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "{'melanoma': 20, 'seborrheic_keratosis': 12, 'nevus': 15} there" in said

@@ -22,7 +22,14 @@ from sklearn.metrics import roc_auc_score
 
 from chaiderm._io import write_json, write_text
 from chaiderm.config import ModelConfig, RunConfig, TrainConfig
-from chaiderm.data.enhance import CV_GROUPS, GROUP_FILES, enhance_groups, read_enhance, write_group_files
+from chaiderm.data.enhance import (
+    CV_GROUPS,
+    GROUP_FILES,
+    PAPER_GROUPS,
+    enhance_groups,
+    read_enhance,
+    write_group_files,
+)
 from chaiderm.data.records import ImageTable, attach_groups, load_table, read_folder, read_groups
 from chaiderm.data.transforms import center_crop, mask_as_seen, prepare, to_tensor
 from chaiderm.errors import ArtifactError
@@ -363,6 +370,8 @@ def _check_settings(out: Path, s: ReproduceSettings) -> None:
             saved = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise ArtifactError(f"{path}: unreadable ({e}); remove it or choose another --out") from e
+        # folders from before the setting existed were grouped with the paper's numbers
+        saved.setdefault("groups_per_disease", dict(PAPER_GROUPS))
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if diff:
             raise ArtifactError(
