@@ -92,13 +92,9 @@ def _tables(isic: Path, limit: int):
 
 
 def _neighbour_labels(model, archive_img, query_img, y_archive, size: int) -> np.ndarray:
-    from chaiderm.index.faiss_index import exact_search
-    from chaiderm.models.inference import embed
+    from chaiderm.index.faiss_index import nearest_images
 
-    arc, _ = embed(model, archive_img, size)
-    q, _ = embed(model, query_img, size)
-    _, idx = exact_search(arc, q, max(KS))
-    return y_archive[idx]
+    return y_archive[nearest_images(model, archive_img, query_img, size, max(KS))]
 
 
 def run_fold(

@@ -58,12 +58,9 @@ DEFAULT_ENHANCE = DEFAULT_ISIC.parent / "enhance"
 
 def val_auc_at_k(model, train_img: np.ndarray, val_img: np.ndarray, y_train, y_val, size: int) -> dict[str, float]:
     from chaiderm.evaluation.metrics import calculate_auc_at_k
-    from chaiderm.index.faiss_index import exact_search
-    from chaiderm.models.inference import embed
+    from chaiderm.index.faiss_index import nearest_images
 
-    tr, _ = embed(model, train_img, size)
-    va, _ = embed(model, val_img, size)
-    _, idx = exact_search(tr, va, max(KS))
+    idx = nearest_images(model, train_img, val_img, size, max(KS))
     return {str(k): v for k, v in calculate_auc_at_k(y_train[idx], y_val, KS).items()}
 
 

@@ -76,3 +76,13 @@ def exact_search(archive: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
     """Exact kNN without keeping an index (validation, evaluation)."""
     index = build_faiss(archive, "flat")
     return index.search(_f32(queries), min(k, len(archive)))
+
+
+def nearest_images(model, archive_img: np.ndarray, query_img: np.ndarray, image_size: int, k: int) -> np.ndarray:
+    """Rows ``(n_queries, k)`` of each query image's k nearest archive images under ``model``'s embedding
+    (prepared uint8 images, centre-cropped to ``image_size``)."""
+    from chaiderm.models.inference import embed
+
+    archive, _ = embed(model, archive_img, image_size)
+    queries, _ = embed(model, query_img, image_size)
+    return exact_search(archive, queries, k)[1]

@@ -30,13 +30,13 @@ from chaiderm.data.records import ImageTable, check_nested
 from chaiderm.data.sampler import m_per_class_batches
 from chaiderm.data.transforms import augment, prepare, resize_square, to_tensor
 from chaiderm.errors import ArtifactError, DataError
-from chaiderm.index.faiss_index import exact_search
+from chaiderm.index.faiss_index import nearest_images
 from chaiderm.index.knn import knn_vote, relevance_at_k
 from chaiderm.losses.logic import encode_labels, get_rule
 from chaiderm.losses.miners import sample_triplets
 from chaiderm.losses.triplet import ChaiTripletLoss, chai_triplet_loss
 from chaiderm.models.embedding import EmbeddingNet, build_model, load_model, save_model
-from chaiderm.models.inference import embed, resolve_device
+from chaiderm.models.inference import resolve_device
 from chaiderm.training.checkpoint import load_checkpoint, save_checkpoint
 
 StepCallback = Callable[[int, int, int, float], None]  # epoch, step, n_steps, loss
@@ -66,9 +66,7 @@ def validate(
     model: EmbeddingNet, train: _Prepared, val: _Prepared, image_size: int, k: int, positive: str
 ) -> dict[str, float]:
     """kNN AUC@k (and REL@k where validation images carry groups) of val queries against train."""
-    tr, _ = embed(model, train.images, image_size)
-    va, _ = embed(model, val.images, image_size)
-    _, idx = exact_search(tr, va, k)
+    idx = nearest_images(model, train.images, val.images, image_size, k)
     pos_train = train.table.is_positive(positive)
     y = val.table.is_positive(positive)
     out: dict[str, float] = {}
