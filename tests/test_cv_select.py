@@ -77,3 +77,41 @@ def test_a_candidate_must_win_four_folds_and_finish_all_five():
 def test_an_equal_candidate_leaves_the_defaults():
     s = cv.summarise_folds(_folds({"h_ema": lambda f: _noisy(HELD[f], 10 + f)}), Y, Y_VA)
     assert s["chosen"] == "h_default" and s["decision"].startswith("defaults stay")
+
+
+def _table_with(views: dict[str, callable], disease_views: dict[str, callable]) -> dict:
+    """A summary where h_groups_half / d_default have the default's votes and the views' votes given."""
+    other = {"h_groups_half": lambda f: _noisy(HELD[f], 10 + f), "d_default": lambda f: _noisy(HELD[f], f)}
+    other.update({f"h_groups_half+{v}": make for v, make in views.items()})
+    other.update({f"d_default+{v}": make for v, make in disease_views.items()})
+    return cv.summarise_folds(_folds(other), Y, Y_VA)["candidates"]
+
+
+def test_views_rule_needs_a_gain_four_folds_and_no_disease_loss():
+    same_d = lambda f: _noisy(HELD[f], f)  # noqa: E731
+    perfect = lambda f: _perfect(HELD[f])  # noqa: E731
+    r = cv.decide_views(_table_with({"flip": perfect}, {"flip": same_d}))
+    assert r["chosen"] == "flip" and r["views"]["flip"]["wins"] == 5
+    # the Disease model must not lose
+    worse_d = lambda f: _noisy(HELD[f], 100 + f) if f else [[0] * K for _ in HELD[f]]  # noqa: E731
+    r = cv.decide_views(_table_with({"flip": perfect}, {"flip": worse_d}))
+    assert r["views"]["flip"]["disease_gain"] < 0 and r["chosen"] == "none"
+    # no gain: plain inference stays
+    r = cv.decide_views(_table_with({"flip": lambda f: _noisy(HELD[f], 10 + f)}, {"flip": same_d}))
+    assert r["views"]["flip"]["gain"] == pytest.approx(0) and r["chosen"] == "none"
+    # both pass equally: the cheaper set is taken
+    r = cv.decide_views(_table_with({"flip": perfect, "flip4": perfect}, {"flip": same_d, "flip4": same_d}))
+    assert r["chosen"] == "flip" and r["views"]["flip4"]["passes"]
+
+
+def test_groups_rule_needs_ten_folds_a_margin_and_seven_wins():
+    def split(better_folds: int) -> dict:
+        other = {"h_groups_half": lambda f: _perfect(HELD[f]) if f < better_folds else _noisy(HELD[f], 10 + f)}
+        return cv.summarise_folds(_folds(other), Y, Y_VA)
+
+    r = cv.compare_over_splits([split(5), split(3)])
+    assert r["folds"] == 10 and r["wins"] == 8 and r["mean_diff"] > 0.01 and r["keeps"] == "h_groups_half"
+    r = cv.compare_over_splits([split(3), split(3)])
+    assert r["wins"] == 6 and r["keeps"] == "h_default"
+    r = cv.compare_over_splits([split(5)])  # one split is not enough
+    assert r["folds"] == 5 and r["keeps"] == "h_default"

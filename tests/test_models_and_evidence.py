@@ -29,6 +29,29 @@ def test_gap_embedding_equals_mean_of_evidence_maps(normalize):
         torch.testing.assert_close(e.norm(dim=1), torch.ones(3))
 
 
+def test_mirrored_views_average_the_mirrors_and_keep_maps_on_the_image():
+    from chaiderm.errors import DataError
+    from chaiderm.models.inference import embed
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(backbone="tiny", embedding_dim=16)).eval()
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 72, 72, 3), dtype=np.uint8)
+    lr, ud = imgs[:, :, ::-1].copy(), imgs[:, ::-1].copy()
+    plain = embed(m, imgs, 64)[0]
+    mirrors = [embed(m, x, 64)[0] for x in (lr, ud, lr[:, ::-1].copy())]
+    assert not np.allclose(plain, mirrors[0], atol=1e-4)  # the model is not mirror-invariant by itself
+    e2, g2 = embed(m, imgs, 64, views="flip", with_maps=True)
+    np.testing.assert_allclose(e2, (plain + mirrors[0]) / 2, rtol=1e-4, atol=1e-5)
+    e4 = embed(m, imgs, 64, views="flip4")[0]
+    np.testing.assert_allclose(e4, (plain + sum(mirrors)) / 4, rtol=1e-4, atol=1e-5)
+    # each view's maps are mirrored back: the pair of an image and its mirror gives mirrored maps
+    g2_lr = embed(m, lr, 64, views="flip", with_maps=True)[1]
+    np.testing.assert_allclose(g2_lr.astype(np.float32), g2[..., ::-1].astype(np.float32), rtol=1e-2, atol=1e-3)
+    np.testing.assert_allclose(g2.astype(np.float32).mean((2, 3)), e2, rtol=1e-2, atol=1e-3)
+    with pytest.raises(DataError, match="views: 'rot90'"):
+        embed(m, imgs, 64, views="rot90")
+
+
 def test_efficientnet_lite0_imagenet_weights_load():
     bb = create_backbone("efficientnet_lite0", pretrained=True)
     assert bb.out_channels == 1280 and bb.mean == (0.5, 0.5, 0.5)

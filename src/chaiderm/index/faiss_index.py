@@ -78,11 +78,13 @@ def exact_search(archive: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
     return index.search(_f32(queries), min(k, len(archive)))
 
 
-def nearest_images(model, archive_img: np.ndarray, query_img: np.ndarray, image_size: int, k: int) -> np.ndarray:
+def nearest_images(
+    model, archive_img: np.ndarray, query_img: np.ndarray, image_size: int, k: int, views: str = "none"
+) -> np.ndarray:
     """Rows ``(n_queries, k)`` of each query image's k nearest archive images under ``model``'s embedding
-    (prepared uint8 images, centre-cropped to ``image_size``)."""
+    (prepared uint8 images, centre-cropped to ``image_size``; ``views`` as in ``embed``)."""
     from chaiderm.models.inference import embed
 
-    archive, _ = embed(model, archive_img, image_size)
-    queries, _ = embed(model, query_img, image_size)
+    archive, _ = embed(model, archive_img, image_size, views=views)
+    queries, _ = embed(model, query_img, image_size, views=views)
     return exact_search(archive, queries, k)[1]

@@ -23,6 +23,21 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+# test-time views: the torch.flip dims (of an NCHW batch) of each view averaged into one embedding.
+# Dermoscopic images have no canonical orientation, so a mirror is as valid a view as the original.
+VIEWS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "none": ((),),
+    "flip": ((), (3,)),  # the image and its left-right mirror
+    "flip4": ((), (3,), (2,), (2, 3)),  # + the up-down mirror and both (a 180-degree turn)
+}
+
+
+def check_views(views: str) -> tuple[tuple[int, ...], ...]:
+    if views not in VIEWS:
+        raise DataError(None, f"views: '{views}' is not one of {', '.join(VIEWS)}")
+    return VIEWS[views]
+
+
 @torch.inference_mode()
 def embed(
     model: EmbeddingNet,
@@ -32,12 +47,17 @@ def embed(
     batch_size: int | None = None,
     with_maps: bool = False,
     progress: Callable[[int], None] | None = None,
+    views: str = "none",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Embed ``(N, S, S, 3)`` uint8 images (centre crop to ``image_size``).
 
     Returns float32 embeddings ``(N, D)`` and, with ``with_maps``, float16 evidence maps
     ``(N, D, h, w)`` whose spatial mean equals the embeddings. Runs on the device the model is on.
+    ``views`` (see :data:`VIEWS`) averages the embeddings of mirrored copies; each view's maps are
+    mirrored back before averaging, so the maps still sit on the original image and their spatial mean
+    is still the embedding.
     """
+    flips = check_views(views)
     device = next(model.parameters()).device
     # small batches are fastest on a CPU (MEASURED.md); a GPU wants large ones
     batch_size = batch_size or (64 if device.type == "cuda" else 8)
@@ -49,12 +69,19 @@ def embed(
         for start in range(0, len(images), batch_size):
             chunk = center_crop(images[start : start + batch_size], image_size)
             x = to_tensor(chunk, model.mean, model.std).to(device)
+            g_sum = e_sum = None
+            for dims in flips:
+                xv = torch.flip(x, dims) if dims else x
+                if with_maps:
+                    g, e = model.evidence_maps(xv)
+                    g = torch.flip(g, dims) if dims else g
+                    g_sum = g if g_sum is None else g_sum + g
+                else:
+                    e = model(xv)
+                e_sum = e if e_sum is None else e_sum + e
             if with_maps:
-                g, e = model.evidence_maps(x)
-                maps.append(g.float().cpu().numpy().astype(np.float16))
-            else:
-                e = model(x)
-            embs.append(e.float().cpu().numpy())
+                maps.append((g_sum / len(flips)).float().cpu().numpy().astype(np.float16))
+            embs.append((e_sum / len(flips)).float().cpu().numpy())
             if progress is not None:
                 progress(len(chunk))
     finally:
