@@ -57,6 +57,9 @@ def test_bad_inputs_exit_cleanly(tmp_path, synth_dir):
     args = ["train", "--data", str(synth_dir), "--out", str(tmp_path / "d"), "--device", "gpu-please", *TINY]
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and "not a torch device" in r.output and not (tmp_path / "d").exists()
+    args = ["train", "--data", str(synth_dir), "--out", str(tmp_path / "v"), "--views", "rot90", *TINY]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "views: 'rot90'" in r.output and not (tmp_path / "v").exists()
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
     r = runner.invoke(app, ["query", str(bad), "--model", str(tmp_path), "--index", str(tmp_path)])

@@ -100,3 +100,7 @@ def test_a_bad_device_is_refused_before_anything_is_written(synth_dir, tmp_path)
     with pytest.raises(DataError, match="not a torch device"):
         run_reproduce(tmp_path / "no-isic", tmp_path / "no-enh", synth_dir / "test", out, device="gpu-please")
     assert not out.exists()
+    with pytest.raises(DataError, match="views: 'mirror'"):
+        s = ReproduceSettings(views="mirror")
+        run_reproduce(tmp_path / "no-isic", tmp_path / "no-enh", synth_dir / "test", out, s)
+    assert not out.exists()

@@ -42,6 +42,11 @@ def test_run_folder_has_weights_config_history(tables, tmp_path):
     assert res.best_epoch in (0, 1)
     model, _ = load_model(tmp_path / "run")
     assert model.dim == 64
+    # a config from before test-time views existed embeds single views, whatever the current default
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model"]["views"] == cfg.model.views
+    del saved["model"]["views"]
+    assert RunConfig.from_dict(saved).model.views == "none"
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tables, tmp_path):

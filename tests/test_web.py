@@ -112,3 +112,47 @@ def test_archive_image_served(client):
 def test_query_page_served(client):
     html = client.get("/").text
     assert "evidence viewer" in html and "/api/query" in html and "similar" in html
+
+
+def test_queries_are_embedded_with_the_views_the_index_was_built_with(synth_dir, tmp_path):
+    """An index records its test-time views; queries follow it, and old indexes (no record) mean single views."""
+    import json
+
+    import torch
+
+    from chaiderm.data.images import load_image
+    from chaiderm.errors import DataError
+    from chaiderm.models.inference import embed
+    from chaiderm.pipeline import Predictor
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    cfg.model.views = "flip"
+    model = build_model(cfg.model).eval()
+    save_model(model, tmp_path / "run", cfg)
+    table = load_table(synth_dir, "train").subset(range(30))
+    index, _ = build_index(model, cfg, table, model_dir=tmp_path / "run")
+    index.save(tmp_path / "ix")
+    assert index.info["views"] == "flip"
+    p = Predictor.load(tmp_path / "run", tmp_path / "ix")
+    r = p.predict(load_image(table.paths[3]), k=3)
+    # an archive image finds itself at distance 0 only if it is embedded the way the archive was
+    assert r.prediction.neighbors[0].image_id == table.image_ids[3]
+    assert r.prediction.neighbors[0].distance == pytest.approx(0, abs=1e-4)
+    np.testing.assert_allclose(r.maps.mean((1, 2)), r.embedding, rtol=1e-4, atol=1e-5)
+    # the same index read as an old one (no "views" recorded): queries use single views, and then differ
+    info = tmp_path / "ix" / "info.json"
+    old = json.loads(info.read_text())
+    old.pop("views")
+    info.write_text(json.dumps(old))
+    p_old = Predictor.load(tmp_path / "run", tmp_path / "ix")
+    assert p_old.views == "none"
+    noise = np.random.default_rng(0).integers(0, 256, (90, 90, 3), dtype=np.uint8)  # not mirror-symmetric
+    plain = embed(model, p.square(noise)[None], cfg.model.image_size)[0][0]
+    flipped = embed(model, p.square(noise)[None], cfg.model.image_size, views="flip")[0][0]
+    assert np.abs(plain - flipped).max() > 1e-3
+    np.testing.assert_allclose(p_old.predict(noise, k=1).embedding, plain, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p.predict(noise, k=1).embedding, flipped, rtol=1e-4, atol=1e-5)
+    cfg.model.views = "rot90"
+    with pytest.raises(DataError, match="views: 'rot90'"):
+        build_index(model, cfg, table, model_dir=tmp_path / "run")

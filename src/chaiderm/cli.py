@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from chaiderm.config import DEFAULT_VIEWS
 from chaiderm.errors import ChaidermError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evidence-based melanoma classification (CHAI).")
@@ -89,6 +90,7 @@ def train_cmd(
     image_size: int = 224,
     load_size: int = 256,
     freeze_stages: int | None = None,
+    views: Annotated[str, typer.Option(help="test-time views: none, flip, flip4")] = DEFAULT_VIEWS,
     epochs: int = 3,
     batch_size: int = 48,
     m_per_class: int = 4,
@@ -136,6 +138,7 @@ def train_cmd(
                 image_size=image_size,
                 load_size=load_size,
                 freeze_stages=freeze_stages,
+                views=views,
             ),
             train=TrainConfig(
                 logic=logic,
@@ -218,6 +221,9 @@ def index_cmd(
     nprobe: int = 128,
     store_maps: Annotated[bool, typer.Option(help="keep archive evidence maps for fast QAM/RAM")] = True,
     skip_bad: bool = False,
+    views: Annotated[
+        str | None, typer.Option(help="test-time views (none, flip, flip4); default: the model's setting")
+    ] = None,
 ) -> None:
     """Embed an archive and build its search index."""
     from chaiderm.data.records import is_isic2017, load_table
@@ -226,6 +232,8 @@ def index_cmd(
 
     with _errors():
         net, cfg = load_model(model)
+        if views is not None:
+            cfg.model.views = views  # recorded in the index; queries follow it
         table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")), groups)
         with _progress() as p:
             task = p.add_task("indexing", total=2 * len(table), info="")
@@ -436,13 +444,14 @@ def reproduce(
         typer.Option(help="the paper's 20 / 12 / 15 hierarchical groups instead of the cross-validated 10 / 6 / 8"),
     ] = False,
     device: Annotated[str, typer.Option(help="where to compute: cpu, cuda (not a setting of the results)")] = "cpu",
+    views: Annotated[str | None, typer.Option(help="test-time views of every evaluation: none, flip, flip4")] = None,
 ) -> None:
     """The paper's Table 1: six embeddings, AUC@k, REL@k, map localisation, statistics and figures.
 
     Defaults are the settings chosen on the validation split (bench/tune_val.py, docs/reproduction.md)."""
     from chaiderm.reproduce import ReproduceSettings, run_reproduce
 
-    given = dict(epochs=epochs, finetune_epochs=finetune_epochs, backbone=backbone, image_size=image_size)
+    given = dict(epochs=epochs, finetune_epochs=finetune_epochs, backbone=backbone, image_size=image_size, views=views)
     s = ReproduceSettings(seeds=seeds, n_boot=n_boot, **{k: v for k, v in given.items() if v is not None})
     if paper_groups:
         from chaiderm.data.enhance import PAPER_GROUPS

@@ -12,6 +12,7 @@ from chaiderm.errors import DataError
 
 Logic = Literal["disease", "joint", "hierarchical", "nonhierarchical", "classifier", "none"]
 LOGICS: tuple[str, ...] = ("disease", "joint", "hierarchical", "nonhierarchical", "classifier")
+DEFAULT_VIEWS = "none"  # test-time views of a new model (models.embedding.VIEWS)
 
 
 @dataclass
@@ -26,6 +27,10 @@ class ModelConfig:
     load_size: int = 256  # images are resized so the shorter side is this, then cropped
     freeze_stages: int | None = None  # leading backbone stages kept frozen; None: the backbone's default
     n_classes: int = 0  # >0 adds a classifier head (BaselineFT)
+    # test-time views averaged into one embedding (models.inference.VIEWS): "none", "flip", "flip4".
+    # An inference setting: indexes record the views they were built with and queries follow the index;
+    # training's per-epoch validation embeds single views (the procedure cross-validation chose).
+    views: str = DEFAULT_VIEWS
 
 
 @dataclass
@@ -86,8 +91,10 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:
+        model = dict(d.get("model", {}))
+        model.setdefault("views", "none")  # configs from before the setting embedded single views
         return cls(
-            model=_build(ModelConfig, d.get("model", {}), f"{source}: model"),
+            model=_build(ModelConfig, model, f"{source}: model"),
             train=_build(TrainConfig, d.get("train", {}), f"{source}: train"),
             data=_build(DataConfig, d.get("data", {}), f"{source}: data"),
             version=str(d.get("version", "")),

@@ -8,20 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from chaiderm.config import RunConfig
 from chaiderm.data.feedback import FeedbackStore, read_feedback_triplets
 from chaiderm.data.images import load_image
 from chaiderm.data.records import ImageTable
-from chaiderm.data.transforms import center_crop, prepare, resize_square, to_tensor
+from chaiderm.data.transforms import prepare, resize_square
 from chaiderm.errors import ArtifactError
 from chaiderm.evidence.maps import activation_map_pairs
 from chaiderm.evidence.render import render_heatmap, to_png_bytes
 from chaiderm.index.archive import ArchiveIndex
 from chaiderm.index.knn import knn_vote
 from chaiderm.interfaces import Neighbor, Prediction
-from chaiderm.models.embedding import WEIGHTS, EmbeddingNet, load_model
+from chaiderm.models.embedding import WEIGHTS, EmbeddingNet, check_views, load_model
 from chaiderm.models.inference import embed
 
 __all__ = [
@@ -58,16 +57,20 @@ def build_index(
     **index_params,
 ) -> tuple[ArchiveIndex, list[str]]:
     """Embed every archive image and index it; returns the index and messages for skipped files."""
+    check_views(cfg.model.views)  # before any image is decoded
     images, ok, errors = prepare(
         table.paths, cfg.model.load_size, skip_bad=skip_bad, progress=(lambda: progress(0)) if progress else None
     )
     table = table.subset(ok)
-    emb, maps = embed(model, images, cfg.model.image_size, with_maps=store_maps, progress=progress)
+    emb, maps = embed(
+        model, images, cfg.model.image_size, with_maps=store_maps, progress=progress, views=cfg.model.views
+    )
     info = {
         "model_dir": str(Path(model_dir).resolve()),
         "model_digest": weights_digest(model_dir),
         "image_size": cfg.model.image_size,
         "load_size": cfg.model.load_size,
+        "views": cfg.model.views,
         "source": table.source,
         "data_fingerprint": table.fingerprint(),
         "skipped": len(errors),
@@ -105,6 +108,8 @@ class Predictor:
         self.index = index
         self.positive_class = cfg.train.positive_class
         self._positive = index.positive(self.positive_class)
+        # queries are embedded as the archive was (indexes from before the setting: single views)
+        self.views = str(index.info.get("views", "none"))
 
     @classmethod
     def load(cls, model_dir: str | Path, index_dir: str | Path) -> Predictor:
@@ -122,11 +127,12 @@ class Predictor:
         """The image as the network sees it before cropping: square, ``load_size`` on a side."""
         return resize_square(image, self.cfg.model.load_size)
 
-    @torch.inference_mode()
     def embed_square(self, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = to_tensor(center_crop(squares, self.cfg.model.image_size), self.model.mean, self.model.std)
-        g, e = self.model.evidence_maps(x)
-        return g.numpy(), e.numpy()
+        """Evidence maps (float32) and embeddings of squared images, with the index's views."""
+        e, g = embed(
+            self.model, squares, self.cfg.model.image_size, with_maps=True, views=self.views, maps_dtype=np.float32
+        )
+        return g, e
 
     def result_maps(self, rows: np.ndarray) -> np.ndarray:
         """Evidence maps of archive rows: stored ones if the index kept them, else recomputed."""
@@ -190,4 +196,4 @@ class Predictor:
 
     def embed_table(self, table: ImageTable, *, skip_bad: bool = False) -> tuple[np.ndarray, list[int]]:
         images, ok, _ = prepare(table.paths, self.cfg.model.load_size, skip_bad=skip_bad)
-        return embed(self.model, images, self.cfg.model.image_size)[0], ok
+        return embed(self.model, images, self.cfg.model.image_size, views=self.views)[0], ok

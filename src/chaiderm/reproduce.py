@@ -21,7 +21,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from chaiderm._io import write_json, write_text
-from chaiderm.config import ModelConfig, RunConfig, TrainConfig
+from chaiderm.config import DEFAULT_VIEWS, ModelConfig, RunConfig, TrainConfig
 from chaiderm.data.enhance import (
     CV_GROUPS,
     GROUP_FILES,
@@ -46,7 +46,7 @@ from chaiderm.evidence.maps import activation_map_pairs, similarity_maps
 from chaiderm.index.faiss_index import exact_search
 from chaiderm.index.knn import knn_vote
 from chaiderm.losses.logic import encode_labels
-from chaiderm.models.embedding import build_model, load_model, save_model
+from chaiderm.models.embedding import build_model, check_views, load_model, save_model
 from chaiderm.models.inference import embed, resolve_device
 from chaiderm.training import train
 
@@ -80,6 +80,8 @@ class ReproduceSettings:
     # hierarchical ENHANCE groups within each disease (the paper's 20 / 12 / 15 lost on cross-validation)
     groups_per_disease: dict[str, int] = field(default_factory=lambda: dict(CV_GROUPS))
     n_boot: int = 1000
+    # test-time views of every evaluation (models.embedding.VIEWS); trained models do not depend on it
+    views: str = DEFAULT_VIEWS
 
 
 @dataclass
@@ -179,9 +181,9 @@ def _evaluate(
 ) -> tuple[dict, dict[str, np.ndarray]]:
     model, cfg = load_model(run)
     model.to(device)
-    tr, tr_maps = embed(model, d.train_img, s.image_size, with_maps=True)
-    te, _ = embed(model, d.test_img, s.image_size)
-    hm, hm_maps = embed(model, d.ham_img, s.image_size, with_maps=True)
+    tr, tr_maps = embed(model, d.train_img, s.image_size, with_maps=True, views=s.views)
+    te, _ = embed(model, d.test_img, s.image_size, views=s.views)
+    hm, hm_maps = embed(model, d.ham_img, s.image_size, with_maps=True, views=s.views)
     kmax = max(KS)
     _, i_te = exact_search(tr, te, kmax)
     mel_tr = d.train.is_positive("melanoma")
@@ -259,7 +261,7 @@ def _evaluate_ensemble(runs: list[Path], d: _Data, s: ReproduceSettings, seed: i
         model, _ = load_model(run)
         model.to(device)
         for split, img in (("train", d.train_img), ("val", d.val_img), ("test", d.test_img)):
-            parts[split].append(embed(model, img, s.image_size)[0])
+            parts[split].append(embed(model, img, s.image_size, views=s.views)[0])
     tr, va, te = (np.ascontiguousarray(np.concatenate(parts[k], 1)) for k in ("train", "val", "test"))
     kmax = max(KS)
     mel_tr = d.train.is_positive("melanoma")
@@ -285,7 +287,8 @@ def run_reproduce(
 ) -> dict:
     """Run (or resume) the whole reproduction into ``out``; ``device`` only says where to compute."""
     s = s or ReproduceSettings()
-    resolve_device(device)  # a bad device is refused before anything is written or decoded
+    resolve_device(device)  # a bad device or views name is refused before anything is written or decoded
+    check_views(s.views)
     isic, enhance, masks_data, out = Path(isic), Path(enhance), Path(masks_data), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, s)
@@ -356,7 +359,7 @@ def run_reproduce(
     write_text(out / "table1.md", _markdown(table))
     from chaiderm.evaluation.figures import write_figures
 
-    write_figures(out, d, VARIANTS, KS)
+    write_figures(out, d, VARIANTS, KS, views=s.views)
     log(f"done in {(time.perf_counter() - t0) / 60:.1f} min: {out / 'table1.json'}, {out / 'table1.md'}")
     return table
 
@@ -372,6 +375,7 @@ def _check_settings(out: Path, s: ReproduceSettings) -> None:
             raise ArtifactError(f"{path}: unreadable ({e}); remove it or choose another --out") from e
         # folders from before the setting existed were grouped with the paper's numbers
         saved.setdefault("groups_per_disease", dict(PAPER_GROUPS))
+        saved.setdefault("views", "none")  # and evaluated single views
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if diff:
             raise ArtifactError(

@@ -29,7 +29,7 @@ def _show(ax, img, title="", red=False):
         ax.set_title(title, fontsize=7)
 
 
-def write_figures(out: Path, d, variants, ks, k_roc: int = 20) -> None:
+def write_figures(out: Path, d, variants, ks, k_roc: int = 20, views: str = "none") -> None:
     scores = {v: np.load(out / "eval" / "seed0" / f"{v}.npz") for v in variants}
     y = d.test.is_positive("melanoma")
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -66,7 +66,8 @@ def write_figures(out: Path, d, variants, ks, k_roc: int = 20) -> None:
     for r, v in enumerate(variants):
         model, cfg = load_model(out / "runs" / "seed0" / v)
         j = int(scores[v]["neighbors_ham"][q][0])
-        _, maps = embed(model, np.stack([d.ham_img[q], d.train_img[j]]), cfg.model.image_size, with_maps=True)
+        pair = np.stack([d.ham_img[q], d.train_img[j]])
+        _, maps = embed(model, pair, cfg.model.image_size, with_maps=True, views=views)
         qam, ram = activation_map_pairs(maps[0], maps[1:2])
         size = cfg.model.image_size
         qi = center_crop(d.ham_img[q : q + 1], size)[0]

@@ -18,10 +18,24 @@ from torch import nn
 
 from chaiderm._io import atomic_path
 from chaiderm.config import ModelConfig, RunConfig
-from chaiderm.errors import ArtifactError
+from chaiderm.errors import ArtifactError, DataError
 from chaiderm.models.registry import Backbone, create_backbone
 
 EPS = 1e-12
+
+# test-time views: the torch.flip dims (of an NCHW batch) of each view averaged into one embedding.
+# Dermoscopic images have no canonical orientation, so a mirror is as valid a view as the original.
+VIEWS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "none": ((),),
+    "flip": ((), (3,)),  # the image and its left-right mirror
+    "flip4": ((), (3,), (2,), (2, 3)),  # + the up-down mirror and both (a 180-degree turn)
+}
+
+
+def check_views(views: str) -> tuple[tuple[int, ...], ...]:
+    if views not in VIEWS:
+        raise DataError(None, f"views: '{views}' is not one of {', '.join(VIEWS)}")
+    return VIEWS[views]
 
 
 class EmbeddingNet(nn.Module):
@@ -107,6 +121,7 @@ class EmbeddingNet(nn.Module):
 
 
 def build_model(cfg: ModelConfig, *, load_pretrained: bool = True) -> EmbeddingNet:
+    check_views(cfg.views)
     bb = create_backbone(
         cfg.backbone, pretrained=cfg.pretrained and load_pretrained, weights=cfg.weights if load_pretrained else None
     )

@@ -9,7 +9,7 @@ import torch
 
 from chaiderm.data.transforms import center_crop, to_tensor
 from chaiderm.errors import DataError
-from chaiderm.models.embedding import EmbeddingNet
+from chaiderm.models.embedding import EmbeddingNet, check_views
 
 
 def resolve_device(name: str) -> torch.device:
@@ -23,21 +23,6 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-# test-time views: the torch.flip dims (of an NCHW batch) of each view averaged into one embedding.
-# Dermoscopic images have no canonical orientation, so a mirror is as valid a view as the original.
-VIEWS: dict[str, tuple[tuple[int, ...], ...]] = {
-    "none": ((),),
-    "flip": ((), (3,)),  # the image and its left-right mirror
-    "flip4": ((), (3,), (2,), (2, 3)),  # + the up-down mirror and both (a 180-degree turn)
-}
-
-
-def check_views(views: str) -> tuple[tuple[int, ...], ...]:
-    if views not in VIEWS:
-        raise DataError(None, f"views: '{views}' is not one of {', '.join(VIEWS)}")
-    return VIEWS[views]
-
-
 @torch.inference_mode()
 def embed(
     model: EmbeddingNet,
@@ -48,12 +33,13 @@ def embed(
     with_maps: bool = False,
     progress: Callable[[int], None] | None = None,
     views: str = "none",
+    maps_dtype: type = np.float16,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Embed ``(N, S, S, 3)`` uint8 images (centre crop to ``image_size``).
 
     Returns float32 embeddings ``(N, D)`` and, with ``with_maps``, float16 evidence maps
-    ``(N, D, h, w)`` whose spatial mean equals the embeddings. Runs on the device the model is on.
-    ``views`` (see :data:`VIEWS`) averages the embeddings of mirrored copies; each view's maps are
+    ``(N, D, h, w)`` (``maps_dtype``) whose spatial mean equals the embeddings. Runs on the device the model is on.
+    ``views`` (see ``models.embedding.VIEWS``) averages the embeddings of mirrored copies; each view's maps are
     mirrored back before averaging, so the maps still sit on the original image and their spatial mean
     is still the embedding.
     """
@@ -80,7 +66,7 @@ def embed(
                     e = model(xv)
                 e_sum = e if e_sum is None else e_sum + e
             if with_maps:
-                maps.append((g_sum / len(flips)).float().cpu().numpy().astype(np.float16))
+                maps.append((g_sum / len(flips)).float().cpu().numpy().astype(maps_dtype))
             embs.append((e_sum / len(flips)).float().cpu().numpy())
             if progress is not None:
                 progress(len(chunk))
