@@ -27,9 +27,9 @@ class ModelConfig:
     load_size: int = 256  # images are resized so the shorter side is this, then cropped
     freeze_stages: int | None = None  # leading backbone stages kept frozen; None: the backbone's default
     n_classes: int = 0  # >0 adds a classifier head (BaselineFT)
-    # test-time views averaged into one embedding (models.inference.VIEWS): "none", "flip", "flip4".
+    # test-time views averaged into one embedding (models.embedding.VIEWS): "none", "flip", "flip4".
     # An inference setting: indexes record the views they were built with and queries follow the index;
-    # training's per-epoch validation embeds single views (the procedure cross-validation chose).
+    # training's per-epoch validation embeds single views (as in every cross-validation round).
     views: str = DEFAULT_VIEWS
 
 

@@ -37,11 +37,11 @@ def embed(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Embed ``(N, S, S, 3)`` uint8 images (centre crop to ``image_size``).
 
-    Returns float32 embeddings ``(N, D)`` and, with ``with_maps``, float16 evidence maps
-    ``(N, D, h, w)`` (``maps_dtype``) whose spatial mean equals the embeddings. Runs on the device the model is on.
-    ``views`` (see ``models.embedding.VIEWS``) averages the embeddings of mirrored copies; each view's maps are
-    mirrored back before averaging, so the maps still sit on the original image and their spatial mean
-    is still the embedding.
+    Returns float32 embeddings ``(N, D)`` and, with ``with_maps``, evidence maps ``(N, D, h, w)`` of
+    ``maps_dtype`` (float16 by default: archives keep them) whose spatial mean equals the embeddings.
+    Runs on the device the model is on. ``views`` (``models.embedding.VIEWS``) averages the embeddings of
+    mirrored copies; each copy's maps are mirrored back before averaging, so the maps still sit on the
+    original image and their spatial mean is still the embedding.
     """
     flips = check_views(views)
     device = next(model.parameters()).device
