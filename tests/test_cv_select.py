@@ -115,3 +115,8 @@ def test_groups_rule_needs_ten_folds_a_margin_and_seven_wins():
     assert r["wins"] == 6 and r["keeps"] == "h_default"
     r = cv.compare_over_splits([split(5)])  # one split is not enough
     assert r["folds"] == 5 and r["keeps"] == "h_default"
+    # three splits: two thirds of fifteen folds, 10, must be won
+    r = cv.compare_over_splits([split(5), split(3), split(2)])
+    assert r["folds"] == 15 and r["wins"] == 10 and r["keeps"] == "h_groups_half"
+    r = cv.compare_over_splits([split(5), split(2), split(2)])
+    assert r["wins"] == 9 and r["keeps"] == "h_default"
