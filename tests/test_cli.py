@@ -100,8 +100,8 @@ def test_index_refuses_mismatched_model(synth_dir, tmp_path):
         Predictor.load(tmp_path / "b", tmp_path / "ix")
 
 
-def test_reproduce_paper_groups_flag_reaches_the_settings(tmp_path):
-    """--paper-groups asks for 20 / 12 / 15 groups; a folder made with the default 10 / 6 / 8 refuses it."""
+def test_reproduce_groups_flag_reaches_the_settings(tmp_path):
+    """--half-groups asks for 10 / 6 / 8 groups; a folder made with the default 20 / 12 / 15 refuses it."""
     from dataclasses import asdict
 
     from chaiderm.reproduce import ReproduceSettings
@@ -111,14 +111,14 @@ def test_reproduce_paper_groups_flag_reaches_the_settings(tmp_path):
     saved = {k: v for k, v in asdict(ReproduceSettings()).items() if k != "seeds"}
     (out / "settings.json").write_text(json.dumps(saved))
     args = ["reproduce", "--isic", str(tmp_path), "--enhance", str(tmp_path), "--masks-data", str(tmp_path)]
-    r = runner.invoke(app, [*args, "--out", str(out), "--paper-groups"])
+    r = runner.invoke(app, [*args, "--out", str(out), "--half-groups"])
     said = " ".join(r.output.split())  # rich wraps long lines
-    assert r.exit_code == 2 and "groups_per_disease" in said and "'melanoma': 20" in said
-    # a folder from before the setting existed was grouped with the paper's numbers: --paper-groups resumes it
+    assert r.exit_code == 2 and "groups_per_disease" in said and "'melanoma': 10" in said
+    # a folder from before the setting existed was grouped with the paper's numbers: the default resumes it
     del saved["groups_per_disease"]
     (out / "settings.json").write_text(json.dumps(saved))
-    r = runner.invoke(app, [*args, "--out", str(out), "--paper-groups"])
-    assert r.exit_code == 2 and "groups_per_disease" not in r.output
     r = runner.invoke(app, [*args, "--out", str(out)])
+    assert r.exit_code == 2 and "groups_per_disease" not in r.output
+    r = runner.invoke(app, [*args, "--out", str(out), "--half-groups"])
     said = " ".join(r.output.split())
     assert r.exit_code == 2 and "{'melanoma': 20, 'seborrheic_keratosis': 12, 'nevus': 15} there" in said

@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from chaiderm.cli import app
-from chaiderm.data.enhance import FEATURES, PAPER_GROUPS, enhance_groups, read_enhance
+from chaiderm.data.enhance import FEATURES, HALF_GROUPS, enhance_groups, read_enhance
 from chaiderm.data.records import attach_groups, check_nested, read_groups
 from chaiderm.errors import DataError
 from tests.conftest import SHARED
@@ -125,10 +125,11 @@ def test_real_enhance_paper_protocol():
     ratings = read_enhance(SHARED / "enhance")
     parts = enhance_groups(ratings, t.image_ids, t.diagnoses)
     assert len(parts["finetune"]) == 1000 and len(parts["heldout"]) > 700
-    assert len({g for _, g, _ in parts["finetune"] + parts["heldout"]}) == 10 + 6 + 8  # cross-validated
+    assert len({g for _, g, _ in parts["finetune"] + parts["heldout"]}) == 20 + 12 + 15  # the paper's
     assert len({g for _, g, _ in parts["blind_finetune"] + parts["blind_heldout"]}) == 37
-    paper = enhance_groups(ratings, t.image_ids, t.diagnoses, groups_per_disease=PAPER_GROUPS)
-    assert len({g for _, g, _ in paper["finetune"] + paper["heldout"]}) == 20 + 12 + 15
+    paper = parts
+    parts = enhance_groups(ratings, t.image_ids, t.diagnoses, groups_per_disease=HALF_GROUPS)
+    assert len({g for _, g, _ in parts["finetune"] + parts["heldout"]}) == 10 + 6 + 8
     # the number of groups changes neither which images are held out nor the disease-blind groups
     for key in ("blind_finetune", "blind_heldout"):
         assert paper[key] == parts[key]
