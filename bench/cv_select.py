@@ -151,8 +151,8 @@ def run_fold(
     grouped: dict[str, object] = {}
 
     def grouped_for(per_disease: dict | None):
-        # candidates without their own numbers use the paper's 20 / 12 / 15: the setting these rounds
-        # started from (the package default is now 10 / 6 / 8, the third round's winner)
+        # candidates without their own numbers use the paper's 20 / 12 / 15, the package default (10 / 6 / 8
+        # was the default between rounds 3 and 5)
         per_disease = per_disease or PAPER_GROUPS
         key = json.dumps(per_disease, sort_keys=True)
         if key not in grouped:
