@@ -358,7 +358,13 @@ def main() -> None:
     ap.add_argument("--fold-seed", type=int, default=0, help="another split (and training seeds 5s..5s+4)")
     ap.add_argument("--only", nargs="*", choices=sorted(HIER), default=(), help="Hierarchical candidates to run")
     ap.add_argument("--summarise-only", action="store_true", help="only pool the per-fold files in --raw")
-    ap.add_argument("--views", nargs="*", default=(), help=f"also score {', '.join(VIEWS_SCORED)} with these views")
+    ap.add_argument(
+        "--views",
+        nargs="*",
+        choices=VIEW_COST_ORDER,
+        default=(),
+        help=f"also score {', '.join(VIEWS_SCORED)} with these views",
+    )
     ap.add_argument("--other-split", type=Path, nargs="*", default=(), help="summaries of other splits (groups rule)")
     a = ap.parse_args()
     import multiprocessing as mp
