@@ -37,6 +37,16 @@ Round 5 (CPU, third split: ``--fold-seed 2 --only h_default h_groups_half --othe
 <round 4>``), added because round 4 kept 10 / 6 / 8 by 0.0003; rule fixed before it ran: the groups rule
 above over the fifteen folds of the three splits (mean difference > 0.01, won in at least two thirds of
 the folds, i.e. 10 of 15); otherwise the paper's numbers return. An unfinished split changes nothing.
+
+Round 6 (CPU, third split again: ``--fold-seed 2 --only h_colour --baseline <round 5>``): colour.
+Dermoscopes differ in white balance, and the triplet models overfit within 2-3 epochs on colour-only
+augmentation-free inputs. ``d_colour`` / ``h_colour`` train and embed with Shades of Gray colour
+constancy (p = 6) and jitter brightness, contrast and saturation by up to 20 % in training. The default
+models of that split are not retrained: CPU training is deterministic, so round 5's per-fold results
+(``--baseline``) are theirs. Rule, fixed before it ran: colour becomes the default for every trained
+variant if ``h_colour``'s pooled mean AUC beats round 5's ``h_default`` by more than 0.01, wins at least 4
+of 5 folds, and ``d_colour``'s pooled mean AUC is not below ``d_default``'s (a colour change that is real
+should not hurt the model the group fine-tuning starts from) (:func:`decide_colour`).
 """
 
 from __future__ import annotations
@@ -64,6 +74,7 @@ DISEASE: dict[str, tuple[dict, dict]] = {
     "d_ema": ({}, {"ema_decay": 0.98}),
     "d_e5_step": ({}, {"epochs": 5, "lr_step": 3}),  # learning rates / 10 for the last two epochs
     "d_norm_e5": ({"normalize": True}, {"epochs": 5}),
+    "d_colour": ({"colour": "shades_of_gray"}, {"colour_jitter": 0.2}),
 }
 # Hierarchical candidates: (Disease candidate fine-tuned, training settings); priority order
 HIER: dict[str, tuple[str, dict]] = {
@@ -83,7 +94,7 @@ HIER: dict[str, tuple[str, dict]] = {
     "h_groups_double": (
         "d_default",
         {"groups_per_disease": {"melanoma": 40, "seborrheic_keratosis": 24, "nevus": 30}},
-    ),
+    ),    "h_colour": ("d_colour", {"colour_jitter": 0.2}),  # colour constancy comes with the Disease model
 }
 DEFAULT_HIER = "h_default"
 
@@ -319,6 +330,33 @@ def decide_views(table: dict, hier: str = "h_groups_half", disease: str = "d_def
     return {"views": report, "chosen": chosen}
 
 
+def merge_baseline(table: dict, baseline: dict) -> dict:
+    """Candidates of another run on the same split (a :func:`summarise_folds` result read from JSON)
+    added to ``table`` where it lacks them; per-fold keys back to ints, as in a fresh table."""
+    out = dict(table)
+    for name, e in baseline["candidates"].items():
+        if name not in out:
+            out[name] = {**e, "per_fold": {int(f): v for f, v in e["per_fold"].items()}, "from_baseline": True}
+    return out
+
+
+def decide_colour(table: dict) -> dict:
+    """Round 6's rule (module docstring), on a table holding h_colour, d_colour and the defaults."""
+    need = ("h_colour", "d_colour", DEFAULT_HIER, "d_default")
+    if any("pooled_mean" not in table.get(n, {}) for n in need):
+        return {"adopt": False, "why": "unfinished"}
+    h, hb = table["h_colour"], table[DEFAULT_HIER]
+    gain = h["pooled_mean"] - hb["pooled_mean"]
+    wins = sum(h["per_fold"][f]["mean"] > hb["per_fold"][f]["mean"] for f in hb["per_fold"])
+    d_gain = table["d_colour"]["pooled_mean"] - table["d_default"]["pooled_mean"]
+    return {
+        "gain": gain,
+        "wins": wins,
+        "disease_gain": d_gain,
+        "adopt": bool(gain > 0.01 and wins >= 4 and d_gain >= 0),
+    }
+
+
 def compare_over_splits(splits: list[dict], a: str = "h_groups_half", b: str = "h_default") -> dict:
     """Round 4's groups rule: per-fold mean AUC of ``a`` minus ``b`` over the folds of several splits
     (each a :func:`summarise_folds` result)."""
@@ -366,6 +404,9 @@ def main() -> None:
         help=f"also score {', '.join(VIEWS_SCORED)} with these views",
     )
     ap.add_argument("--other-split", type=Path, nargs="*", default=(), help="summaries of other splits (groups rule)")
+    ap.add_argument(
+        "--baseline", type=Path, default=None, help="summary of an earlier run on the same split (candidates it lacks)"
+    )
     a = ap.parse_args()
     import multiprocessing as mp
 
@@ -399,6 +440,12 @@ def main() -> None:
                 ],
             )
     summary = summarise(raw, a.isic, a.limit)
+    if a.baseline:
+        base = json.loads(a.baseline.read_text())
+        if base.get("fold_seed", 0) != a.fold_seed:
+            raise SystemExit(f"{a.baseline}: fold seed {base.get('fold_seed', 0)}, not {a.fold_seed}")
+        summary["candidates"] = merge_baseline(summary["candidates"], base)
+        summary["colour_rule"] = decide_colour(summary["candidates"])
     summary["fold_seed"] = a.fold_seed
     if a.views:
         summary["views_rule"] = decide_views(summary["candidates"])
@@ -427,7 +474,7 @@ def main() -> None:
         else:
             print(name, f"unfinished ({len(e['folds'])} folds)")
     print(summary["decision"])
-    for key in ("views_rule", "groups_rule"):
+    for key in ("views_rule", "groups_rule", "colour_rule"):
         if key in summary:
             print(key, json.dumps(summary[key]))
 

@@ -31,6 +31,9 @@ class ModelConfig:
     # An inference setting: indexes record the views they were built with and queries follow the index;
     # training's per-epoch validation embeds single views (as in every cross-validation round).
     views: str = DEFAULT_VIEWS
+    # colour normalisation of every input, in training and inference (data.transforms.COLOURS):
+    # "none" or "shades_of_gray" (colour constancy, p = 6)
+    colour: str = "none"
 
 
 @dataclass
@@ -58,6 +61,8 @@ class TrainConfig:
     # >0: validate and save an exponential moving average of the weights (per step) instead of the
     # raw weights; smooths the step-to-step drift of short, noisy fine-tuning runs
     ema_decay: float = 0.0
+    # >0: random brightness / contrast / saturation factors in [1 - x, 1 + x] on training inputs
+    colour_jitter: float = 0.0
 
 
 @dataclass

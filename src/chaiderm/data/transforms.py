@@ -62,9 +62,58 @@ def mask_as_seen(path: str, load_size: int, image_size: int) -> np.ndarray:
     return center_crop(sq[None, :, :, None], image_size)[0, :, :, 0] > 127
 
 
-def to_tensor(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW, scaled as the backbone's weights expect, channels_last."""
+COLOURS = ("none", "shades_of_gray")  # colour normalisations a model may apply to every input
+SOG_P = 6  # Minkowski norm of Shades of Gray (Finlayson & Trezzi 2004), the usual choice for dermoscopy
+
+
+def check_colour(colour: str) -> str:
+    if colour not in COLOURS:
+        raise DataError(None, f"colour: '{colour}' is not one of {', '.join(COLOURS)}")
+    return colour
+
+
+def shades_of_gray(x: torch.Tensor, p: int = SOG_P) -> torch.Tensor:
+    """Colour constancy on float NCHW images in [0, 1]: each channel is scaled so that the image's
+    illuminant estimate (the channel's Minkowski p-mean) becomes grey, keeping the mean brightness.
+    Dermoscopes and cameras differ in white balance; a lesion's colour is diagnostic, the lamp's is not."""
+    illum = x.clamp_min(0).pow(p).mean(dim=(2, 3), keepdim=True).pow(1.0 / p).clamp_min(1e-4)
+    return (x * (illum.mean(dim=1, keepdim=True) / illum)).clamp_(0.0, 1.0)
+
+
+def colour_jitter(x: torch.Tensor, strength: float, rng: np.random.Generator) -> torch.Tensor:
+    """Random brightness, contrast and saturation factors in [1 - strength, 1 + strength] per image
+    (float NCHW in [0, 1]); drawn from ``rng`` so a training run is repeatable."""
+    n = x.shape[0]
+    f = torch.from_numpy(rng.uniform(1.0 - strength, 1.0 + strength, (3, n, 1, 1, 1)).astype(np.float32))
+    x = x * f[0]
+    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = (x - grey.mean(dim=(2, 3), keepdim=True)) * f[1] + grey.mean(dim=(2, 3), keepdim=True)
+    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = grey + (x - grey) * f[2]
+    return x.clamp_(0.0, 1.0)
+
+
+def to_tensor(
+    batch: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    colour: str = "none",
+    jitter: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW, scaled as the backbone's weights expect, channels_last.
+
+    ``colour`` normalises each image first (:data:`COLOURS`); ``jitter`` > 0 (training only, needs
+    ``rng``) then perturbs brightness, contrast and saturation, so the network still sees colour
+    variation after the normalisation."""
     x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+    if check_colour(colour) == "shades_of_gray":
+        x = shades_of_gray(x)
+    if jitter > 0:
+        if rng is None:
+            raise ValueError("colour jitter needs an rng")
+        x = colour_jitter(x, jitter, rng)
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return ((x - m) / s).contiguous(memory_format=torch.channels_last)

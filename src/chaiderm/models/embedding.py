@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from chaiderm._io import atomic_path
+from chaiderm.data.transforms import check_colour
 from chaiderm.config import ModelConfig, RunConfig
 from chaiderm.errors import ArtifactError, DataError
 from chaiderm.models.registry import Backbone, create_backbone
@@ -65,6 +66,11 @@ class EmbeddingNet(nn.Module):
     @property
     def std(self) -> tuple[float, ...]:
         return self.backbone.std
+
+    @property
+    def colour(self) -> str:
+        """The colour normalisation every input of this model gets (``data.transforms.COLOURS``)."""
+        return self.cfg.colour
 
     def train(self, mode: bool = True) -> EmbeddingNet:
         super().train(mode)
@@ -122,6 +128,7 @@ class EmbeddingNet(nn.Module):
 
 def build_model(cfg: ModelConfig, *, load_pretrained: bool = True) -> EmbeddingNet:
     check_views(cfg.views)
+    check_colour(cfg.colour)
     bb = create_backbone(
         cfg.backbone, pretrained=cfg.pretrained and load_pretrained, weights=cfg.weights if load_pretrained else None
     )

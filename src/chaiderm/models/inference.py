@@ -54,7 +54,7 @@ def embed(
     try:
         for start in range(0, len(images), batch_size):
             chunk = center_crop(images[start : start + batch_size], image_size)
-            x = to_tensor(chunk, model.mean, model.std).to(device)
+            x = to_tensor(chunk, model.mean, model.std, colour=model.colour).to(device)
             g_sum = e_sum = None
             for dims in flips:
                 xv = torch.flip(x, dims) if dims else x

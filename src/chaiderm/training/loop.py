@@ -153,6 +153,12 @@ def _prepare_feedback(fb: FeedbackTriplets, train_p: _Prepared, load_size: int) 
     return _Feedback(queries, np.asarray(trip, dtype=np.int64))
 
 
+def _train_input(model: EmbeddingNet, imgs: np.ndarray, cfg: RunConfig, rng: np.random.Generator) -> torch.Tensor:
+    """Augmented training batch: random crop, flips and turns, the model's colour normalisation, jitter."""
+    crops = augment(imgs, cfg.model.image_size, rng)
+    return to_tensor(crops, model.mean, model.std, colour=model.colour, jitter=cfg.train.colour_jitter, rng=rng)
+
+
 def _feedback_loss(
     model: EmbeddingNet, fb: _Feedback, train_p: _Prepared, cfg: RunConfig, rng: np.random.Generator
 ) -> torch.Tensor:
@@ -161,7 +167,7 @@ def _feedback_loss(
     pick = fb.triplets[rng.choice(len(fb.triplets), n, replace=False)]
     imgs = np.concatenate([fb.queries[pick[:, 0]], train_p.images[pick[:, 1]], train_p.images[pick[:, 2]]])
     device = next(model.parameters()).device
-    x = to_tensor(augment(imgs, cfg.model.image_size, rng), model.mean, model.std).to(device)
+    x = _train_input(model, imgs, cfg, rng).to(device)
     emb = _forward_chunks(model, x, cfg.train.chunk_size, model)
     return chai_triplet_loss(emb[:n], emb[n : 2 * n], emb[2 * n :], cfg.train.margin).mean()
 
@@ -194,6 +200,8 @@ def train(
         raise DataError(None, f"unknown logic '{t.logic}'")
     if not 0.0 <= t.ema_decay < 1.0:
         raise DataError(None, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if not 0.0 <= t.colour_jitter < 1.0:
+        raise DataError(None, f"train.colour_jitter must be in [0, 1), got {t.colour_jitter}")
     ckpt = load_checkpoint(run_dir) if resume else None
     if not resume and not force and (run_dir / "checkpoints").exists():
         raise ArtifactError(f"{run_dir}: a run already exists here; pass --resume to continue or --force to replace")
@@ -272,7 +280,7 @@ def train(
         n_images = 0
         batches = list(_batches(cfg, dis, grp, rng))
         for step, (idx, triplets) in enumerate(batches):
-            x = to_tensor(augment(train_p.images[idx], cfg.model.image_size, rng), model.mean, model.std).to(dev)
+            x = _train_input(model, train_p.images[idx], cfg, rng).to(dev)
             if t.logic == "classifier":
                 logits = _forward_chunks(
                     model, x, t.chunk_size, lambda c: model.classifier(model.pool(model.forward_features(c)))
