@@ -94,7 +94,8 @@ HIER: dict[str, tuple[str, dict]] = {
     "h_groups_double": (
         "d_default",
         {"groups_per_disease": {"melanoma": 40, "seborrheic_keratosis": 24, "nevus": 30}},
-    ),    "h_colour": ("d_colour", {"colour_jitter": 0.2}),  # colour constancy comes with the Disease model
+    ),
+    "h_colour": ("d_colour", {"colour_jitter": 0.2}),  # colour constancy comes with the Disease model
 }
 DEFAULT_HIER = "h_default"
 

@@ -233,7 +233,10 @@ def _evaluate(
                 [
                     model.logits(
                         to_tensor(
-                            center_crop(d.test_img[i : i + 16], s.image_size), model.mean, model.std, colour=model.colour
+                            center_crop(d.test_img[i : i + 16], s.image_size),
+                            model.mean,
+                            model.std,
+                            colour=model.colour,
                         ).to(device)
                     ).cpu()
                     for i in range(0, len(d.test_img), 16)

@@ -86,9 +86,9 @@ def colour_jitter(x: torch.Tensor, strength: float, rng: np.random.Generator) ->
     n = x.shape[0]
     f = torch.from_numpy(rng.uniform(1.0 - strength, 1.0 + strength, (3, n, 1, 1, 1)).astype(np.float32))
     x = x * f[0]
-    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     x = (x - grey.mean(dim=(2, 3), keepdim=True)) * f[1] + grey.mean(dim=(2, 3), keepdim=True)
-    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     x = grey + (x - grey) * f[2]
     return x.clamp_(0.0, 1.0)
 

@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from chaiderm._io import atomic_path
-from chaiderm.data.transforms import check_colour
 from chaiderm.config import ModelConfig, RunConfig
+from chaiderm.data.transforms import check_colour
 from chaiderm.errors import ArtifactError, DataError
 from chaiderm.models.registry import Backbone, create_backbone
 
