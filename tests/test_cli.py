@@ -60,6 +60,12 @@ def test_bad_inputs_exit_cleanly(tmp_path, synth_dir):
     args = ["train", "--data", str(synth_dir), "--out", str(tmp_path / "v"), "--views", "rot90", *TINY]
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and "views: 'rot90'" in r.output and not (tmp_path / "v").exists()
+    args = ["train", "--data", str(synth_dir), "--out", str(tmp_path / "c"), "--colour", "sepia", *TINY]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "colour: 'sepia'" in r.output and not (tmp_path / "c").exists()
+    args = ["train", "--data", str(synth_dir), "--out", str(tmp_path / "j"), "--colour-jitter", "1.0", *TINY]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "colour_jitter" in r.output and not (tmp_path / "j").exists()
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
     r = runner.invoke(app, ["query", str(bad), "--model", str(tmp_path), "--index", str(tmp_path)])

@@ -120,3 +120,32 @@ def test_groups_rule_needs_ten_folds_a_margin_and_seven_wins():
     assert r["folds"] == 15 and r["wins"] == 10 and r["keeps"] == "h_groups_half"
     r = cv.compare_over_splits([split(5), split(2), split(2)])
     assert r["wins"] == 9 and r["keeps"] == "h_default"
+
+
+def _colour_run(h: callable, d: callable, n_folds: int = 5) -> dict:
+    """A round-6 style run: only the colour candidates, defaults merged from an earlier run's JSON."""
+    import json
+
+    base = json.loads(json.dumps(cv.summarise_folds(_folds({}), Y, Y_VA)))  # per-fold keys become strings
+    folds = [
+        {"fold": f, "held": HELD[f], "candidates": {"h_colour": _cand(h(f)), "d_colour": _cand(d(f))}}
+        for f in range(n_folds)
+    ]
+    return cv.merge_baseline(cv.summarise_folds(folds, Y, Y_VA)["candidates"], base)
+
+
+def test_colour_rule_needs_a_gain_four_folds_and_no_disease_loss():
+    same_d = lambda f: _noisy(HELD[f], f)  # noqa: E731  (the default Disease model's votes)
+    perfect = lambda f: _perfect(HELD[f])  # noqa: E731
+    t = _colour_run(perfect, same_d)
+    assert t["h_default"]["from_baseline"] and set(t["h_default"]["per_fold"]) == set(range(5))
+    r = cv.decide_colour(t)
+    assert r["adopt"] and r["wins"] == 5 and r["disease_gain"] == pytest.approx(0)
+    worse_d = lambda f: [[0] * K for _ in HELD[f]]  # noqa: E731
+    assert not cv.decide_colour(_colour_run(perfect, worse_d))["adopt"]
+    assert not cv.decide_colour(_colour_run(lambda f: _noisy(HELD[f], 10 + f), same_d))["adopt"]
+    # perfect on three folds only: a pooled gain, but 3 wins of 5
+    three = lambda f: _perfect(HELD[f]) if f < 3 else _noisy(HELD[f], 10 + f)  # noqa: E731
+    r = cv.decide_colour(_colour_run(three, same_d))
+    assert r["gain"] > 0.01 and r["wins"] == 3 and not r["adopt"]
+    assert cv.decide_colour(_colour_run(perfect, same_d, n_folds=4)) == {"adopt": False, "why": "unfinished"}

@@ -52,6 +52,36 @@ def test_mirrored_views_average_the_mirrors_and_keep_maps_on_the_image():
         embed(m, imgs, 64, views="rot90")
 
 
+def test_shades_of_gray_makes_the_illuminant_grey_and_ignores_a_colour_cast():
+    from chaiderm.data.transforms import colour_jitter, shades_of_gray, to_tensor
+    from chaiderm.errors import DataError
+    from chaiderm.models.inference import embed
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(20, 200, (2, 72, 72, 3), dtype=np.uint8)
+    cast = np.round(imgs * np.array([1.15, 1.0, 0.85])).astype(np.uint8)  # a warmer lamp, as bright
+    x = shades_of_gray(torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255)
+    illum = x.pow(6).mean((2, 3)).pow(1 / 6)
+    torch.testing.assert_close(illum, illum.mean(1, keepdim=True).expand(2, 3), rtol=1e-3, atol=1e-3)
+    a = to_tensor(imgs, (0.5,) * 3, (0.5,) * 3, colour="shades_of_gray")
+    b = to_tensor(cast, (0.5,) * 3, (0.5,) * 3, colour="shades_of_gray")
+    plain = to_tensor(cast, (0.5,) * 3, (0.5,) * 3)
+    assert (a - b).abs().mean() < 0.02 < (a - plain).abs().mean()
+    # a model with the setting embeds the cast image (nearly) as the original; one without does not
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(backbone="tiny", embedding_dim=16, colour="shades_of_gray")).eval()
+    e, e_cast = embed(m, imgs, 64)[0], embed(m, cast, 64)[0]
+    m.cfg.colour = "none"
+    e_off, e_cast_off = embed(m, imgs, 64)[0], embed(m, cast, 64)[0]
+    assert np.abs(e - e_cast).mean() < 0.2 * np.abs(e_off - e_cast_off).mean()
+    # jitter: repeatable from its rng, stays in range, changes the image
+    j1 = colour_jitter(x.clone(), 0.2, np.random.default_rng(3))
+    j2 = colour_jitter(x.clone(), 0.2, np.random.default_rng(3))
+    assert torch.equal(j1, j2) and j1.min() >= 0 and j1.max() <= 1 and not torch.allclose(j1, x)
+    with pytest.raises(DataError, match="colour: 'sepia'"):
+        build_model(ModelConfig(backbone="tiny", colour="sepia"))
+
+
 def test_efficientnet_lite0_imagenet_weights_load():
     bb = create_backbone("efficientnet_lite0", pretrained=True)
     assert bb.out_channels == 1280 and bb.mean == (0.5, 0.5, 0.5)

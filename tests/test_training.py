@@ -198,3 +198,30 @@ def test_a_gpu_run_saves_cpu_weights_that_embed_like_the_gpu_model(tables, tmp_p
     cpu, _ = embed(model, imgs, cfg.model.image_size)
     gpu, _ = embed(model.to("cuda"), imgs, cfg.model.image_size)
     np.testing.assert_allclose(cpu, gpu, rtol=1e-2, atol=1e-3)
+
+
+def test_colour_settings_are_saved_repeatable_and_used(tables, tmp_path):
+    tr, _, _ = tables
+    tr = tr.subset(range(96))
+
+    def cfg(jitter: float):
+        c = tiny_cfg(epochs=1, select_metric="last", colour_jitter=jitter)
+        c.model.colour = "shades_of_gray"
+        return c
+
+    for name, jitter in (("a", 0.2), ("b", 0.2), ("plain", 0.0)):
+        train(cfg(jitter), tr, tmp_path / name)
+    saved = RunConfig.load(tmp_path / "a" / "config.json")
+    assert saved.model.colour == "shades_of_gray" and saved.train.colour_jitter == 0.2
+    assert load_model(tmp_path / "a")[0].colour == "shades_of_gray"
+    a, b, plain = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("a", "b", "plain"))
+    for k in a:  # the jitter is drawn from the run's seed
+        np.testing.assert_array_equal(a[k].numpy(), b[k].numpy(), err_msg=k)
+    assert any(not np.allclose(a[k].numpy(), plain[k].numpy()) for k in a if k.startswith("proj"))
+    with pytest.raises(DataError, match="colour_jitter"):
+        train(tiny_cfg(epochs=1, colour_jitter=-0.1), tr, tmp_path / "bad")
+    # configs from before the settings read as no colour normalisation and no jitter
+    d = saved.to_dict()
+    del d["model"]["colour"], d["train"]["colour_jitter"]
+    old = RunConfig.from_dict(d)
+    assert old.model.colour == "none" and old.train.colour_jitter == 0.0

@@ -91,6 +91,12 @@ def train_cmd(
     load_size: int = 256,
     freeze_stages: int | None = None,
     views: Annotated[str, typer.Option(help="test-time views: none, flip, flip4")] = DEFAULT_VIEWS,
+    colour: Annotated[
+        str, typer.Option(help="colour normalisation of every input: none, shades_of_gray (colour constancy)")
+    ] = "none",
+    colour_jitter: Annotated[
+        float, typer.Option(help="random brightness/contrast/saturation factors in [1-x, 1+x] in training")
+    ] = 0.0,
     epochs: int = 3,
     batch_size: int = 48,
     m_per_class: int = 4,
@@ -139,6 +145,7 @@ def train_cmd(
                 load_size=load_size,
                 freeze_stages=freeze_stages,
                 views=views,
+                colour=colour,
             ),
             train=TrainConfig(
                 logic=logic,
@@ -154,6 +161,7 @@ def train_cmd(
                 margin=margin,
                 reduction=reduction,
                 ema_decay=ema_decay,
+                colour_jitter=colour_jitter,
                 seed=seed,
                 val_k=val_k,
                 positive_class=positive_class,
