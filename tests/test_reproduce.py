@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from chaiderm.config import RunConfig
 from chaiderm.data.records import load_table
 from chaiderm.errors import ArtifactError, DataError
 from chaiderm.reproduce import VARIANTS, ReproduceSettings, _evaluate_ensemble, _load, run_reproduce
@@ -38,6 +39,8 @@ def test_reproduce_end_to_end_and_resume(synth_dir, tmp_path):
         n_boot=50,
         seeds=2,
         groups_per_disease=per,
+        colour="shades_of_gray",  # the colour settings reach every variant (checked below)
+        colour_jitter=0.1,
     )
     out = tmp_path / "out"
     logs = []
@@ -54,6 +57,10 @@ def test_reproduce_end_to_end_and_resume(synth_dir, tmp_path):
     assert 0 <= t["baselineft_softmax_auc"] <= 1
     assert t["variants"]["Disease"]["n_seeds"] == 2 and set(t["variants"]["Disease"]["auc_std"]) == set(row["auc"])
     assert (out / "runs" / "seed1" / "Hierarchical" / "done").exists()
+    for v in VARIANTS:
+        cfg = RunConfig.load(out / "runs" / "seed0" / v / "config.json")
+        assert cfg.model.colour == "shades_of_gray", v
+        assert cfg.train.colour_jitter == (0.1 if v != "Baseline" else 0.0), v
     # two seeds: each ensembled variant is also scored on the concatenation of its two embeddings
     ens = t["ensembles"]["Hierarchical"]
     assert ens["n_models"] == 2 and set(ens["auc"]) == set(ens["val_auc"]) == set(row["auc"])
@@ -104,3 +111,7 @@ def test_a_bad_device_is_refused_before_anything_is_written(synth_dir, tmp_path)
         s = ReproduceSettings(views="mirror")
         run_reproduce(tmp_path / "no-isic", tmp_path / "no-enh", synth_dir / "test", out, s)
     assert not out.exists()
+    for bad, match in (({"colour": "sepia"}, "colour: 'sepia'"), ({"colour_jitter": 2.0}, "colour_jitter")):
+        with pytest.raises(DataError, match=match):
+            run_reproduce(tmp_path / "no-isic", tmp_path / "no-enh", synth_dir / "test", out, ReproduceSettings(**bad))
+        assert not out.exists()

@@ -456,13 +456,25 @@ def reproduce(
     ] = True,
     device: Annotated[str, typer.Option(help="where to compute: cpu, cuda (not a setting of the results)")] = "cpu",
     views: Annotated[str | None, typer.Option(help="test-time views of every evaluation: none, flip, flip4")] = None,
+    colour: Annotated[
+        str | None, typer.Option(help="colour normalisation of every variant: none, shades_of_gray")
+    ] = None,
+    colour_jitter: Annotated[float | None, typer.Option(help="training brightness/contrast/saturation jitter")] = None,
 ) -> None:
     """The paper's Table 1: six embeddings, AUC@k, REL@k, map localisation, statistics and figures.
 
     Defaults are the settings chosen on the validation split (bench/tune_val.py, docs/reproduction.md)."""
     from chaiderm.reproduce import ReproduceSettings, run_reproduce
 
-    given = dict(epochs=epochs, finetune_epochs=finetune_epochs, backbone=backbone, image_size=image_size, views=views)
+    given = dict(
+        epochs=epochs,
+        finetune_epochs=finetune_epochs,
+        backbone=backbone,
+        image_size=image_size,
+        views=views,
+        colour=colour,
+        colour_jitter=colour_jitter,
+    )
     s = ReproduceSettings(seeds=seeds, n_boot=n_boot, **{k: v for k, v in given.items() if v is not None})
     if not paper_groups:
         from chaiderm.data.enhance import HALF_GROUPS

@@ -30,8 +30,8 @@ from chaiderm.data.enhance import (
     write_group_files,
 )
 from chaiderm.data.records import ImageTable, attach_groups, load_table, read_folder, read_groups
-from chaiderm.data.transforms import center_crop, mask_as_seen, prepare, to_tensor
-from chaiderm.errors import ArtifactError
+from chaiderm.data.transforms import center_crop, check_colour, mask_as_seen, prepare, to_tensor
+from chaiderm.errors import ArtifactError, DataError
 from chaiderm.evaluation.metrics import (
     bootstrap_auc_ci,
     calculate_auc_at_k,
@@ -81,6 +81,9 @@ class ReproduceSettings:
     n_boot: int = 1000
     # test-time views of every evaluation (models.embedding.VIEWS); trained models do not depend on it
     views: str = DEFAULT_VIEWS
+    # colour normalisation of every variant's inputs (data.transforms.COLOURS) and training colour jitter
+    colour: str = "none"
+    colour_jitter: float = 0.0
 
 
 @dataclass
@@ -131,7 +134,7 @@ def _train_variant(
 ) -> None:
     if (run / "done").exists():
         return
-    mc = dict(backbone=s.backbone, image_size=s.image_size, load_size=s.load_size)
+    mc = dict(backbone=s.backbone, image_size=s.image_size, load_size=s.load_size, colour=s.colour)
     if name == "Baseline":
         torch.manual_seed(seed)
         cfg = RunConfig(model=ModelConfig(head="none", **mc), train=TrainConfig(logic="disease", epochs=0))
@@ -156,7 +159,7 @@ def _train_variant(
         }[name]
         cfg = RunConfig(
             model=ModelConfig(head="none" if name == "BaselineFT" else "conv", **mc),
-            train=TrainConfig(logic=logic, epochs=epochs, seed=seed, val_k=20),
+            train=TrainConfig(logic=logic, epochs=epochs, seed=seed, val_k=20, colour_jitter=s.colour_jitter),
         )
         cfg.data.groups = str(groups_dir)
         resume = (run / "checkpoints" / "last.pt").exists()
@@ -293,6 +296,9 @@ def run_reproduce(
     s = s or ReproduceSettings()
     resolve_device(device)  # a bad device or views name is refused before anything is written or decoded
     check_views(s.views)
+    check_colour(s.colour)
+    if not 0.0 <= s.colour_jitter < 1.0:
+        raise DataError(None, f"colour_jitter must be in [0, 1), got {s.colour_jitter}")
     isic, enhance, masks_data, out = Path(isic), Path(enhance), Path(masks_data), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, s)
@@ -380,6 +386,8 @@ def _check_settings(out: Path, s: ReproduceSettings) -> None:
         # folders from before the setting existed were grouped with the paper's numbers
         saved.setdefault("groups_per_disease", dict(PAPER_GROUPS))
         saved.setdefault("views", "none")  # and evaluated single views
+        saved.setdefault("colour", "none")  # and had no colour normalisation or jitter
+        saved.setdefault("colour_jitter", 0.0)
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if diff:
             raise ArtifactError(
