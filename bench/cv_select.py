@@ -47,6 +47,13 @@ models of that split are not retrained: CPU training is deterministic, so round 
 variant if ``h_colour``'s pooled mean AUC beats round 5's ``h_default`` by more than 0.01, wins at least 4
 of 5 folds, and ``d_colour``'s pooled mean AUC is not below ``d_default``'s (a colour change that is real
 should not hurt the model the group fine-tuning starts from) (:func:`decide_colour`).
+Outcome: +0.007, 3 of 5 folds, Disease -0.0003: not adopted (docs/reproduction.md).
+
+Round 7 (CPU, third split again: ``--fold-seed 2 --only h_lite1 --baseline <round 5>``): capacity.
+``d_lite1`` / ``h_lite1`` use EfficientNet-Lite1 at its native 240 input (from the 256 image), all else
+default. Rule, fixed before it ran: the round-6 rule with ``h_lite1`` / ``d_lite1`` in place of the colour
+pair (Hierarchical pooled mean AUC > default + 0.01, at least 4 of 5 folds won, Disease not lower)
+(:func:`decide_pair`); Lite1 becomes the reproduction's backbone if it passes.
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ DISEASE: dict[str, tuple[dict, dict]] = {
     "d_e5_step": ({}, {"epochs": 5, "lr_step": 3}),  # learning rates / 10 for the last two epochs
     "d_norm_e5": ({"normalize": True}, {"epochs": 5}),
     "d_colour": ({"colour": "shades_of_gray"}, {"colour_jitter": 0.2}),
+    "d_lite1": ({"backbone": "efficientnet_lite1", "image_size": 240}, {}),
 }
 # Hierarchical candidates: (Disease candidate fine-tuned, training settings); priority order
 HIER: dict[str, tuple[str, dict]] = {
@@ -96,7 +104,10 @@ HIER: dict[str, tuple[str, dict]] = {
         {"groups_per_disease": {"melanoma": 40, "seborrheic_keratosis": 24, "nevus": 30}},
     ),
     "h_colour": ("d_colour", {"colour_jitter": 0.2}),  # colour constancy comes with the Disease model
+    "h_lite1": ("d_lite1", {}),  # the backbone comes with the Disease model
 }
+# candidates judged against a baseline run on the same split (rounds 6, 7): Hierarchical -> its Disease
+PAIRED = {"h_colour": "d_colour", "h_lite1": "d_lite1"}
 DEFAULT_HIER = "h_default"
 
 
@@ -343,13 +354,20 @@ def merge_baseline(table: dict, baseline: dict) -> dict:
 
 def decide_colour(table: dict) -> dict:
     """Round 6's rule (module docstring), on a table holding h_colour, d_colour and the defaults."""
-    need = ("h_colour", "d_colour", DEFAULT_HIER, "d_default")
+    return decide_pair(table, "h_colour", "d_colour")
+
+
+def decide_pair(table: dict, hier: str, disease: str) -> dict:
+    """Rounds 6-7: ``hier`` (fine-tuned from ``disease``) replaces the defaults if its pooled mean AUC beats
+    the default Hierarchical model's by more than 0.01, it wins at least 4 of 5 folds, and ``disease`` is
+    not below the default Disease model."""
+    need = (hier, disease, DEFAULT_HIER, "d_default")
     if any("pooled_mean" not in table.get(n, {}) for n in need):
         return {"adopt": False, "why": "unfinished"}
-    h, hb = table["h_colour"], table[DEFAULT_HIER]
+    h, hb = table[hier], table[DEFAULT_HIER]
     gain = h["pooled_mean"] - hb["pooled_mean"]
     wins = sum(h["per_fold"][f]["mean"] > hb["per_fold"][f]["mean"] for f in hb["per_fold"])
-    d_gain = table["d_colour"]["pooled_mean"] - table["d_default"]["pooled_mean"]
+    d_gain = table[disease]["pooled_mean"] - table["d_default"]["pooled_mean"]
     return {
         "gain": gain,
         "wins": wins,
@@ -446,7 +464,9 @@ def main() -> None:
         if base.get("fold_seed", 0) != a.fold_seed:
             raise SystemExit(f"{a.baseline}: fold seed {base.get('fold_seed', 0)}, not {a.fold_seed}")
         summary["candidates"] = merge_baseline(summary["candidates"], base)
-        summary["colour_rule"] = decide_colour(summary["candidates"])
+        summary["paired_rules"] = {
+            h: decide_pair(summary["candidates"], h, d) for h, d in PAIRED.items() if h in summary["candidates"]
+        }
     summary["fold_seed"] = a.fold_seed
     if a.views:
         summary["views_rule"] = decide_views(summary["candidates"])
@@ -475,7 +495,7 @@ def main() -> None:
         else:
             print(name, f"unfinished ({len(e['folds'])} folds)")
     print(summary["decision"])
-    for key in ("views_rule", "groups_rule", "colour_rule"):
+    for key in ("views_rule", "groups_rule", "paired_rules"):
         if key in summary:
             print(key, json.dumps(summary[key]))
 
