@@ -51,21 +51,17 @@ def test_bad_inputs_exit_cleanly(tmp_path, synth_dir):
         ],
     )
     assert r.exit_code == 2 and "more than one disease" in r.output
-    args = ["train", "--data", str(synth_dir), "--out", str(tmp_path / "e"), "--ema-decay", "1.5", *TINY]
-    r = runner.invoke(app, args)
-    assert r.exit_code == 2 and "ema_decay" in r.output and not (tmp_path / "e").exists()
-    args = ["train", "--data", str(synth_dir), "--out", str(tmp_path / "d"), "--device", "gpu-please", *TINY]
-    r = runner.invoke(app, args)
-    assert r.exit_code == 2 and "not a torch device" in r.output and not (tmp_path / "d").exists()
-    args = ["train", "--data", str(synth_dir), "--out", str(tmp_path / "v"), "--views", "rot90", *TINY]
-    r = runner.invoke(app, args)
-    assert r.exit_code == 2 and "views: 'rot90'" in r.output and not (tmp_path / "v").exists()
-    args = ["train", "--data", str(synth_dir), "--out", str(tmp_path / "c"), "--colour", "sepia", *TINY]
-    r = runner.invoke(app, args)
-    assert r.exit_code == 2 and "colour: 'sepia'" in r.output and not (tmp_path / "c").exists()
-    args = ["train", "--data", str(synth_dir), "--out", str(tmp_path / "j"), "--colour-jitter", "1.0", *TINY]
-    r = runner.invoke(app, args)
-    assert r.exit_code == 2 and "colour_jitter" in r.output and not (tmp_path / "j").exists()
+    # a bad setting is refused, named, before the run folder is made
+    for flag, value, said in (
+        ("--ema-decay", "1.5", "ema_decay"),
+        ("--device", "gpu-please", "not a torch device"),
+        ("--views", "rot90", "views: 'rot90'"),
+        ("--colour", "sepia", "colour: 'sepia'"),
+        ("--colour-jitter", "1.0", "colour_jitter"),
+    ):
+        run = tmp_path / flag.strip("-")
+        r = runner.invoke(app, ["train", "--data", str(synth_dir), "--out", str(run), flag, value, *TINY])
+        assert r.exit_code == 2 and said in r.output and not run.exists(), flag
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
     r = runner.invoke(app, ["query", str(bad), "--model", str(tmp_path), "--index", str(tmp_path)])
