@@ -54,6 +54,7 @@ Round 7 (CPU, third split again: ``--fold-seed 2 --only h_lite1 --baseline <roun
 default. Rule, fixed before it ran: the round-6 rule with ``h_lite1`` / ``d_lite1`` in place of the colour
 pair (Hierarchical pooled mean AUC > default + 0.01, at least 4 of 5 folds won, Disease not lower)
 (:func:`decide_pair`); Lite1 becomes the reproduction's backbone if it passes.
+Outcome: Hierarchical +0.002, 2 of 5 folds (Disease +0.008): not adopted.
 """
 
 from __future__ import annotations
