@@ -30,8 +30,8 @@ from chaiderm.data.enhance import (
     write_group_files,
 )
 from chaiderm.data.records import ImageTable, attach_groups, load_table, read_folder, read_groups
-from chaiderm.data.transforms import center_crop, check_colour, mask_as_seen, prepare, to_tensor
-from chaiderm.errors import ArtifactError, DataError
+from chaiderm.data.transforms import center_crop, check_colour, check_jitter, mask_as_seen, prepare, to_tensor
+from chaiderm.errors import ArtifactError
 from chaiderm.evaluation.metrics import (
     bootstrap_auc_ci,
     calculate_auc_at_k,
@@ -294,11 +294,11 @@ def run_reproduce(
 ) -> dict:
     """Run (or resume) the whole reproduction into ``out``; ``device`` only says where to compute."""
     s = s or ReproduceSettings()
-    resolve_device(device)  # a bad device or views name is refused before anything is written or decoded
+    # a bad device, views, colour or jitter is refused before anything is written or decoded
+    resolve_device(device)
     check_views(s.views)
     check_colour(s.colour)
-    if not 0.0 <= s.colour_jitter < 1.0:
-        raise DataError(None, f"colour_jitter must be in [0, 1), got {s.colour_jitter}")
+    check_jitter(s.colour_jitter)
     isic, enhance, masks_data, out = Path(isic), Path(enhance), Path(masks_data), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, s)

@@ -72,6 +72,12 @@ def check_colour(colour: str) -> str:
     return colour
 
 
+def check_jitter(strength: float) -> float:
+    if not 0.0 <= strength < 1.0:
+        raise DataError(None, f"colour_jitter must be in [0, 1), got {strength}")
+    return strength
+
+
 def shades_of_gray(x: torch.Tensor, p: int = SOG_P) -> torch.Tensor:
     """Colour constancy on float NCHW images in [0, 1]: each channel is scaled so that the image's
     illuminant estimate (the channel's Minkowski p-mean) becomes grey, keeping the mean brightness.
@@ -86,8 +92,8 @@ def colour_jitter(x: torch.Tensor, strength: float, rng: np.random.Generator) ->
     n = x.shape[0]
     f = torch.from_numpy(rng.uniform(1.0 - strength, 1.0 + strength, (3, n, 1, 1, 1)).astype(np.float32))
     x = x * f[0]
-    grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-    x = (x - grey.mean(dim=(2, 3), keepdim=True)) * f[1] + grey.mean(dim=(2, 3), keepdim=True)
+    level = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).mean(dim=(2, 3), keepdim=True)
+    x = (x - level) * f[1] + level
     grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     x = grey + (x - grey) * f[2]
     return x.clamp_(0.0, 1.0)

@@ -28,7 +28,7 @@ from chaiderm.data.feedback import FeedbackTriplets
 from chaiderm.data.images import load_image
 from chaiderm.data.records import ImageTable, check_nested
 from chaiderm.data.sampler import m_per_class_batches
-from chaiderm.data.transforms import augment, prepare, resize_square, to_tensor
+from chaiderm.data.transforms import augment, check_jitter, prepare, resize_square, to_tensor
 from chaiderm.errors import ArtifactError, DataError
 from chaiderm.index.faiss_index import nearest_images
 from chaiderm.index.knn import knn_vote, relevance_at_k
@@ -200,8 +200,7 @@ def train(
         raise DataError(None, f"unknown logic '{t.logic}'")
     if not 0.0 <= t.ema_decay < 1.0:
         raise DataError(None, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
-    if not 0.0 <= t.colour_jitter < 1.0:
-        raise DataError(None, f"train.colour_jitter must be in [0, 1), got {t.colour_jitter}")
+    check_jitter(t.colour_jitter)
     ckpt = load_checkpoint(run_dir) if resume else None
     if not resume and not force and (run_dir / "checkpoints").exists():
         raise ArtifactError(f"{run_dir}: a run already exists here; pass --resume to continue or --force to replace")
