@@ -39,14 +39,14 @@ above over the fifteen folds of the three splits (mean difference > 0.01, won in
 the folds, i.e. 10 of 15); otherwise the paper's numbers return. An unfinished split changes nothing.
 
 Round 6 (CPU, third split again: ``--fold-seed 2 --only h_colour --baseline <round 5>``): colour.
-Dermoscopes differ in white balance, and the triplet models overfit within 2-3 epochs on colour-only
-augmentation-free inputs. ``d_colour`` / ``h_colour`` train and embed with Shades of Gray colour
+Dermoscopes differ in white balance, and the triplet models, trained with no colour augmentation,
+overfit within 2-3 epochs. ``d_colour`` / ``h_colour`` train and embed with Shades of Gray colour
 constancy (p = 6) and jitter brightness, contrast and saturation by up to 20 % in training. The default
 models of that split are not retrained: CPU training is deterministic, so round 5's per-fold results
 (``--baseline``) are theirs. Rule, fixed before it ran: colour becomes the default for every trained
 variant if ``h_colour``'s pooled mean AUC beats round 5's ``h_default`` by more than 0.01, wins at least 4
 of 5 folds, and ``d_colour``'s pooled mean AUC is not below ``d_default``'s (a colour change that is real
-should not hurt the model the group fine-tuning starts from) (:func:`decide_colour`).
+should not hurt the model the group fine-tuning starts from) (:func:`decide_pair`).
 Outcome: +0.007, 3 of 5 folds, Disease -0.0003: not adopted (docs/reproduction.md).
 
 Round 7 (CPU, third split again: ``--fold-seed 2 --only h_lite1 --baseline <round 5>``): capacity.
@@ -351,11 +351,6 @@ def merge_baseline(table: dict, baseline: dict) -> dict:
         if name not in out:
             out[name] = {**e, "per_fold": {int(f): v for f, v in e["per_fold"].items()}, "from_baseline": True}
     return out
-
-
-def decide_colour(table: dict) -> dict:
-    """Round 6's rule (module docstring), on a table holding h_colour, d_colour and the defaults."""
-    return decide_pair(table, "h_colour", "d_colour")
 
 
 def decide_pair(table: dict, hier: str, disease: str) -> dict:

@@ -134,18 +134,22 @@ def _colour_run(h: callable, d: callable, n_folds: int = 5) -> dict:
     return cv.merge_baseline(cv.summarise_folds(folds, Y, Y_VA)["candidates"], base)
 
 
+def _colour_rule(table: dict) -> dict:
+    return cv.decide_pair(table, "h_colour", "d_colour")
+
+
 def test_colour_rule_needs_a_gain_four_folds_and_no_disease_loss():
     same_d = lambda f: _noisy(HELD[f], f)  # noqa: E731  (the default Disease model's votes)
     perfect = lambda f: _perfect(HELD[f])  # noqa: E731
     t = _colour_run(perfect, same_d)
     assert t["h_default"]["from_baseline"] and set(t["h_default"]["per_fold"]) == set(range(5))
-    r = cv.decide_colour(t)
+    r = _colour_rule(t)
     assert r["adopt"] and r["wins"] == 5 and r["disease_gain"] == pytest.approx(0)
     worse_d = lambda f: [[0] * K for _ in HELD[f]]  # noqa: E731
-    assert not cv.decide_colour(_colour_run(perfect, worse_d))["adopt"]
-    assert not cv.decide_colour(_colour_run(lambda f: _noisy(HELD[f], 10 + f), same_d))["adopt"]
+    assert not _colour_rule(_colour_run(perfect, worse_d))["adopt"]
+    assert not _colour_rule(_colour_run(lambda f: _noisy(HELD[f], 10 + f), same_d))["adopt"]
     # perfect on three folds only: a pooled gain, but 3 wins of 5
     three = lambda f: _perfect(HELD[f]) if f < 3 else _noisy(HELD[f], 10 + f)  # noqa: E731
-    r = cv.decide_colour(_colour_run(three, same_d))
+    r = _colour_rule(_colour_run(three, same_d))
     assert r["gain"] > 0.01 and r["wins"] == 3 and not r["adopt"]
-    assert cv.decide_colour(_colour_run(perfect, same_d, n_folds=4)) == {"adopt": False, "why": "unfinished"}
+    assert _colour_rule(_colour_run(perfect, same_d, n_folds=4)) == {"adopt": False, "why": "unfinished"}
