@@ -24,6 +24,24 @@ def synth_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def served(synth_dir, tmp_path_factory):
+    """A tiny (untrained) model and its index over the synthetic archive."""
+    from chaiderm.data.records import load_table
+    from chaiderm.models import build_model, save_model
+    from chaiderm.pipeline import build_index
+
+    d = tmp_path_factory.mktemp("served")
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    model = build_model(cfg.model).eval()
+    save_model(model, d / "run", cfg)
+    table = load_table(synth_dir, "train").subset(range(80))
+    index, _ = build_index(model, cfg, table, model_dir=d / "run")
+    index.save(d / "ix")
+    return d
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from tests.test_web import served  # noqa: F401  (fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REQUIRED = os.environ.get("CHAIDERM_REQUIRE_BROWSER") == "1"
@@ -34,7 +33,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(served, tmp_path):  # noqa: F811
+def server(served, tmp_path):
     import uvicorn
 
     from chaiderm.web.app import create_app

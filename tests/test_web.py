@@ -14,22 +14,6 @@ from chaiderm.web.app import create_app
 from tests.conftest import tiny_cfg
 
 
-@pytest.fixture(scope="module")
-def served(synth_dir, tmp_path_factory):
-    """A tiny (untrained) model and its index over the synthetic archive."""
-    import torch
-
-    d = tmp_path_factory.mktemp("served")
-    torch.manual_seed(0)
-    cfg = tiny_cfg()
-    model = build_model(cfg.model).eval()
-    save_model(model, d / "run", cfg)
-    table = load_table(synth_dir, "train").subset(range(80))
-    index, _ = build_index(model, cfg, table, model_dir=d / "run")
-    index.save(d / "ix")
-    return d
-
-
 @pytest.fixture
 def client(served, tmp_path):
     app = create_app(served / "run", served / "ix", tmp_path / "fb.db", max_upload=200_000)
