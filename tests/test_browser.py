@@ -1,21 +1,26 @@
-"""End to end in a real headless Chromium: upload, see neighbours and maps, click "similar", find the row.
+"""End to end in a real headless Chromium: what a person sees on the viewer and the annotator.
 
 Skips when Chromium or Playwright is missing, except under CHAIDERM_REQUIRE_BROWSER=1 (set by .ci/run),
-where a missing browser is a failure.
+where a missing browser is a failure. Get the browser with `apt-get install chromium` (Debian's build;
+Playwright downloads none of its own here) and Playwright with `pip install -e '.[test]'`.
 """
 
+import csv
 import os
 import shutil
 import socket
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import tiny_cfg
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REQUIRED = os.environ.get("CHAIDERM_REQUIRE_BROWSER") == "1"
+XSS = '<img src=x onerror="document.title=\'XSS\'"><script>document.title="XSS"</script>'
 
 try:
     from playwright.sync_api import sync_playwright
@@ -32,14 +37,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(served, tmp_path):
+def _serve(app):
     import uvicorn
 
-    from chaiderm.web.app import create_app
-
     port = _free_port()
-    app = create_app(served / "run", served / "ix", tmp_path / "fb.db")
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -47,46 +48,179 @@ def server(served, tmp_path):
     while not srv.started:
         assert time.time() < deadline, "server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", tmp_path / "fb.db"
+    return srv, thread, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def server(served, tmp_path):
+    from chaiderm.web.app import create_app
+
+    srv, thread, url = _serve(create_app(served / "run", served / "ix", tmp_path / "fb.db"))
+    yield url, tmp_path / "fb.db"
     srv.should_exit = True
     thread.join(timeout=10)
 
 
-def test_upload_see_evidence_and_click_similar(server, synth_dir, tmp_path):
+@pytest.fixture
+def browser():
     assert CHROMIUM is not None and sync_playwright is not None, "CI must install chromium and playwright"
-    url, db = server
-    query = synth_dir / "test" / "images" / "SYN_test_00002.png"
     with sync_playwright() as p:
-        browser = p.chromium.launch(
+        b = p.chromium.launch(
             executable_path=CHROMIUM,
             args=[
                 "--no-sandbox",
                 "--disable-gpu",
-                "--disable-quic",
                 "--no-first-run",
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
             ],
         )
-        page = browser.new_page()
-        page.goto(url)
-        page.set_input_files("#file", str(query))
-        page.wait_for_selector("#neighbors .card", timeout=30_000)
-        assert page.locator("#neighbors .card").count() == 10
-        assert "melanoma probability" in page.inner_text("#prob")
-        # the QAM and RAM of the selected neighbour actually load as images
-        page.wait_for_function("document.getElementById('qam').naturalWidth > 0", timeout=30_000)
-        page.wait_for_function("document.getElementById('ram').naturalWidth > 0", timeout=30_000)
-        first = page.locator("#neighbors .card").first
-        image_id = first.get_attribute("data-image-id")
-        first.locator("button.sim[data-rel='1']").click()
-        page.wait_for_function("document.querySelector('#neighbors .card').dataset.judged === '1'", timeout=10_000)
-        # k changes without uploading again
-        page.locator("#k").fill("5")
-        page.locator("#k").dispatch_event("change")
-        page.wait_for_function("document.querySelectorAll('#neighbors .card').length === 5", timeout=30_000)
-        page.screenshot(path=str(tmp_path / "viewer.png"), full_page=True)
-        browser.close()
+        yield b
+        b.close()
+
+
+def wait_until(cond, timeout=30.0, what="condition"):
+    """Poll from Python: the pages' CSP forbids the eval that page.wait_for_function needs."""
+    deadline = time.time() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def cards(page):
+    return page.locator("#neighbors .card")
+
+
+def test_upload_see_evidence_and_click_similar(server, browser, synth_dir, tmp_path):
+    url, db = server
+    page = browser.new_page()
+    page.goto(url)
+    wait_until(lambda: "archive:" in page.inner_text("#about"), what="model details")
+    assert "synthetic" in page.inner_text("header").lower()  # the demo archive says it is not patients
+    page.set_input_files("#file", str(synth_dir / "test" / "images" / "SYN_test_00002.png"))
+    wait_until(lambda: cards(page).count() == 10, what="10 neighbours")
+    assert "nearest cases:" in page.inner_text("#summary")
+    assert "probability" in page.inner_text("#prob")
+    assert page.locator("#dist tbody tr").count() >= 2  # the whole diagnosis distribution
+    # the query on its own, and the QAM and RAM of the selected neighbour, load as images
+    for img in ("#qthumb", "#qam", "#ram"):
+        wait_until(lambda img=img: page.locator(img).evaluate("e => e.naturalWidth") > 0, what=img)
+    first = cards(page).first
+    image_id = first.get_attribute("data-image-id")
+    first.locator("button.sim[data-rel='1']").click()
+    wait_until(lambda: first.get_attribute("data-judged") == "1", what="judgement recorded")
+    first.locator("button.zoom").click()  # a neighbour can be enlarged
+    wait_until(lambda: page.locator("#zoom").evaluate("d => d.open"), what="enlarged neighbour")
+    page.click("#zoomclose")
+    # k changes without uploading again
+    page.locator("#k").fill("5")
+    page.locator("#k").dispatch_event("change")
+    wait_until(lambda: cards(page).count() == 5, what="5 neighbours")
+    page.screenshot(path=str(tmp_path / "viewer.png"), full_page=True)
     rows = sqlite3.connect(db).execute("SELECT image_id, relevant FROM feedback").fetchall()
     assert rows == [(image_id, 1)]
+
+
+def test_a_failed_upload_clears_the_previous_result(server, browser, synth_dir, tmp_path):
+    url, _ = server
+    page = browser.new_page()
+    page.goto(url)
+    page.set_input_files("#file", str(synth_dir / "test" / "images" / "SYN_test_00002.png"))
+    wait_until(lambda: cards(page).count() == 10, what="first result")
+    good = (synth_dir / "test" / "images" / "SYN_test_00003.png").read_bytes()
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good[: len(good) // 2])
+    page.set_input_files("#file", str(truncated))
+    wait_until(lambda: page.locator("#error").is_visible(), what="error message")
+    assert "400" in page.inner_text("#error") and "truncated.png" in page.inner_text("#error")
+    assert cards(page).count() == 0 and not page.locator("#result").is_visible()
+    assert page.inner_text("#summary") == ""
+
+    # a server failure (500, not JSON) is a readable message too, and also clears the screen
+    page.set_input_files("#file", str(synth_dir / "test" / "images" / "SYN_test_00002.png"))
+    wait_until(lambda: cards(page).count() == 10, what="second result")
+    page.route("**/api/query", lambda route: route.fulfill(status=500, body="Internal Server Error"))
+    page.set_input_files("#file", str(synth_dir / "test" / "images" / "SYN_test_00004.png"))
+    wait_until(lambda: page.locator("#error").is_visible(), what="500 message")
+    assert "500" in page.inner_text("#error")
+    assert cards(page).count() == 0 and not page.locator("#result").is_visible()
+
+
+def _hostile_archive(synth_dir: Path, root: Path) -> Path:
+    """A labelled folder whose ids, diagnoses and groups carry script payloads."""
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for j, src in enumerate(sorted((synth_dir / "train" / "images").glob("*.png"))[:24]):
+        iid = f"case{j}" if j % 6 else f'c{j}<svg onload="document.title=1">'
+        shutil.copy(src, root / "images" / f"{iid}.png")
+        diagnosis = "melanoma" if j % 2 else XSS
+        rows.append((iid, diagnosis, XSS if j % 3 else f"g{j}"))
+    with open(root / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("image_id", "diagnosis", "group"), *rows])
+    return root
+
+
+def _no_script_runs(page, url, data):
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(url)
+    wait_until(lambda: page.locator("#archive option").count() > 1, what="archive list")
+    page.set_input_files("#file", str(data / "images" / "case1.png"))
+    wait_until(lambda: cards(page).count() == 10, what="neighbours")
+    page.wait_for_timeout(300)
+    assert page.title() == "chaiderm evidence viewer" and not dialogs
+    assert page.locator("#neighbors img[src='x'], #neighbors script, #neighbors svg").count() == 0
+    assert "<img src=x" in page.inner_text("#neighbors")  # shown as the text it is
+
+
+def test_script_in_labels_does_not_run_in_the_viewer(browser, synth_dir, tmp_path):
+    from chaiderm.data.records import load_table
+    from chaiderm.models import build_model, save_model
+    from chaiderm.pipeline import build_index
+    from chaiderm.web.app import create_app
+
+    data = _hostile_archive(synth_dir, tmp_path / "hostile")
+    cfg = tiny_cfg()
+    save_model(build_model(cfg.model).eval(), tmp_path / "run", cfg)
+    index, _ = build_index(build_model(cfg.model).eval(), cfg, load_table(data), model_dir=tmp_path / "run")
+    index.save(tmp_path / "ix")
+    srv, thread, url = _serve(create_app(tmp_path / "run", tmp_path / "ix", tmp_path / "fb.db"))
+    try:
+        for bypass in (False, True):  # with the CSP, and without it: escaping alone must hold
+            _no_script_runs(browser.new_context(bypass_csp=bypass).new_page(), url, data)
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_script_in_a_group_name_does_not_run_in_the_annotator(browser, synth_dir, tmp_path):
+    from chaiderm.data.records import load_table, read_groups
+    from chaiderm.web.annotate import create_annotate_app
+
+    table = load_table(synth_dir, "val").subset(range(6))
+    out = tmp_path / "groups.csv"
+    srv, thread, url = _serve(create_annotate_app(table, out, mode="joint"))
+    try:
+        page = browser.new_context(bypass_csp=True).new_page()
+        page.goto(url)
+        wait_until(lambda: page.locator("#images .img").count() == 6, what="images")
+        page.fill("#newName", XSS)
+        page.click("#create")
+        wait_until(lambda: page.locator("#groups .group").count() == 1, what="group created")
+        page.click("#images .img >> nth=0")
+        page.click("#groups .group")
+        wait_until(lambda: out.exists() and len(out.read_text().splitlines()) > 1, what="saved assignment")
+        page.reload()
+        wait_until(lambda: page.locator("#groups .group").count() == 1, what="reloaded")
+        page.wait_for_timeout(300)
+        assert page.title() == "chaiderm annotate"
+        assert page.locator("#groups img, #images img[src='x'], script:not([src])").count() == 0
+        assert XSS in page.inner_text("#groups")
+        assert list(read_groups(out).values())[0][0] == XSS  # stored as the text typed, shown as text
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

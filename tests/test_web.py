@@ -1,5 +1,6 @@
 import io
 import sqlite3
+import time
 
 import numpy as np
 import pytest
@@ -93,9 +94,107 @@ def test_archive_image_served(client):
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
 
 
-def test_query_page_served(client):
-    html = client.get("/").text
-    assert "evidence viewer" in html and "/api/query" in html and "similar" in html
+def test_query_page_served_with_a_content_security_policy(client):
+    r = client.get("/")
+    assert "evidence viewer" in r.text and '<script src="/static/viewer.js"' in r.text
+    assert "<script>" not in r.text  # no inline script: the CSP allows none
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp
+    js = client.get("/static/viewer.js")
+    assert js.status_code == 200 and "textContent" in js.text and "innerHTML" not in js.text
+    assert client.get("/api/info").headers["x-content-type-options"] == "nosniff"
+
+
+def test_vote_is_the_whole_diagnosis_distribution(client, synth_dir):
+    r = client.post("/api/query", files={"image": ("q.png", _png(synth_dir), "image/png")}, data={"k": "10"})
+    q = r.json()
+    probs = q["class_probabilities"]
+    assert set(probs) == set(client.get("/api/info").json()["diagnoses"])
+    assert abs(sum(probs.values()) - 1) < 1e-9 and list(probs.values()) == sorted(probs.values(), reverse=True)
+    assert q["positive_class"] == "melanoma" and q["melanoma_probability"] == probs["melanoma"]
+    counts = {d: sum(n["diagnosis"] == d for n in q["neighbors"]) for d in probs}
+    assert all(abs(probs[d] - counts[d] / 10) < 1e-9 for d in probs)
+    top = max(counts, key=counts.get)
+    assert q["summary"].startswith(f"{counts[top]} of 10 nearest cases: {top.replace('_', ' ')}")
+
+
+def test_an_archive_case_never_finds_itself(client):
+    """Not on the first query, not after a k change, not after its cached result was evicted."""
+    r = client.post("/api/query", data={"archive_id": "SYN_train_00003", "k": "5"})
+    qid = r.json()["query_id"]
+    assert r.json()["archive_id"] == "SYN_train_00003"
+    ids = lambda body: [n["image_id"] for n in body["neighbors"]]  # noqa: E731
+    assert "SYN_train_00003" not in ids(r.json())
+    for k in (3, 10, 40):
+        again = client.get(f"/api/query/{qid}", params={"k": k}).json()
+        assert "SYN_train_00003" not in ids(again) and len(again["neighbors"]) == k
+        assert again["neighbors"][0]["distance"] > 0
+    client.app.state.viewer.cache.clear()  # evicted: maps recompute the query from the database
+    assert client.get(f"/api/maps/{qid}/SYN_train_00010/qam.png").status_code == 200
+    assert "SYN_train_00003" not in ids(client.get(f"/api/query/{qid}", params={"k": 10}).json())
+
+
+def test_thin_and_non_listed_uploads_refused(client):
+    buf = io.BytesIO()
+    Image.new("L", (1, 20_000)).save(buf, "PNG")  # 138 bytes that would upsample to 1.2 GB
+    r = client.post("/api/query", files={"image": ("thin.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 413 and "thin.png" in r.json()["detail"] and "1x20000" in r.json()["detail"]
+    for fmt in ("EPS", "TIFF", "BMP"):
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64)).save(buf, fmt)
+        r = client.post("/api/query", files={"image": (f"x.{fmt.lower()}", buf.getvalue(), "image/png")})
+        assert r.status_code == 415 and "JPEG, PNG" in r.json()["detail"]
+
+
+def test_streamed_body_without_length_refused_once_over_the_limit(client):
+    sent = []
+
+    def chunks():
+        for _ in range(200):  # 200 x 64 KB = 12.8 MB offered against a 0.2 MB limit
+            sent.append(1)
+            yield b"\0" * 65_536
+
+    r = client.post("/api/query", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+
+def test_a_locked_database_answers_503_within_a_second(client, synth_dir):
+    qid = client.post("/api/query", files={"image": ("q.png", _png(synth_dir), "image/png")}).json()["query_id"]
+    lock = sqlite3.connect(client.db, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        t = time.perf_counter()
+        r = client.post("/api/feedback", json={"query_id": qid, "image_id": "SYN_train_00001", "relevant": True})
+        assert r.status_code == 503 and "not saved" in r.json()["detail"].replace("nothing was saved", "not saved")
+        assert time.perf_counter() - t < 1.5
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    r = client.post("/api/feedback", json={"query_id": qid, "image_id": "SYN_train_00001", "relevant": True})
+    assert r.status_code == 200
+
+
+def test_index_works_from_another_folder_and_after_moving(served, synth_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from chaiderm.data.records import load_table
+    from chaiderm.models import load_model
+    from chaiderm.pipeline import build_index
+
+    data = tmp_path / "site" / "archive"
+    shutil.copytree(synth_dir / "train", data)
+    monkeypatch.chdir(tmp_path / "site")
+    model, cfg = load_model(served / "run")
+    index, _ = build_index(model, cfg, load_table("archive").subset(range(20)), model_dir=served / "run")
+    index.save("ix")  # built from relative paths, in this working folder
+    shutil.move(str(tmp_path / "site"), str(tmp_path / "moved"))  # index and archive move together
+    monkeypatch.chdir(tmp_path)
+    app = create_app(served / "run", tmp_path / "moved" / "ix", tmp_path / "fb.db")
+    with TestClient(app) as c:
+        assert c.get("/api/images/SYN_train_00001").status_code == 200
+        (tmp_path / "moved" / "archive" / "images" / "SYN_train_00002.png").unlink()
+        r = c.get("/api/images/SYN_train_00002")
+        assert r.status_code == 404 and "missing" in r.json()["detail"]
 
 
 def test_queries_are_embedded_with_the_views_the_index_was_built_with(synth_dir, tmp_path):

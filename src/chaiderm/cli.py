@@ -290,11 +290,11 @@ def query(
                 neigh,
                 res.qams,
                 res.rams,
-                positive_class=predictor.positive_class,
             )
-            results.append((path.name, res.prediction.melanoma_probability))
-    for name, prob in results:
-        typer.echo(f"{name}\t{predictor.positive_class}_probability={prob:.3f}")
+            results.append((path.name, res.prediction))
+    for name, pred in results:
+        dist = " ".join(f"{d}={p:.3f}" for d, p in pred.class_probabilities.items())
+        typer.echo(f"{name}\t{pred.positive_class}_probability={pred.positive_probability:.3f}\t{dist}")
     console.print(f"reports in {out}/")
 
 

@@ -77,6 +77,8 @@ class DataConfig:
     train_fingerprint: str = ""  # hash of (image id, diagnosis, group) rows, to trace a result to its data
     n_train: int = 0
     n_val: int = 0
+    diagnoses: dict[str, int] = field(default_factory=dict)  # training rows per canonical diagnosis
+    vocabulary: str = ""  # data.diagnoses.VOCABULARY the labels were read with ("" before it existed)
 
 
 @dataclass

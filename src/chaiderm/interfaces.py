@@ -23,17 +23,45 @@ class Neighbor:
 
 @dataclass
 class Prediction:
-    """A kNN-vote prediction for one query image."""
+    """A kNN-vote prediction for one query image.
+
+    ``class_probabilities`` is the neighbours' full diagnosis distribution over every diagnosis the
+    archive holds (largest first); ``positive_probability`` is its entry for ``positive_class``.
+    ``melanoma_probability`` is None when the archive holds no melanoma: a vote for an absent class
+    would always read 0 and mean nothing."""
 
     image_id: str
-    melanoma_probability: float
+    positive_class: str
+    class_probabilities: dict[str, float]
     k: int
     neighbors: list[Neighbor] = field(default_factory=list)
+
+    @property
+    def positive_probability(self) -> float:
+        return self.class_probabilities[self.positive_class]
+
+    @property
+    def melanoma_probability(self) -> float | None:
+        return self.class_probabilities.get("melanoma")
+
+    def summary(self) -> str:
+        """The vote in words: '7 of 10 nearest cases: melanoma; 3 nevus'."""
+        counts = [(d, round(p * self.k)) for d, p in self.class_probabilities.items()]
+        counts = [(d, n) for d, n in counts if n > 0]
+        if not counts:
+            return "no neighbours"
+        (d0, n0), rest = counts[0], counts[1:]
+        text = f"{n0} of {self.k} nearest cases: {d0.replace('_', ' ')}"
+        return text + "".join(f"; {n} {d.replace('_', ' ')}" for d, n in rest)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "image_id": self.image_id,
+            "positive_class": self.positive_class,
+            "positive_probability": self.positive_probability,
             "melanoma_probability": self.melanoma_probability,
+            "class_probabilities": dict(self.class_probabilities),
+            "summary": self.summary(),
             "k": self.k,
             "neighbors": [n.to_dict() for n in self.neighbors],
         }

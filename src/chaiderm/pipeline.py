@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from chaiderm.config import RunConfig
+from chaiderm.data.diagnoses import require_class
 from chaiderm.data.feedback import FeedbackStore, read_feedback_triplets
 from chaiderm.data.images import load_image
 from chaiderm.data.records import ImageTable
@@ -18,7 +20,7 @@ from chaiderm.errors import ArtifactError
 from chaiderm.evidence.maps import activation_map_pairs
 from chaiderm.evidence.render import render_heatmap, to_png_bytes
 from chaiderm.index.archive import ArchiveIndex
-from chaiderm.index.knn import knn_vote
+from chaiderm.index.knn import class_distribution
 from chaiderm.interfaces import Neighbor, Prediction
 from chaiderm.models.embedding import WEIGHTS, EmbeddingNet, check_views, load_model
 from chaiderm.models.inference import embed
@@ -58,6 +60,8 @@ def build_index(
 ) -> tuple[ArchiveIndex, list[str]]:
     """Embed every archive image and index it; returns the index and messages for skipped files."""
     check_views(cfg.model.views)  # before any image is decoded
+    # an archive without the model's positive class would vote 0 for every query: refuse it up front
+    positive = require_class(cfg.train.positive_class, table.diagnoses, table.source or "archive")
     images, ok, errors = prepare(
         table.paths, cfg.model.load_size, skip_bad=skip_bad, progress=(lambda: progress(0)) if progress else None
     )
@@ -73,6 +77,8 @@ def build_index(
         "views": cfg.model.views,
         "source": table.source,
         "data_fingerprint": table.fingerprint(),
+        "synthetic": table.synthetic,
+        "positive_class": positive,
         "skipped": len(errors),
     }
     index = ArchiveIndex.build(
@@ -106,8 +112,10 @@ class Predictor:
         self.model = model.eval()
         self.cfg = cfg
         self.index = index
-        self.positive_class = cfg.train.positive_class
-        self._positive = index.positive(self.positive_class)
+        # every diagnosis of the archive, most frequent first: the classes a vote can speak about
+        counts = Counter(index.diagnoses)
+        self.classes = sorted(counts, key=lambda d: (-counts[d], d))
+        self.positive_class = require_class(cfg.train.positive_class, index.diagnoses, "archive index")
         # queries are embedded as the archive was (indexes from before the setting: single views)
         self.views = str(index.info.get("views", "none"))
 
@@ -160,7 +168,7 @@ class Predictor:
         dist, idx = dist[0], idx[0]
         keep = [j for j in range(len(idx)) if idx[j] >= 0 and self.index.image_ids[idx[j]] != exclude_id][:k]
         dist, idx = dist[keep], idx[keep]
-        prob = float(knn_vote(self._positive[idx][None], len(idx))[0])
+        probs = class_distribution([self.index.diagnoses[i] for i in idx], self.classes)
         neighbors = [
             Neighbor(
                 rank=r + 1,
@@ -172,7 +180,7 @@ class Predictor:
             )
             for r, (i, d) in enumerate(zip(idx, dist, strict=True))
         ]
-        pred = Prediction(image_id=image_id, melanoma_probability=prob, k=len(idx), neighbors=neighbors)
+        pred = Prediction(image_id, self.positive_class, probs, len(idx), neighbors)
         if evidence and len(idx):
             qams, rams = activation_map_pairs(g[0], self.result_maps(idx))
         else:

@@ -18,7 +18,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (
     query_id TEXT PRIMARY KEY,
     image BLOB NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    archive_id TEXT
 );
 CREATE TABLE IF NOT EXISTS feedback (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -36,39 +37,67 @@ def content_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:24]
 
 
+# a locked or failing database must answer within a second (the page says so and the click can be
+# retried) instead of holding a request for half a minute and then losing it
+BUSY_TIMEOUT_S = 0.8
+
+
 class FeedbackStore:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, timeout: float = BUSY_TIMEOUT_S):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.timeout = timeout
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(self.path, f"cannot create the database's folder ({e.strerror})") from None
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(SCHEMA)
+            cols = {r[1] for r in con.execute("PRAGMA table_info(queries)")}
+            if "archive_id" not in cols:  # databases from before archive queries were remembered
+                con.execute("ALTER TABLE queries ADD COLUMN archive_id TEXT")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # a connection per operation: safe across server threads; the busy timeout queues writers
-        con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        except sqlite3.Error as e:
+            raise DataError(self.path, f"cannot open the feedback database ({e})", code="unavailable") from None
         try:
             con.execute("PRAGMA synchronous=FULL")
             con.execute("PRAGMA foreign_keys=ON")
             yield con
+        except sqlite3.OperationalError as e:
+            # locked, busy, read-only, disk full: nothing was written; the caller reports it
+            raise DataError(self.path, f"feedback database unavailable ({e})", code="unavailable") from None
         except sqlite3.DatabaseError as e:
-            raise DataError(self.path, f"feedback database error ({e})") from None
+            raise DataError(self.path, f"feedback database error ({e})", code="unavailable") from None
         finally:
             con.close()
 
-    def add_query(self, image: bytes) -> str:
+    def add_query(self, image: bytes, archive_id: str | None = None) -> str:
+        """Store a queried image (once per content); ``archive_id`` marks an archive case queried as
+        itself, which every later search of this query excludes."""
         qid = content_id(image)
         with self._connect() as con:
             con.execute(
-                "INSERT OR IGNORE INTO queries(query_id, image, created) VALUES (?, ?, ?)", (qid, image, time.time())
+                "INSERT OR IGNORE INTO queries(query_id, image, created, archive_id) VALUES (?, ?, ?, ?)",
+                (qid, image, time.time(), archive_id),
             )
+            if archive_id is not None:
+                con.execute("UPDATE queries SET archive_id = ? WHERE query_id = ?", (archive_id, qid))
         return qid
 
-    def query_image(self, query_id: str) -> bytes | None:
+    def query_record(self, query_id: str) -> tuple[bytes, str | None] | None:
+        """``(image bytes, archive id or None)`` of a stored query."""
         with self._connect() as con:
-            row = con.execute("SELECT image FROM queries WHERE query_id = ?", (query_id,)).fetchone()
-        return None if row is None else bytes(row[0])
+            row = con.execute("SELECT image, archive_id FROM queries WHERE query_id = ?", (query_id,)).fetchone()
+        return None if row is None else (bytes(row[0]), row[1])
+
+    def query_image(self, query_id: str) -> bytes | None:
+        rec = self.query_record(query_id)
+        return None if rec is None else rec[0]
 
     def add_feedback(self, query_id: str, image_id: str, relevant: bool) -> int:
         with self._connect() as con:

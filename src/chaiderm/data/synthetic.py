@@ -20,6 +20,7 @@ shape (a nevus with some asymmetry, a melanoma that is nearly round).
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,6 +290,9 @@ def generate(
         yield make_case(seed, start + i, d, size, difficulty)
 
 
+SYNTHETIC_MARKER = "synthetic.json"
+
+
 def write_dataset(
     out: str | Path,
     *,
@@ -323,6 +327,10 @@ def write_dataset(
             start += n
             _write_csv(d / "labels.csv", ("image_id", "diagnosis", "group"), rows)
             _write_csv(d / "groups_blind.csv", ("image_id", "group"), blind)
+            # marks the folder as generated, so indexes and the viewer can say it is not real patients
+            (d / SYNTHETIC_MARKER).write_text(
+                json.dumps({"generator": "chaiderm.data.synthetic", "seed": seed, "difficulty": difficulty})
+            )
     return out
 
 

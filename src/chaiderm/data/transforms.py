@@ -43,7 +43,7 @@ def prepare(
     errors: list[str] = []
     for i, p in enumerate(paths):
         try:
-            out[len(ok)] = resize_square(load_image(p), load_size)
+            out[len(ok)] = resize_square(load_image(p, fit=load_size), load_size)
             ok.append(i)
         except DataError as e:
             if not skip_bad:

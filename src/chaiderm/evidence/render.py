@@ -34,11 +34,55 @@ def colourise(unit_map: np.ndarray) -> np.ndarray:
     return (_RAMP[lo] * (1 - t) + _RAMP[hi] * t).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, amap: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Blend a colourised, upsampled, range-normalised map over an ``(H, W, 3)`` uint8 image."""
-    m = normalise(upsample(amap, image.shape[:2]))
-    heat = colourise(m).astype(np.float32)
-    return (image.astype(np.float32) * (1 - alpha) + heat * alpha).clip(0, 255).astype(np.uint8)
+MAP_STYLES = ("contour", "heat")
+# contour levels (share of the map's range) and their colours, taken from the same ramp as the heat map
+LEVELS = (0.5, 0.8)
+
+
+def _rgba(unit_map: np.ndarray, style: str) -> np.ndarray:
+    """``(H, W, 4)`` uint8: the map drawn so that the image stays visible under it.
+
+    ``heat``: ramp colours whose opacity grows with the value (weak evidence is transparent).
+    ``contour``: outlines of the regions above 50% and 80% of the map's range, nothing else."""
+    h, w = unit_map.shape
+    out = np.zeros((h, w, 4), np.uint8)
+    if style == "heat":
+        out[..., :3] = colourise(unit_map)
+        out[..., 3] = (np.clip(unit_map, 0, 1) ** 0.8 * 235).astype(np.uint8)
+        return out
+    if style != "contour":
+        raise ValueError(f"map style must be one of {MAP_STYLES}, not '{style}'")
+    thick = max(1, round(max(h, w) / 160))
+    for level in LEVELS:
+        region = unit_map >= level
+        edge = region & ~_erode(region, 1)
+        edge = _dilate(edge, thick - 1) if thick > 1 else edge
+        out[edge, :3] = colourise(np.array([[0.55 + 0.45 * level]]))[0, 0]
+        out[edge, 3] = 255
+    return out
+
+
+def _erode(mask: np.ndarray, r: int) -> np.ndarray:
+    return ~_dilate(~mask, r)
+
+
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    out = mask.copy()
+    for _ in range(r):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
+def overlay(image: np.ndarray, amap: np.ndarray, alpha: float = 0.8, style: str = "heat") -> np.ndarray:
+    """Draw an upsampled, range-normalised map over an ``(H, W, 3)`` uint8 image (see :func:`_rgba`)."""
+    layer = _rgba(normalise(upsample(amap, image.shape[:2])), style).astype(np.float32)
+    a = layer[..., 3:] / 255.0 * alpha
+    return (image.astype(np.float32) * (1 - a) + layer[..., :3] * a).clip(0, 255).astype(np.uint8)
 
 
 def to_png_bytes(image: np.ndarray) -> bytes:
@@ -53,6 +97,7 @@ def thumbnail(image: np.ndarray, side: int = 224) -> np.ndarray:
     return np.asarray(img)
 
 
-def render_heatmap(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The colourised map alone, upsampled to ``size``: a page overlays it with its own opacity."""
-    return colourise(normalise(upsample(amap, size)))
+def render_heatmap(amap: np.ndarray, size: tuple[int, int], style: str = "heat") -> np.ndarray:
+    """The map alone as RGBA, upsampled to ``size``: a page lays it over the image with its own opacity."""
+    m = normalise(upsample(amap, size))
+    return _rgba(m, style)

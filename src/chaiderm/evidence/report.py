@@ -23,6 +23,10 @@ border:1px solid #ddd;padding:6px}.pair img{width:128px;height:128px}.pair .cap{
 """
 
 
+# reports are opened from disk: no script may run in them, whatever a label or id contains
+REPORT_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+
 def _save_png(path: Path, img: np.ndarray) -> None:
     Image.fromarray(img).save(path, format="PNG")
 
@@ -36,7 +40,6 @@ def write_query_report(
     qams: np.ndarray,
     rams: np.ndarray,
     *,
-    positive_class: str = "melanoma",
     true_diagnosis: str | None = None,
 ) -> dict[str, Any]:
     """Write the report files; returns the JSON record (also written as ``<name>.json``)."""
@@ -63,8 +66,11 @@ def write_query_report(
     record = {
         "image_id": prediction.image_id,
         "true_diagnosis": true_diagnosis,
+        "positive_class": prediction.positive_class,
+        "positive_probability": prediction.positive_probability,
         "melanoma_probability": prediction.melanoma_probability,
-        "positive_class": positive_class,
+        "class_probabilities": dict(prediction.class_probabilities),
+        "summary": prediction.summary(),
         "k": prediction.k,
         "query_image": f"{assets.name}/query.png",
         "neighbors": neighbours,
@@ -95,12 +101,18 @@ def render_html(record: dict[str, Any]) -> str:
             "query | QAM / result | RAM</div></div>"
         )
     truth = f" (true: {e(record['true_diagnosis'])})" if record.get("true_diagnosis") else ""
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>chaiderm: {e(record["image_id"])}</title>
+    dist = "".join(
+        f"<li>{e(d.replace('_', ' '))}: {p:.2f}</li>" for d, p in record.get("class_probabilities", {}).items()
+    )
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{REPORT_CSP}">
+<title>chaiderm: {e(record["image_id"])}</title>
 <style>{CSS}</style></head><body>
 <h1>Query {e(record["image_id"])}{truth}</h1>
 <div class="row"><figure><img src="{e(record["query_image"])}" alt="query"><figcaption>query</figcaption></figure>
-<div><p class="prob">{e(pos)} probability: {record["melanoma_probability"]:.2f}</p>
-<p>share of {e(pos)} among the {record["k"]} nearest archive cases (kNN vote)</p></div></div>
+<div><p class="prob">{e(record.get("summary", ""))}</p>
+<p>{e(pos)} probability: {record["positive_probability"]:.2f}, the share of {e(pos)} among the {record["k"]}
+nearest archive cases (kNN vote). All diagnoses among them:</p><ul>{dist}</ul></div></div>
 <h2>Nearest cases (red border: {e(pos)})</h2><div class="row">{"".join(cards)}</div>
 <h2>Query / result activation maps</h2>
 <p>Bright regions contributed most to the distance between the query and each result (Eq. 2).</p>

@@ -10,6 +10,7 @@ Folder layout (written atomically: a killed ``index`` command leaves the old fol
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import faiss
 import numpy as np
 
 from chaiderm._io import atomic_dir
+from chaiderm.data.diagnoses import VOCABULARY, canonical, canonical_all
 from chaiderm.errors import ArtifactError
 from chaiderm.index.faiss_index import build_faiss, set_search_params
 
@@ -56,12 +58,12 @@ class ArchiveIndex:
             raise ArtifactError("cannot index an empty archive")
         index = build_faiss(embeddings, kind, **index_params)
         meta = dict(info or {})
-        meta.update(index_type=kind, n=n, dim=int(embeddings.shape[1]))
+        meta.update(index_type=kind, n=n, dim=int(embeddings.shape[1]), vocabulary=VOCABULARY)
         return cls(
             index,
             np.ascontiguousarray(embeddings, np.float32),
             list(image_ids),
-            list(diagnoses),
+            canonical_all(diagnoses),
             list(groups),
             list(paths),
             maps,
@@ -79,7 +81,8 @@ class ArchiveIndex:
         set_search_params(self.index, **kw)
 
     def positive(self, positive_class: str = "melanoma") -> np.ndarray:
-        return np.array([d == positive_class for d in self.diagnoses], dtype=bool)
+        pos = canonical(positive_class)
+        return np.array([d == pos for d in self.diagnoses], dtype=bool)
 
     def row_of(self, image_id: str) -> int | None:
         if not hasattr(self, "_rows"):
@@ -87,6 +90,10 @@ class ArchiveIndex:
         return self._rows.get(image_id)
 
     def save(self, path: str | Path) -> Path:
+        # image locations relative to the index folder: the index works from any working folder, and
+        # after the index and its archive move together
+        home = Path(path).resolve()
+        rel = [os.path.relpath(Path(p).resolve(), home) for p in self.paths]
         with atomic_dir(path) as tmp:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             np.save(tmp / "embeddings.npy", self.embeddings)
@@ -96,7 +103,8 @@ class ArchiveIndex:
                 "image_ids": self.image_ids,
                 "diagnoses": self.diagnoses,
                 "groups": self.groups,
-                "paths": self.paths,
+                "paths": rel,
+                "paths_relative_to": "index",
             }
             (tmp / "cases.json").write_text(json.dumps(cases))
             (tmp / "info.json").write_text(json.dumps(self.info, indent=2))
@@ -120,4 +128,11 @@ class ArchiveIndex:
         cols = [cases.get(k) for k in ("image_ids", "diagnoses", "groups", "paths")]
         if any(c is None or len(c) != n for c in cols) or len(emb) != n or (maps is not None and len(maps) != n):
             raise ArtifactError(f"{path}: index files disagree on the number of cases")
-        return cls(index, emb, *cols, maps=maps, info=info)
+        ids, diagnoses, groups, paths = cols
+        if cases.get("paths_relative_to") == "index":
+            home = path.resolve()
+            paths = [str(p) if Path(p).is_absolute() else str(home / p) for p in paths]
+        else:  # indexes from before: paths as given when built (absolute, or relative to that folder)
+            paths = [str(Path(p).resolve()) for p in paths]
+        # diagnoses as the vocabulary reads them, whatever coding the index was built from
+        return cls(index, emb, ids, canonical_all(diagnoses), groups, paths, maps=maps, info=info)

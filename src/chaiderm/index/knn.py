@@ -27,6 +27,13 @@ def knn_vote(
     raise ValueError(f"unknown weights '{weights}'")
 
 
+def class_distribution(neighbor_diagnoses: list[str], classes: list[str]) -> dict[str, float]:
+    """Share of each of ``classes`` among the neighbours, largest first (ties: the order of ``classes``)."""
+    k = len(neighbor_diagnoses)
+    shares = {c: (sum(d == c for d in neighbor_diagnoses) / k if k else 0.0) for c in classes}
+    return dict(sorted(shares.items(), key=lambda x: -x[1]))
+
+
 def relevance_at_k(query_groups: np.ndarray, neighbor_groups: np.ndarray, k: int) -> np.ndarray:
     """REL@k per query: how many of the k results are in the query's own group (group codes >= 0)."""
     return ((neighbor_groups[:, :k] == query_groups[:, None]) & (query_groups[:, None] >= 0)).sum(1)

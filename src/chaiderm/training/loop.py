@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 import chaiderm
 from chaiderm._io import write_json
 from chaiderm.config import RunConfig
+from chaiderm.data.diagnoses import VOCABULARY, canonical, require_class
 from chaiderm.data.feedback import FeedbackTriplets
 from chaiderm.data.images import load_image
 from chaiderm.data.records import ImageTable, check_nested
@@ -201,6 +203,7 @@ def train(
     if not 0.0 <= t.ema_decay < 1.0:
         raise DataError(None, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     check_jitter(t.colour_jitter)
+    t.positive_class = canonical(t.positive_class)  # before --resume compares settings: 'mel' is 'melanoma'
     ckpt = load_checkpoint(run_dir) if resume else None
     if not resume and not force and (run_dir / "checkpoints").exists():
         raise ArtifactError(f"{run_dir}: a run already exists here; pass --resume to continue or --force to replace")
@@ -216,6 +219,10 @@ def train(
         check_nested(train_table, cfg.data.groups or train_table.source)
     if t.logic == "joint" and not train_table.has_groups:
         raise DataError(train_table.source, "joint logic needs similarity groups (--groups CSV)")
+
+    require_class(t.positive_class, train_table.diagnoses, train_table.source or str(run_dir))
+    cfg.data.diagnoses = dict(sorted(Counter(train_table.diagnoses).items()))
+    cfg.data.vocabulary = VOCABULARY
 
     torch.manual_seed(t.seed)
     if init is not None and ckpt is None:

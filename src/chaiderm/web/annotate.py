@@ -18,10 +18,26 @@ from chaiderm._io import write_json, write_text
 from chaiderm.data.records import ImageTable, read_groups
 from chaiderm.errors import DataError
 from chaiderm.pipeline import load_image, to_png_bytes
-from chaiderm.web.pages import ANNOTATE_PAGE
 from chaiderm.web.schemas import AssignIn, CreateGroupIn, MergeIn, RenameIn
+from chaiderm.web.security import page as static_page
+from chaiderm.web.security import secure
 
 MODES = ("hierarchical", "joint")
+BODY_LIMIT = 64_000  # the annotator's requests are small JSON bodies
+# a name starting like a formula would run when the groups CSV is opened in a spreadsheet
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def check_group_name(name: str) -> str:
+    """Group names are free text shown as text; refused only where they would break a file or a sheet."""
+    name = name.strip()
+    if not name:
+        raise HTTPException(422, detail="a group name cannot be empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise HTTPException(422, detail="a group name cannot hold control characters")
+    if name.startswith(FORMULA_START):
+        raise HTTPException(422, detail="a group name cannot start with = + - or @ (spreadsheet formulas)")
+    return name
 
 
 class Annotation:
@@ -92,6 +108,7 @@ class Annotation:
             }
 
     def create(self, name: str, disease: str | None) -> None:
+        name = check_group_name(name)
         with self.lock:
             if name in self.groups:
                 raise HTTPException(409, detail=f"group '{name}' exists")
@@ -118,6 +135,7 @@ class Annotation:
             self._save()
 
     def rename(self, old: str, new: str) -> None:
+        new = check_group_name(new)
         with self.lock:
             if old not in self.groups:
                 raise HTTPException(404, detail=f"no group '{old}'")
@@ -158,8 +176,8 @@ def create_annotate_app(table: ImageTable, out: str | Path, *, mode: str = "hier
     app.state.annotation = ann
 
     @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
-        return ANNOTATE_PAGE
+    def page() -> HTMLResponse:
+        return static_page("annotate.html")
 
     @app.get("/api/state")
     def state(a: Ann, disease: str | None = None) -> dict:
@@ -189,4 +207,4 @@ def create_annotate_app(table: ImageTable, out: str | Path, *, mode: str = "hier
     def thumb(image_id: str, a: Ann) -> Response:
         return Response(a.thumbnail(image_id), media_type="image/png", headers={"Cache-Control": "max-age=86400"})
 
-    return app
+    return secure(app, BODY_LIMIT)

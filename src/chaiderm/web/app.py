@@ -1,38 +1,53 @@
-"""``create_app``: the evidence viewer. Heavy objects load once, in the lifespan."""
+"""``create_app``: the evidence viewer. The model, index and database load before the server starts,
+so a bad path or a locked database is one readable error, not a traceback after the URL was announced."""
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from chaiderm.pipeline import FeedbackStore, Predictor
 from chaiderm.web.dependencies import ViewerState
 from chaiderm.web.routers import viewer
+from chaiderm.web.security import secure
 
 MAX_UPLOAD = 20_000_000
 MULTIPART_SLACK = 64_000  # form boundaries and headers around the file
 
 
+def describe(predictor: Predictor, model_dir: str | Path, index_dir: str | Path) -> dict[str, Any]:
+    """What the page says is loaded: model, archive and whether the archive is synthetic."""
+    idx, cfg = predictor.index, predictor.cfg
+    counts: dict[str, int] = {}
+    for d in idx.diagnoses:
+        counts[d] = counts.get(d, 0) + 1
+    return {
+        "model": Path(model_dir).resolve().name,
+        "logic": cfg.train.logic,
+        "backbone": cfg.model.backbone,
+        "archive": Path(index_dir).resolve().name,
+        "archive_size": len(idx),
+        "diagnoses": dict(sorted(counts.items(), key=lambda x: (-x[1], x[0]))),
+        "positive_class": predictor.positive_class,
+        "synthetic": bool(idx.info.get("synthetic", False)),
+    }
+
+
 def create_app(
     model_dir: str | Path, index_dir: str | Path, db_path: str | Path, *, max_upload: int = MAX_UPLOAD
 ) -> FastAPI:
+    predictor = Predictor.load(model_dir, index_dir)
+    state = ViewerState(predictor, FeedbackStore(db_path), max_upload, describe(predictor, model_dir, index_dir))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.viewer = ViewerState(Predictor.load(model_dir, index_dir), FeedbackStore(db_path), max_upload)
+        app.state.viewer = state
         yield
 
     app = FastAPI(title="chaiderm", lifespan=lifespan)
-
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):
-        # refuse by the declared size before the multipart body is read and spooled at all
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_upload + MULTIPART_SLACK:
-            return JSONResponse({"detail": f"upload over the {max_upload // 1_000_000} MB limit"}, status_code=413)
-        return await call_next(request)
-
+    app.state.viewer = state
     app.include_router(viewer.router)
-    return app
+    return secure(app, max_upload + MULTIPART_SLACK)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 
 from chaiderm.pipeline import FeedbackStore, Predictor, QueryResult
+
+# decodes at once: a 49-megapixel PNG takes ~150 MB while it is decoded, so 8 at a time would take
+# over a gigabyte; 2 keep both cores busy and the server's memory bounded (bench/server_memory.py)
+MAX_DECODES = 2
 
 
 @dataclass
@@ -16,21 +21,23 @@ class ViewerState:
     predictor: Predictor
     store: FeedbackStore
     max_upload: int
+    info: dict[str, Any] = field(default_factory=dict)
     # one inference at a time: torch already uses both cores, and queued requests keep latency predictable
     lock: threading.Lock = field(default_factory=threading.Lock)
+    decodes: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(MAX_DECODES))
     cache: OrderedDict[str, QueryResult] = field(default_factory=OrderedDict)
     cache_size: int = 64
 
-    def remember(self, query_id: str, result: QueryResult) -> None:
+    def remember(self, key: str, result: QueryResult) -> None:
         with self.lock:
-            self.cache[query_id] = result
-            self.cache.move_to_end(query_id)
+            self.cache[key] = result
+            self.cache.move_to_end(key)
             while len(self.cache) > self.cache_size:
                 self.cache.popitem(last=False)
 
-    def recall(self, query_id: str) -> QueryResult | None:
+    def recall(self, key: str) -> QueryResult | None:
         with self.lock:
-            return self.cache.get(query_id)
+            return self.cache.get(key)
 
 
 def get_state(request: Request) -> ViewerState:

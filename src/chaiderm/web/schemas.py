@@ -18,7 +18,12 @@ class NeighborOut(BaseModel):
 
 class QueryOut(BaseModel):
     query_id: str
-    melanoma_probability: float
+    positive_class: str
+    positive_probability: float
+    melanoma_probability: float | None  # None when the archive holds no melanoma
+    class_probabilities: dict[str, float]  # every diagnosis of the archive, largest share first
+    summary: str  # the vote in words: "7 of 10 nearest cases: melanoma; 3 nevus"
+    archive_id: str | None = None  # set when the query is an archive case (then never its own neighbour)
     k: int
     query_image_url: str
     neighbors: list[NeighborOut]

@@ -5,27 +5,30 @@ from __future__ import annotations
 import mimetypes
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
+from chaiderm.data.images import UPLOAD_FORMATS
 from chaiderm.errors import DataError
+from chaiderm.evidence.render import MAP_STYLES
 from chaiderm.pipeline import QueryResult, load_image, render_heatmap, to_png_bytes
 from chaiderm.web.dependencies import ViewerState, get_state
-from chaiderm.web.pages import VIEWER_PAGE
 from chaiderm.web.schemas import FeedbackIn, FeedbackOut, NeighborOut, QueryOut
+from chaiderm.web.security import page as static_page
 
 router = APIRouter()
 State = Annotated[ViewerState, Depends(get_state)]
 K_MIN, K_MAX = 1, 40
-STATUS = {"not_image": 415, "too_large": 413, "empty": 400, "corrupt": 400}
+STATUS = {"not_image": 415, "too_large": 413, "bad_shape": 413, "empty": 400, "corrupt": 400, "unavailable": 503}
 
 
 @router.get("/", response_class=HTMLResponse)
-def page() -> str:
-    return VIEWER_PAGE
+def page() -> HTMLResponse:
+    return static_page("viewer.html")
 
 
 @router.get("/healthz")
@@ -33,27 +36,55 @@ def healthz(state: State) -> dict:
     return {"status": "ok", "archive": len(state.predictor.index)}
 
 
-def _decode(data: bytes) -> np.ndarray:
+@router.get("/api/info")
+def info(state: State, limit: Annotated[int, Query(ge=0, le=5000)] = 200) -> dict:
+    """What is loaded: the model, the archive (size, diagnoses, whether it is synthetic) and its first cases."""
+    idx = state.predictor.index
+    cases = [{"image_id": i, "diagnosis": d} for i, d in zip(idx.image_ids[:limit], idx.diagnoses[:limit], strict=True)]
+    return {**state.info, "cases": cases}
+
+
+def _decode(state: ViewerState, data: bytes, name: str) -> np.ndarray:
+    # bounded: at most MAX_DECODES images are being decoded at once, each shrunk while it is decoded
+    with state.decodes:
+        try:
+            return load_image(data, name=name, fit=state.predictor.cfg.model.load_size, formats=UPLOAD_FORMATS)
+        except DataError as e:
+            raise HTTPException(STATUS.get(e.code, 400), detail=str(e)) from None
+
+
+def _store(call, *args):
+    """Run a database call; a locked or failing database is a 503 the page shows, never a hang."""
     try:
-        return load_image(data, name="uploaded image")
+        return call(*args)
     except DataError as e:
-        raise HTTPException(STATUS.get(e.code, 400), detail=str(e)) from None
+        if e.code != "unavailable":
+            raise
+        raise HTTPException(
+            503, detail="the feedback database is busy or unavailable; nothing was saved, try again"
+        ) from None
 
 
-def _run_query(state: ViewerState, query_id: str, image: np.ndarray, k: int, exclude: str | None) -> QueryOut:
+def _predict(state: ViewerState, query_id: str, image: np.ndarray, k: int, exclude: str | None) -> QueryResult:
     with state.lock:
         res = state.predictor.predict(image, k=k, image_id=query_id, exclude_id=exclude)
     state.remember(query_id, res)
-    return _to_out(query_id, res)
+    return res
 
 
-def _to_out(query_id: str, res: QueryResult) -> QueryOut:
+def _to_out(query_id: str, res: QueryResult, archive_id: str | None) -> QueryOut:
     p = res.prediction
+    q = quote(query_id, safe="")
     return QueryOut(
         query_id=query_id,
+        positive_class=p.positive_class,
+        positive_probability=p.positive_probability,
         melanoma_probability=p.melanoma_probability,
+        class_probabilities=p.class_probabilities,
+        summary=p.summary(),
+        archive_id=archive_id,
         k=p.k,
-        query_image_url=f"/api/queries/{query_id}/image.png",
+        query_image_url=f"/api/queries/{q}/image.png",
         neighbors=[
             NeighborOut(
                 rank=n.rank,
@@ -61,9 +92,9 @@ def _to_out(query_id: str, res: QueryResult) -> QueryOut:
                 diagnosis=n.diagnosis,
                 group=n.group,
                 distance=n.distance,
-                image_url=f"/api/images/{n.image_id}",
-                qam_url=f"/api/maps/{query_id}/{n.image_id}/qam.png",
-                ram_url=f"/api/maps/{query_id}/{n.image_id}/ram.png",
+                image_url=f"/api/images/{quote(n.image_id, safe='')}",
+                qam_url=f"/api/maps/{q}/{quote(n.image_id, safe='')}/qam.png",
+                ram_url=f"/api/maps/{q}/{quote(n.image_id, safe='')}/ram.png",
             )
             for n in p.neighbors
         ],
@@ -76,51 +107,62 @@ def _check_k(k: int) -> int:
     return k
 
 
+def _archive_bytes(state: ViewerState, image_id: str) -> bytes:
+    row = state.predictor.index.row_of(image_id)
+    if row is None:
+        raise HTTPException(404, detail=f"no archive image '{image_id}'")
+    path = Path(state.predictor.index.paths[row])
+    try:
+        return path.read_bytes()
+    except OSError:
+        raise HTTPException(404, detail=f"archive image '{image_id}' is missing from the archive folder") from None
+
+
 @router.post("/api/query", response_model=QueryOut)
 async def post_query(
     state: State,
     image: Annotated[UploadFile | None, File()] = None,
     k: Annotated[int, Form()] = 10,
-    archive_id: Annotated[str | None, Form()] = None,
+    archive_id: Annotated[str | None, Form(max_length=256)] = None,
 ) -> QueryOut:
     _check_k(k)
-    exclude = None
     if image is not None:
         data = await image.read(state.max_upload + 1)
         if len(data) > state.max_upload:
-            raise HTTPException(413, detail=f"upload over the {state.max_upload // 1_000_000} MB limit")
+            raise HTTPException(413, detail=f"upload over the {state.max_upload / 1_000_000:g} MB limit")
+        name = "uploaded image" + (f" '{image.filename}'" if image.filename else "")
     elif archive_id is not None:
-        row = state.predictor.index.row_of(archive_id)
-        if row is None:
-            raise HTTPException(404, detail=f"no archive image '{archive_id}'")
-        data = Path(state.predictor.index.paths[row]).read_bytes()
-        exclude = archive_id  # an archive image must not find itself
+        data = _archive_bytes(state, archive_id)
+        name = f"archive image '{archive_id}'"
     else:
         raise HTTPException(422, detail="send an image file (field 'image') or an archive_id")
-    decoded = await run_in_threadpool(_decode, data)
-    query_id = await run_in_threadpool(state.store.add_query, data)
-    return await run_in_threadpool(_run_query, state, query_id, decoded, k, exclude)
+    decoded = await run_in_threadpool(_decode, state, data, name)
+    query_id = await run_in_threadpool(_store, state.store.add_query, data, archive_id if image is None else None)
+    res = await run_in_threadpool(_predict, state, query_id, decoded, k, archive_id if image is None else None)
+    return _to_out(query_id, res, archive_id if image is None else None)
+
+
+def _stored(state: ViewerState, query_id: str) -> tuple[bytes, str | None]:
+    rec = _store(state.store.query_record, query_id)
+    if rec is None:
+        raise HTTPException(404, detail=f"unknown query '{query_id}'")
+    return rec
 
 
 @router.get("/api/query/{query_id}", response_model=QueryOut)
 def get_query(query_id: str, state: State, k: Annotated[int, Query()] = 10) -> QueryOut:
-    """The same query with another k, without uploading it again."""
+    """The same query with another k, without uploading it again (an archive case still excludes itself)."""
     _check_k(k)
-    data = state.store.query_image(query_id)
-    if data is None:
-        raise HTTPException(404, detail=f"unknown query '{query_id}'")
-    return _run_query(state, query_id, _decode(data), k, None)
+    data, archive_id = _stored(state, query_id)
+    res = _predict(state, query_id, _decode(state, data, f"stored query '{query_id}'"), k, archive_id)
+    return _to_out(query_id, res, archive_id)
 
 
 def _result(state: ViewerState, query_id: str) -> QueryResult:
     res = state.recall(query_id)
-    if res is None:  # evicted from the cache: recompute from the stored image
-        data = state.store.query_image(query_id)
-        if data is None:
-            raise HTTPException(404, detail=f"unknown query '{query_id}'")
-        with state.lock:
-            res = state.predictor.predict(_decode(data), k=10, image_id=query_id)
-        state.remember(query_id, res)
+    if res is None:  # evicted from the cache: recompute from the stored image, excluding itself again
+        data, archive_id = _stored(state, query_id)
+        res = _predict(state, query_id, _decode(state, data, f"stored query '{query_id}'"), 10, archive_id)
     return res
 
 
@@ -130,35 +172,38 @@ def query_image(query_id: str, state: State) -> Response:
 
 
 @router.get("/api/maps/{query_id}/{image_id}/{kind}.png")
-def evidence_map(query_id: str, image_id: str, kind: str, state: State) -> Response:
+def evidence_map(
+    query_id: str, image_id: str, kind: str, state: State, style: Annotated[str, Query()] = "contour"
+) -> Response:
     if kind not in ("qam", "ram"):
         raise HTTPException(404, detail="map kind is qam or ram")
+    if style not in MAP_STYLES:
+        raise HTTPException(422, detail=f"style must be one of {', '.join(MAP_STYLES)}")
     res = _result(state, query_id)
     try:
         with state.lock:
             qam, ram = state.predictor.pair_maps(res, image_id)
     except KeyError:
         raise HTTPException(404, detail=f"no archive image '{image_id}'") from None
+    except DataError as e:  # maps not stored and the archive image is gone
+        raise HTTPException(404, detail=str(e)) from None
     side = res.image.shape[0]
-    png = to_png_bytes(render_heatmap(qam if kind == "qam" else ram, (side, side)))
+    png = to_png_bytes(render_heatmap(qam if kind == "qam" else ram, (side, side), style=style))
     return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
 
 @router.get("/api/images/{image_id}")
 def archive_image(image_id: str, state: State) -> Response:
     """Archive images by id only: the id is looked up, never joined into a path."""
-    row = state.predictor.index.row_of(image_id)
-    if row is None:
-        raise HTTPException(404, detail=f"no archive image '{image_id}'")
-    path = Path(state.predictor.index.paths[row])
+    data = _archive_bytes(state, image_id)
+    path = Path(state.predictor.index.paths[state.predictor.index.row_of(image_id)])
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return Response(path.read_bytes(), media_type=media, headers={"Cache-Control": "max-age=86400"})
+    return Response(data, media_type=media, headers={"Cache-Control": "max-age=86400"})
 
 
 @router.get("/api/archive")
-def archive_list(state: State, limit: int = 200) -> list[dict]:
-    idx = state.predictor.index
-    return [{"image_id": i, "diagnosis": d} for i, d in zip(idx.image_ids[:limit], idx.diagnoses[:limit], strict=True)]
+def archive_list(state: State, limit: Annotated[int, Query(ge=0, le=5000)] = 200) -> list[dict]:
+    return info(state, limit)["cases"]
 
 
 @router.post("/api/feedback", response_model=FeedbackOut)
@@ -166,7 +211,7 @@ def feedback(body: FeedbackIn, state: State) -> FeedbackOut:
     if state.predictor.index.row_of(body.image_id) is None:
         raise HTTPException(404, detail=f"no archive image '{body.image_id}'")
     try:
-        fid = state.store.add_feedback(body.query_id, body.image_id, body.relevant)
+        fid = _store(state.store.add_feedback, body.query_id, body.image_id, body.relevant)
     except KeyError:
         raise HTTPException(404, detail=f"unknown query '{body.query_id}'") from None
     return FeedbackOut(ok=True, feedback_id=fid)

@@ -1,0 +1,208 @@
+"use strict";
+// The evidence viewer. Data from the server reaches the page only as text (textContent, attributes set
+// one by one), never as HTML; and a failed request always clears the previous result, so what is on
+// screen is the answer to the current query or nothing.
+const $ = (id) => document.getElementById(id);
+const judged = {};  // "query_id/image_id" -> "1" | "0": survives re-rendering with another k
+let current = null;
+let info = {positive_class: "melanoma"};
+let generation = 0;  // answers to superseded requests are dropped
+
+function el(tag, props = {}, text = null) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "class") e.className = v; else e.setAttribute(k, v);
+  }
+  if (text !== null) e.textContent = text;
+  return e;
+}
+const words = (s) => String(s).replaceAll("_", " ");
+
+async function request(url, options) {
+  let r;
+  try {
+    r = await fetch(url, options);
+  } catch (err) {
+    throw new Error("The server could not be reached (" + err.message + "). Is chaiderm serve still running?");
+  }
+  const type = r.headers.get("content-type") || "";
+  let body = null;
+  if (type.includes("application/json")) {
+    try { body = await r.json(); } catch (err) { body = null; }
+  }
+  if (!r.ok) {
+    let detail = body && body.detail;
+    if (Array.isArray(detail)) detail = detail.map((d) => d.msg).join("; ");
+    if (!detail) detail = r.status >= 500 ? "the server failed while answering" : r.statusText;
+    throw new Error(`Error ${r.status}: ${detail}`);
+  }
+  if (body === null) throw new Error(`Error: the server answered ${r.status} without a readable result`);
+  return body;
+}
+
+function showError(msg) {
+  $("error").textContent = msg || "";
+  $("error").hidden = !msg;
+}
+function status(msg) { $("status").textContent = msg || ""; }
+
+function clearResult() {
+  current = null;
+  $("result").hidden = true;
+  $("evidence").hidden = true;
+  $("neighbors").replaceChildren();
+  $("dist").tBodies[0].replaceChildren();
+  for (const id of ["qthumb", "qimg", "qam", "rimg", "ram"]) $(id).removeAttribute("src");
+  for (const id of ["summary", "prob", "qname", "evlabel"]) $(id).textContent = "";
+}
+
+async function run(url, options, name) {
+  const mine = ++generation;
+  clearResult();
+  showError("");
+  status("searching the archive\u2026");
+  try {
+    const q = await request(url, options);
+    if (mine !== generation) return;
+    render(q, name);
+    status("");
+  } catch (err) {
+    if (mine !== generation) return;
+    clearResult();
+    status("");
+    showError(err.message);
+  }
+}
+
+function send(form, name) {
+  form.append("k", $("k").value);
+  run("/api/query", {method: "POST", body: form}, name);
+}
+
+function reQuery() {
+  if (!current) return;
+  const name = current.name;
+  run(`/api/query/${encodeURIComponent(current.query_id)}?k=${encodeURIComponent($("k").value)}`, undefined, name);
+}
+
+function render(q, name) {
+  current = q;
+  current.name = name;
+  const pos = q.positive_class;
+  $("result").hidden = false;
+  $("qthumb").src = q.query_image_url;
+  $("qname").textContent = "query: " + name;
+  $("summary").textContent = q.summary;
+  $("prob").textContent = `${words(pos)} probability ${q.positive_probability.toFixed(2)} (k = ${q.k})`;
+  const body = $("dist").tBodies[0];
+  for (const [d, p] of Object.entries(q.class_probabilities)) {
+    const tr = el("tr", d === pos ? {class: "pos"} : {});
+    tr.append(el("td", {}, words(d)), el("td", {}, String(Math.round(p * q.k))), el("td", {}, p.toFixed(2)));
+    body.append(tr);
+  }
+  $("poslegend").textContent = `(red border: ${words(pos)})`;
+  const grid = $("neighbors");
+  q.neighbors.forEach((n) => grid.append(card(q, n, pos)));
+  if (q.neighbors.length) select(q.neighbors[0], grid.firstChild);
+}
+
+function card(q, n, pos) {
+  const c = el("div", {class: "card" + (n.diagnosis === pos ? " pos" : "")});
+  c.dataset.imageId = n.image_id;
+  const img = el("img", {src: n.image_url, alt: n.image_id});
+  img.addEventListener("error", () => { img.classList.add("missing"); img.alt = "image missing from the archive"; });
+  const enlarge = el("button", {class: "zoom", type: "button"}, "enlarge");
+  enlarge.addEventListener("click", (ev) => { ev.stopPropagation(); zoom(n); });
+  c.append(img, el("div", {}, `#${n.rank} ${words(n.diagnosis)}`),
+    el("div", {}, `${n.group ?? "-"} \u00b7 d=${n.distance.toPrecision(3)}`), enlarge, el("br"));
+  for (const [rel, label] of [["1", "similar"], ["0", "not similar"]]) {
+    const b = el("button", {class: "sim", type: "button"}, label);
+    b.dataset.rel = rel;
+    b.addEventListener("click", (ev) => { ev.stopPropagation(); judge(n, b, c); });
+    if (judged[q.query_id + "/" + n.image_id] === rel) { b.classList.add("on"); c.dataset.judged = rel; }
+    c.append(b, document.createTextNode(" "));
+  }
+  c.addEventListener("click", () => select(n, c));
+  return c;
+}
+
+function zoom(n) {
+  $("zoomimg").src = n.image_url;
+  $("zoomcap").textContent = `#${n.rank} ${n.image_id}: ${words(n.diagnosis)}, group ${n.group ?? "-"}, d=${n.distance.toPrecision(3)}`;
+  $("zoom").showModal();
+}
+
+function mapUrl(url) { return url + "?style=" + encodeURIComponent($("style").value); }
+
+function select(n, c) {
+  document.querySelectorAll(".card.sel").forEach((e) => e.classList.remove("sel"));
+  c.classList.add("sel");
+  current.selected = n;
+  $("evidence").hidden = false;
+  $("evlabel").textContent = `#${n.rank} ${n.image_id} (${words(n.diagnosis)})`;
+  $("qimg").src = current.query_image_url; $("qam").src = mapUrl(n.qam_url);
+  $("rimg").src = n.image_url; $("ram").src = mapUrl(n.ram_url);
+  setOpacity();
+}
+
+async function judge(n, button, c) {
+  if (!current) return;
+  const key = current.query_id + "/" + n.image_id;
+  try {
+    await request("/api/feedback", {method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({query_id: current.query_id, image_id: n.image_id, relevant: button.dataset.rel === "1"})});
+  } catch (err) {
+    showError(err.message + " (this judgement was not saved)");
+    return;
+  }
+  showError("");
+  c.querySelectorAll("button.sim").forEach((b) => b.classList.remove("on"));
+  button.classList.add("on"); c.dataset.judged = button.dataset.rel;
+  judged[key] = button.dataset.rel;
+}
+
+function setOpacity() { document.querySelectorAll("img.map").forEach((m) => { m.style.opacity = $("opacity").value / 100; }); }
+
+async function loadInfo() {
+  try {
+    info = await request("/api/info");
+  } catch (err) {
+    $("about").textContent = "model details unavailable: " + err.message;
+    return;
+  }
+  const counts = Object.entries(info.diagnoses).map(([d, n]) => `${n} ${words(d)}`).join(", ");
+  $("about").textContent = `model: ${info.model} (${info.logic}, ${info.backbone}) \u00b7 archive: ${info.archive} ` +
+    `(${info.archive_size} cases: ${counts}) \u00b7 positive class: ${words(info.positive_class)}`;
+  $("synthetic").hidden = !info.synthetic;
+  const sel = $("archive");
+  for (const it of info.cases) sel.append(el("option", {value: it.image_id}, `${it.image_id} (${words(it.diagnosis)})`));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("opacity").addEventListener("input", setOpacity);
+  $("style").addEventListener("change", () => { if (current && current.selected) {
+    $("qam").src = mapUrl(current.selected.qam_url); $("ram").src = mapUrl(current.selected.ram_url); } });
+  $("k").addEventListener("input", () => { $("kval").textContent = $("k").value; });
+  $("k").addEventListener("change", reQuery);
+  $("file").addEventListener("change", () => {
+    const f = $("file").files[0];
+    if (!f) return;
+    const form = new FormData(); form.append("image", f); send(form, f.name);
+  });
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault(); drop.classList.remove("over");
+    const f = e.dataTransfer.files[0];
+    if (!f) return;
+    const form = new FormData(); form.append("image", f); send(form, f.name);
+  });
+  $("archive").addEventListener("change", () => {
+    const id = $("archive").value;
+    if (!id) return;
+    const form = new FormData(); form.append("archive_id", id); send(form, "archive case " + id);
+  });
+  $("zoomclose").addEventListener("click", () => $("zoom").close());
+  loadInfo();
+});
