@@ -124,3 +124,115 @@ def test_reproduce_groups_flag_reaches_the_settings(tmp_path):
     r = runner.invoke(app, [*args, "--out", str(out), "--half-groups"])
     said = " ".join(r.output.split())
     assert r.exit_code == 2 and "{'melanoma': 20, 'seborrheic_keratosis': 12, 'nevus': 15} there" in said
+
+
+def _relabel(synth_dir, root, mapping, n=120):
+    """A copy of the synthetic training split with its diagnoses written in another coding."""
+    import csv
+    import shutil
+
+    (root / "images").mkdir(parents=True)
+    rows = list(csv.DictReader(open(synth_dir / "train" / "labels.csv")))[:n]
+    for r in rows:
+        shutil.copy(synth_dir / "train" / "images" / f"{r['image_id']}.png", root / "images")
+    with open(root / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image_id", "diagnosis"])
+        w.writerows([(r["image_id"], mapping[r["diagnosis"]]) for r in rows])
+    return root
+
+
+def test_ham10000_codes_train_and_vote_for_melanoma(synth_dir, tmp_path):
+    codes = {"melanoma": "MEL", "nevus": "nv", "seborrheic_keratosis": "bkl"}
+    data = _relabel(synth_dir, tmp_path / "ham", codes)
+    run, ix = tmp_path / "run", tmp_path / "ix"
+    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), "--epochs", "1", *TINY])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((run / "config.json").read_text())
+    assert set(cfg["data"]["diagnoses"]) == {"melanoma", "nevus", "benign_keratosis"}
+    assert cfg["data"]["vocabulary"] and cfg["train"]["positive_class"] == "melanoma"
+    assert runner.invoke(app, ["index", "--model", str(run), "--data", str(data), "--out", str(ix)]).exit_code == 0
+    q = data / "images" / sorted(p.name for p in (data / "images").iterdir())[0]
+    r = runner.invoke(
+        app, ["query", str(q), "--model", str(run), "--index", str(ix), "--k", "40", "--out", str(tmp_path)]
+    )
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / f"{q.stem}.json").read_text())
+    assert rec["melanoma_probability"] > 0  # 40 neighbours from an archive with ~1/3 melanoma
+    assert set(rec["class_probabilities"]) == {"melanoma", "nevus", "benign_keratosis"}
+    assert "melanoma_probability=" in r.output and "nevus=" in r.output
+
+
+def test_a_positive_class_absent_from_the_labels_is_refused(synth_dir, tmp_path):
+    data = _relabel(synth_dir, tmp_path / "d", {"melanoma": "nevus", "nevus": "nevus", "seborrheic_keratosis": "bkl"})
+    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "o"), *TINY])
+    assert r.exit_code == 2 and "positive class 'melanoma'" in r.output
+    assert "nevus (" in r.output and "benign_keratosis (" in r.output  # lists what was found
+    assert not (tmp_path / "o").exists()
+    r = runner.invoke(
+        app, ["train", "--data", str(data), "--out", str(tmp_path / "o"), "--positive-class", "bcc", *TINY]
+    )
+    assert r.exit_code == 2 and "'basal_cell_carcinoma'" in r.output
+
+
+def test_cli_user_errors_are_one_line_with_what_to_do(served, synth_dir, tmp_path):
+    q = str(synth_dir / "test" / "images" / "SYN_test_00000.png")
+    model, ix = str(served / "run"), str(served / "ix")
+    r = runner.invoke(app, ["query", q, "--model", model, "--index", ix, "--k", "0"])
+    assert r.exit_code == 2 and "--k must be between 1" in r.output
+    r = runner.invoke(
+        app, ["index", "--model", model, "--data", str(synth_dir), "--out", str(tmp_path / "a"), "--kind", "annoy"]
+    )
+    assert r.exit_code == 2 and "unknown index type 'annoy'" in r.output and "flat" in r.output
+    small = _relabel(synth_dir, tmp_path / "small", {d: d for d in ("melanoma", "nevus", "seborrheic_keratosis")}, 30)
+    r = runner.invoke(
+        app, ["index", "--model", model, "--data", str(small), "--out", str(tmp_path / "b"), "--kind", "ivf"]
+    )
+    assert r.exit_code == 2 and "--kind ivf needs at least" in r.output and "--kind flat" in r.output
+    next(iter((small / "images").iterdir())).write_bytes(b"\xff\xd8\xff broken")
+    r = runner.invoke(app, ["index", "--model", model, "--data", str(small), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "--skip-bad" in r.output
+    for result in (r,):
+        assert "Traceback" not in result.output
+
+
+def test_indexing_a_killed_run_needs_an_explicit_flag(served, synth_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(served / "run", run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["train"]["epochs"] = 200
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "history.json").write_text(json.dumps([{"epoch": e} for e in range(6)]))  # killed at epoch 6 of 200
+    args = ["index", "--model", str(run), "--data", str(synth_dir), "--out", str(tmp_path / "ix")]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "epoch 6 of 200" in r.output and "--allow-incomplete" in r.output
+    r = runner.invoke(app, [*args, "--allow-incomplete"])
+    assert r.exit_code == 0 and "warning" in r.output
+
+
+def test_serve_start_up_failures_are_one_line(served, tmp_path):
+    import socket
+
+    r = runner.invoke(app, ["serve", "--model", str(tmp_path / "nope"), "--index", str(served / "ix")])
+    assert r.exit_code == 2 and "not a model run folder" in r.output and "http://" not in r.output
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        r = runner.invoke(
+            app,
+            [
+                "serve",
+                "--model",
+                str(served / "run"),
+                "--index",
+                str(served / "ix"),
+                "--db",
+                str(tmp_path / "f.db"),
+                "--port",
+                str(port),
+            ],
+        )
+    assert r.exit_code == 2 and "--port" in r.output and "http://" not in r.output

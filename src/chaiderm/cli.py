@@ -34,13 +34,24 @@ def _progress() -> Progress:
     )
 
 
+BAD_IMAGE = ("corrupt", "not_image", "empty", "too_large", "bad_shape")
+
+
 @contextlib.contextmanager
-def _errors():
+def _errors(skip_bad_hint: bool = False):
     try:
         yield
     except ChaidermError as e:
-        typer.echo(f"error: {e}", err=True)  # plain and unwrapped: the message names the file
+        hint = ""
+        if skip_bad_hint and getattr(e, "code", None) in BAD_IMAGE:
+            hint = "\n  (remove or replace the file, or pass --skip-bad to skip unreadable images and count them)"
+        typer.echo(f"error: {e}{hint}", err=True)  # plain and unwrapped: the message names the file
         raise typer.Exit(2) from None
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
 
 
 @app.command()
@@ -121,7 +132,7 @@ def train_cmd(
     from chaiderm.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from chaiderm.data.records import is_isic2017, load_table
 
-    with _errors():
+    with _errors(skip_bad_hint=True):
         table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")), groups)
         val_table = None
         vd = val_data or data
@@ -232,14 +243,30 @@ def index_cmd(
     views: Annotated[
         str | None, typer.Option(help="test-time views (none, flip, flip4); default: the model's setting")
     ] = None,
+    allow_incomplete: Annotated[
+        bool, typer.Option(help="index a model whose training stopped before its last epoch")
+    ] = False,
 ) -> None:
     """Embed an archive and build its search index."""
     from chaiderm.data.records import is_isic2017, load_table
+    from chaiderm.index.faiss_index import INDEX_TYPES
     from chaiderm.models.embedding import load_model
     from chaiderm.pipeline import build_index
+    from chaiderm.training.checkpoint import training_progress
 
-    with _errors():
+    if kind not in INDEX_TYPES:
+        raise _fail(f"--kind: unknown index type '{kind}'; use one of {', '.join(INDEX_TYPES)}")
+    with _errors(skip_bad_hint=True):
         net, cfg = load_model(model)
+        progress = training_progress(model)
+        if progress is not None and progress[0] < progress[1]:
+            msg = (
+                f"{model}: training stopped after epoch {progress[0]} of {progress[1]} (killed or failed?); "
+                f"finish it with `chaiderm train ... --resume`"
+            )
+            if not allow_incomplete:
+                raise _fail(msg + ", or index it as it is with --allow-incomplete")
+            console.print(f"[yellow]warning:[/yellow] {msg}; indexing it as it is (--allow-incomplete)")
         if views is not None:
             cfg.model.views = views  # recorded in the index; queries follow it
         table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")), groups)
@@ -275,6 +302,8 @@ def query(
     from chaiderm.evidence.report import write_query_report
     from chaiderm.pipeline import Predictor
 
+    if not 1 <= k <= 1000:
+        raise _fail(f"--k must be between 1 and 1000 (the number of nearest archive cases that vote), not {k}")
     with _errors():
         predictor = Predictor.load(model, index)
         results = []
@@ -312,10 +341,33 @@ def serve(
 
     from chaiderm.web.app import create_app
 
+    if not 1 <= max_upload_mb <= 200:
+        raise _fail(f"--max-upload-mb must be between 1 and 200, not {max_upload_mb}")
     with _errors():
         application = create_app(model, index, db, max_upload=max_upload_mb * 1_000_000)
-        console.print(f"evidence viewer on http://{host}:{port}/ (feedback in {db})")
-        uvicorn.run(application, host=host, port=port, log_level="warning")
+    sock = _bind(host, port)  # before announcing the address: a port in use is one readable line
+    console.print(f"evidence viewer on http://{host}:{port}/ (feedback in {db}); Ctrl-C stops it")
+    uvicorn.Server(uvicorn.Config(application, log_level="warning")).run(sockets=[sock])
+
+
+def _bind(host: str, port: int):
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise _fail(f"--host '{host}' is not an address of this machine ({e})") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise _fail(f"cannot listen on {host}:{port} ({e.strerror}); pick another with --port") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
 
 
 @app.command()

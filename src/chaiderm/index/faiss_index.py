@@ -8,6 +8,8 @@ import math
 import faiss
 import numpy as np
 
+from chaiderm.errors import DataError
+
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 
 
@@ -36,6 +38,16 @@ def build_faiss(
     returns are exact. ``hnsw`` is a graph index (slow to build on 2 cores)."""
     emb = _f32(emb)
     n, d = emb.shape
+    if kind not in INDEX_TYPES:
+        raise DataError(None, f"--kind: unknown index type '{kind}'; use one of {', '.join(INDEX_TYPES)}")
+    if kind == "ivf":
+        need = max(pca_dim if pca_dim < d else 0, 39 * (nlist or 1))
+        if n < need:
+            raise DataError(
+                None,
+                f"--kind ivf needs at least {need} archive images to train its lists and projection, this "
+                f"archive has {n}; use --kind flat (exact, and fast at this size)",
+            )
     if kind == "flat":
         index = faiss.IndexFlatL2(d)
     elif kind == "ivf":

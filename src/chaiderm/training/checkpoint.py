@@ -27,3 +27,17 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ArtifactError(f"{path}: checkpoint unreadable ({e}); delete it to start over") from None
+
+
+def training_progress(run_dir: str | Path) -> tuple[int, int] | None:
+    """``(epochs finished, epochs planned)`` of a run folder, or None where it records neither
+    (a model saved outside the training loop). A killed run has fewer finished than planned."""
+    import json
+
+    run_dir = Path(run_dir)
+    try:
+        history = json.loads((run_dir / "history.json").read_text())
+        planned = int(json.loads((run_dir / "config.json").read_text())["train"]["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return len(history), planned
