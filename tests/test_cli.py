@@ -132,7 +132,8 @@ def _relabel(synth_dir, root, mapping, n=120):
     import shutil
 
     (root / "images").mkdir(parents=True)
-    rows = list(csv.DictReader(open(synth_dir / "train" / "labels.csv")))[:n]
+    with open(synth_dir / "train" / "labels.csv") as fh:
+        rows = list(csv.DictReader(fh))[:n]
     for r in rows:
         shutil.copy(synth_dir / "train" / "images" / f"{r['image_id']}.png", root / "images")
     with open(root / "labels.csv", "w", newline="") as fh:

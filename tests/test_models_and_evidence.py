@@ -196,3 +196,58 @@ def test_bootstrap_ci_and_paired_test():
     assert same["auc_diff"] == 0
     g = centred_gaussian((9, 9))
     assert g.argmax() == 40 and g.max() == 1.0
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "tiny"])
+def test_replicate_padding_gives_a_uniform_image_a_flat_map(backbone):
+    from chaiderm.config import ModelConfig
+    from chaiderm.models.embedding import build_model
+
+    x = torch.full((1, 3, 112, 112), 0.37)
+    spread = {}
+    for padding in ("zeros", "replicate"):
+        torch.manual_seed(0)
+        m = build_model(ModelConfig(backbone=backbone, padding=padding, image_size=112, embedding_dim=64)).eval()
+        with torch.no_grad():
+            a = m.evidence_maps(x)[0][0].sum(0)
+        spread[padding] = float(a.std() / a.mean().clamp_min(1e-12))
+    assert spread["replicate"] < 1e-4  # flat: nothing from the padding
+    assert spread["zeros"] > 100 * spread["replicate"] + 1e-4  # the imprint the setting removes
+
+
+def test_map_stride_16_doubles_map_resolution_and_keeps_weights():
+    from chaiderm.config import ModelConfig
+    from chaiderm.models.embedding import build_model
+
+    a = build_model(ModelConfig(image_size=112, padding="replicate", map_stride=32), load_pretrained=False)
+    b = build_model(ModelConfig(image_size=112, padding="replicate", map_stride=16), load_pretrained=False)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    x = torch.rand(1, 3, 112, 112)
+    with torch.no_grad():
+        assert tuple(a.forward_features(x).shape[2:]) == (4, 4)
+        assert tuple(b.forward_features(x).shape[2:]) == (7, 7)
+
+
+def test_configs_from_before_map_settings_read_as_zero_padding_stride_32():
+    from chaiderm.config import RunConfig
+
+    cfg = RunConfig.from_dict({"model": {"backbone": "tiny"}, "train": {}, "data": {}})
+    assert (cfg.model.padding, cfg.model.map_stride, cfg.model.map_background) == ("zeros", 32, "none")
+
+
+@pytest.mark.parametrize("style", ["contour", "heat"])
+def test_rendered_maps_leave_the_image_visible(style):
+    from chaiderm.evidence.render import overlay, render_heatmap
+
+    amap = np.zeros((7, 7), np.float32)
+    amap[2:5, 2:5] = 1.0
+    rgba = render_heatmap(amap, (112, 112), style=style)
+    assert rgba.shape == (112, 112, 4)
+    assert (rgba[..., 3] == 0).mean() > 0.5  # most of the image is not covered at all
+    assert rgba[56, 56, 3] > 0 or style == "contour"  # heat covers the strongest cells
+    if style == "contour":
+        assert rgba[..., 3].any() and rgba[56, 56, 3] == 0  # an outline, hollow inside
+    flat = render_heatmap(np.ones((7, 7), np.float32), (112, 112), style=style)
+    assert not flat[..., 3].any()  # a flat map draws nothing rather than a fake hot spot
+    img = np.full((112, 112, 3), 90, np.uint8)
+    assert (overlay(img, amap)[0, 0] == 90).all()  # corners of the image unchanged

@@ -108,6 +108,10 @@ def train_cmd(
     colour_jitter: Annotated[
         float, typer.Option(help="random brightness/contrast/saturation factors in [1-x, 1+x] in training")
     ] = 0.0,
+    padding: Annotated[
+        str, typer.Option(help="conv padding: zeros (ImageNet's) or replicate (no padding frame in the maps)")
+    ] = "zeros",
+    map_stride: Annotated[int, typer.Option(help="32, or 16 for evidence maps of twice the resolution")] = 32,
     epochs: int = 3,
     batch_size: int = 48,
     m_per_class: int = 4,
@@ -157,6 +161,8 @@ def train_cmd(
                 freeze_stages=freeze_stages,
                 views=views,
                 colour=colour,
+                padding=padding,
+                map_stride=map_stride,
             ),
             train=TrainConfig(
                 logic=logic,
@@ -563,10 +569,18 @@ def demo(
         difficulty=difficulty,
         seed=seed,
     )
-    with _errors():
-        summary = run_demo(out, settings, log=lambda msg: console.print(msg, markup=False))
+    with _errors(), _progress() as p:
+        tasks: dict[tuple[str, int], int] = {}
+
+        def on_step(name: str, epoch: int, step: int, n: int, loss: float) -> None:
+            if (name, epoch) not in tasks:
+                tasks[name, epoch] = p.add_task(f"{name} epoch {epoch + 1}/{epochs}", total=n, info="")
+            p.update(tasks[name, epoch], completed=step, info=f"loss {loss:.4f}")
+
+        summary = run_demo(out, settings, log=lambda msg: p.console.print(msg, markup=False), on_step=on_step)
     typer.echo(json.dumps({k: summary[k] for k in ("metrics", "seconds")}, indent=2))
     typer.echo(f"report: {Path(out) / 'report.html'}\nresults: {Path(out) / 'demo.json'}")
+    typer.echo(f"\nopen the evidence viewer on this model and archive:\n  {summary['serve']}")
 
 
 def main() -> None:

@@ -34,6 +34,17 @@ class ModelConfig:
     # colour normalisation of every input, in training and inference (data.transforms.COLOURS):
     # "none" or "shades_of_gray" (colour constancy, p = 6)
     colour: str = "none"
+    # how convolutions pad (models.registry.PADDINGS). "replicate" repeats edge pixels: the maps carry no
+    # frame from the padding and a uniform image has a flat map. "zeros" (the ImageNet weights' own) stays
+    # the default: on ISIC it scored 0.07 higher validation AUC@20 and located ham10000_dev lesions
+    # better (bench/map_localisation_round1.json, docs/reproduction.md)
+    padding: str = "zeros"
+    # 32: the backbone's own final map; 16: its last downsampling removed, maps of twice the resolution
+    map_stride: int = 32
+    # "border": each channel's mean over the map's outer ring of cells (the skin around a centred lesion)
+    # is subtracted before ReLU and pooling, so the embedding and its maps describe the lesion against
+    # its own skin; "none": the paper's maps
+    map_background: str = "none"
 
 
 @dataclass
@@ -100,6 +111,9 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:
         model = dict(d.get("model", {}))
         model.setdefault("views", "none")  # configs from before the setting embedded single views
+        model.setdefault("padding", "zeros")  # ... and padded with zeros
+        model.setdefault("map_stride", 32)
+        model.setdefault("map_background", "none")
         return cls(
             model=_build(ModelConfig, model, f"{source}: model"),
             train=_build(TrainConfig, d.get("train", {}), f"{source}: train"),

@@ -29,6 +29,10 @@ class DemoSettings:
     n_test: int = 150
     size: int = 128
     image_size: int = 112
+    # 16: evidence maps of 7x7 cells at the demo's 112-pixel input (stride 32 would give 4x4 blobs);
+    # replicate padding: no frame from the padding in the maps a newcomer sees first
+    map_stride: int = 16
+    padding: str = "replicate"
     epochs: int = 4
     queries: int = 4
     k: int = 10
@@ -36,7 +40,14 @@ class DemoSettings:
     seed: int = 0
 
 
-def run_demo(out: str | Path, s: DemoSettings, log: Callable[[str], None] = print) -> dict:
+def run_demo(
+    out: str | Path,
+    s: DemoSettings,
+    log: Callable[[str], None] = print,
+    *,
+    on_step: Callable[[str, int, int, int, float], None] | None = None,
+) -> dict:
+    """Run the demo; ``on_step(model name, epoch, step, steps, loss)`` reports training progress."""
     out = Path(out)
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -53,10 +64,12 @@ def run_demo(out: str | Path, s: DemoSettings, log: Callable[[str], None] = prin
     log(f"synthetic data: {s.n_train} train / {s.n_val} val / {s.n_test} held-out test in {data}")
     train_t, val_t, test_t = (load_table(data, sp) for sp in ("train", "val", "test"))
 
-    mcfg = ModelConfig(backbone=s.backbone, image_size=s.image_size, load_size=s.size)
+    mcfg = ModelConfig(
+        backbone=s.backbone, image_size=s.image_size, load_size=s.size, map_stride=s.map_stride, padding=s.padding
+    )
     metrics: dict[str, dict] = {}
     t = time.perf_counter()
-    baseline = build_model(ModelConfig(backbone=s.backbone, image_size=s.image_size, load_size=s.size, head="none"))
+    baseline = build_model(ModelConfig(**{**asdict(mcfg), "head": "none"}))
     metrics["Baseline"] = evaluate_retrieval(baseline, s.image_size, s.size, train_t, test_t)
     seconds["baseline"] = time.perf_counter() - t
     log(f"Baseline (untrained embedding): AUC@10 {metrics['Baseline']['auc']['10']:.3f}")
@@ -70,7 +83,8 @@ def run_demo(out: str | Path, s: DemoSettings, log: Callable[[str], None] = prin
         )
         cfg.data.train, cfg.data.val = str(data / "train"), str(data / "val")
         runs[name] = out / "runs" / name.lower()
-        train(cfg, train_t, runs[name], val_table=val_t, init=runs[init] if init else None, force=True)
+        step = (lambda e, i, n, loss, name=name: on_step(name, e, i, n, loss)) if on_step else None
+        train(cfg, train_t, runs[name], val_table=val_t, init=runs[init] if init else None, force=True, on_step=step)
         model, _ = load_model(runs[name])
         seconds[f"train_{name.lower()}"] = time.perf_counter() - t
         metrics[name] = evaluate_retrieval(model, s.image_size, s.size, train_t, test_t)
@@ -110,6 +124,8 @@ def run_demo(out: str | Path, s: DemoSettings, log: Callable[[str], None] = prin
                 "image_id": r["image_id"],
                 "true_diagnosis": r["true_diagnosis"],
                 "melanoma_probability": r["melanoma_probability"],
+                "summary": r["summary"],
+                "class_probabilities": r["class_probabilities"],
                 "neighbors": [
                     {k: n[k] for k in ("rank", "image_id", "diagnosis", "group", "distance")} for n in r["neighbors"]
                 ],
@@ -126,7 +142,15 @@ def run_demo(out: str | Path, s: DemoSettings, log: Callable[[str], None] = prin
     write_json(out / "demo.json", summary)
     write_text(out / "report.html", _report_html(summary, records))
     log(f"done in {seconds['total']:.0f} s")
+    summary["serve"] = serve_command(runs["Hierarchical"], out / "index")
     return summary
+
+
+def serve_command(model: Path, index: Path) -> str:
+    """The exact command that opens this model and index in the evidence viewer."""
+    import shlex
+
+    return f"chaiderm serve --model {shlex.quote(str(model))} --index {shlex.quote(str(index))}"
 
 
 def _report_html(summary: dict, records: list[dict]) -> str:
@@ -153,7 +177,8 @@ def _report_html(summary: dict, records: list[dict]) -> str:
         )
         queries.append(
             f"<h3>{e(r['image_id'])}: true {e(r['true_diagnosis'] or '?')}, melanoma probability "
-            f'{r["melanoma_probability"]:.2f} (<a href="queries/{e(r["image_id"])}.html">full report</a>)</h3>'
+            f"{r['positive_probability']:.2f}: {e(r['summary'])} "
+            f'(<a href="queries/{e(r["image_id"])}.html">full report</a>)</h3>'
             f'<div class="row"><figure><img src="queries/{e(r["query_image"])}"><figcaption>query</figcaption>'
             f'</figure>{cards}</div><div class="row">{pairs}</div>'
         )
@@ -161,6 +186,7 @@ def _report_html(summary: dict, records: list[dict]) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>chaiderm demo</title><style>{CSS}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 6px;font-size:.85rem}}</style></head><body>
 <h1>chaiderm demo</h1>
+<p><strong>Synthetic images, not patients: a demonstration of the pipeline, not a clinical result.</strong></p>
 <p>Synthetic dermoscopy ({s["n_train"]} archive / {s["n_test"]} held-out queries, backbone {e(s["backbone"])}).
 Baseline = untrained (ImageNet) embedding; Disease and Hierarchical = CHAI triplet embeddings (Eq. 1).
 AUC@k: melanoma vs rest by k-NN vote; REL@k: results in the query's own similarity group;

@@ -20,7 +20,7 @@ from chaiderm._io import atomic_path
 from chaiderm.config import ModelConfig, RunConfig
 from chaiderm.data.transforms import check_colour
 from chaiderm.errors import ArtifactError, DataError
-from chaiderm.models.registry import Backbone, create_backbone
+from chaiderm.models.registry import Backbone, create_backbone, set_map_stride, set_padding
 
 EPS = 1e-12
 
@@ -37,6 +37,17 @@ def check_views(views: str) -> tuple[tuple[int, ...], ...]:
     if views not in VIEWS:
         raise DataError(None, f"views: '{views}' is not one of {', '.join(VIEWS)}")
     return VIEWS[views]
+
+
+MAP_BACKGROUNDS = ("none", "border")
+
+
+def border_mean(x: torch.Tensor) -> torch.Tensor:
+    """``(B, D, 1, 1)``: each channel's mean over the outer ring of map cells."""
+    ring = torch.ones(x.shape[-2:], dtype=torch.bool, device=x.device)
+    if min(x.shape[-2:]) > 2:
+        ring[1:-1, 1:-1] = False
+    return x[..., ring].mean(dim=-1)[..., None, None]
 
 
 class EmbeddingNet(nn.Module):
@@ -99,6 +110,8 @@ class EmbeddingNet(nn.Module):
             x = s(x)
         if self.proj is not None:
             x = F.relu(self.proj(x))
+        if self.cfg.map_background == "border":
+            x = F.relu(x - border_mean(x))
         return x
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
@@ -129,9 +142,12 @@ class EmbeddingNet(nn.Module):
 def build_model(cfg: ModelConfig, *, load_pretrained: bool = True) -> EmbeddingNet:
     check_views(cfg.views)
     check_colour(cfg.colour)
+    if cfg.map_background not in MAP_BACKGROUNDS:
+        raise DataError(None, f"map_background: '{cfg.map_background}' is not one of {', '.join(MAP_BACKGROUNDS)}")
     bb = create_backbone(
         cfg.backbone, pretrained=cfg.pretrained and load_pretrained, weights=cfg.weights if load_pretrained else None
     )
+    set_map_stride(set_padding(bb, cfg.padding), cfg.map_stride)
     model = EmbeddingNet(bb, cfg)
     if cfg.freeze_stages is None:
         cfg.freeze_stages = model.freeze_stages  # record the concrete value in saved configs

@@ -6,9 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from chaiderm.errors import ArtifactError
+from chaiderm.errors import ArtifactError, DataError
 
 
 class Backbone(nn.Module):
@@ -43,6 +44,56 @@ class Backbone(nn.Module):
 
 
 _REGISTRY: dict[str, Callable[..., Backbone]] = {}
+
+
+PADDINGS = ("zeros", "replicate")
+MAP_STRIDES = (32, 16)
+
+
+class _ReplicateSamePadConv(nn.Conv2d):
+    """TensorFlow 'same' padding (as EfficientNet-Lite's convs) with edge pixels repeated, not zeros.
+
+    Zeros make every map cell near the border differ from the centre even on a uniform image: the
+    evidence maps then show the padding (a bright frame or cross), not the lesion. Repeated edges
+    give a uniform image a perfectly flat map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        sh, sw = self.stride
+        ph = max((-(-ih // sh) - 1) * sh + (kh - 1) * self.dilation[0] + 1 - ih, 0)
+        pw = max((-(-iw // sw) - 1) * sw + (kw - 1) * self.dilation[1] + 1 - iw, 0)
+        if ph > 0 or pw > 0:
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], mode="replicate")
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def set_padding(bb: Backbone, mode: str) -> Backbone:
+    """Switch every padded convolution of a backbone to ``mode`` (weights are unchanged)."""
+    if mode not in PADDINGS:
+        raise DataError(None, f"padding: '{mode}' is not one of {', '.join(PADDINGS)}")
+    if mode == "zeros":
+        return bb
+    for m in bb.modules():
+        if type(m).__name__ in ("Conv2dDynamicSamePadding", "Conv2dStaticSamePadding"):
+            m.__class__ = _ReplicateSamePadConv
+        elif isinstance(m, nn.Conv2d) and any(p > 0 for p in m.padding):
+            m.padding_mode = "replicate"
+    return bb
+
+
+def set_map_stride(bb: Backbone, stride: int) -> Backbone:
+    """``16``: the last stride-2 convolution steps by 1, so the final map has twice the resolution
+    (7x7 at 112 input, 14x14 at 224) at the cost of computing the last stages on 4x the cells."""
+    if stride not in MAP_STRIDES:
+        raise DataError(None, f"map_stride: {stride} is not one of {', '.join(map(str, MAP_STRIDES))}")
+    if stride == 32:
+        return bb
+    strided = [m for m in bb.modules() if isinstance(m, nn.Conv2d) and max(m.stride) == 2]
+    if not strided:
+        raise DataError(None, "map_stride: this backbone has no stride-2 convolution to relax")
+    strided[-1].stride = (1, 1)
+    return bb
 
 
 def register_backbone(name: str):
