@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,8 +12,9 @@ from fastapi import Request
 
 from chaiderm.pipeline import FeedbackStore, Predictor, QueryResult
 
-# decodes at once: a 49-megapixel PNG takes ~150 MB while it is decoded, so 8 at a time would take
-# over a gigabyte; 2 keep both cores busy and the server's memory bounded (bench/server_memory.py)
+# decodes at once, on their own threads: a 49-megapixel PNG takes ~200 MB while it is decoded, and
+# every thread that ever decoded one keeps that much in its malloc arena afterwards. Two threads keep
+# both cores busy and the server's memory bounded whatever the number of clients (bench/server_memory.py)
 MAX_DECODES = 2
 
 
@@ -24,7 +26,9 @@ class ViewerState:
     info: dict[str, Any] = field(default_factory=dict)
     # one inference at a time: torch already uses both cores, and queued requests keep latency predictable
     lock: threading.Lock = field(default_factory=threading.Lock)
-    decodes: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(MAX_DECODES))
+    decoder: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(MAX_DECODES, thread_name_prefix="chaiderm-decode")
+    )
     cache: OrderedDict[str, QueryResult] = field(default_factory=OrderedDict)
     cache_size: int = 64
 

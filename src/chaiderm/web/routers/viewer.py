@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 from pathlib import Path
 from typing import Annotated
@@ -44,13 +45,16 @@ def info(state: State, limit: Annotated[int, Query(ge=0, le=5000)] = 200) -> dic
     return {**state.info, "cases": cases}
 
 
+def _decode_here(state: ViewerState, data: bytes, name: str) -> np.ndarray:
+    try:
+        return load_image(data, name=name, fit=state.predictor.cfg.model.load_size, formats=UPLOAD_FORMATS)
+    except DataError as e:
+        raise HTTPException(STATUS.get(e.code, 400), detail=str(e)) from None
+
+
 def _decode(state: ViewerState, data: bytes, name: str) -> np.ndarray:
-    # bounded: at most MAX_DECODES images are being decoded at once, each shrunk while it is decoded
-    with state.decodes:
-        try:
-            return load_image(data, name=name, fit=state.predictor.cfg.model.load_size, formats=UPLOAD_FORMATS)
-        except DataError as e:
-            raise HTTPException(STATUS.get(e.code, 400), detail=str(e)) from None
+    """Decode on the viewer's own decoding threads (at most MAX_DECODES at once), shrunk while decoded."""
+    return state.decoder.submit(_decode_here, state, data, name).result()
 
 
 def _store(call, *args):
@@ -66,8 +70,11 @@ def _store(call, *args):
 
 
 def _predict(state: ViewerState, query_id: str, image: np.ndarray, k: int, exclude: str | None) -> QueryResult:
-    with state.lock:
-        res = state.predictor.predict(image, k=k, image_id=query_id, exclude_id=exclude)
+    try:
+        with state.lock:
+            res = state.predictor.predict(image, k=k, image_id=query_id, exclude_id=exclude)
+    except DataError as e:  # an index without stored maps whose archive image has gone
+        raise HTTPException(500, detail=f"the archive is incomplete: {e}") from None
     state.remember(query_id, res)
     return res
 
@@ -136,7 +143,7 @@ async def post_query(
         name = f"archive image '{archive_id}'"
     else:
         raise HTTPException(422, detail="send an image file (field 'image') or an archive_id")
-    decoded = await run_in_threadpool(_decode, state, data, name)
+    decoded = await asyncio.wrap_future(state.decoder.submit(_decode_here, state, data, name))
     query_id = await run_in_threadpool(_store, state.store.add_query, data, archive_id if image is None else None)
     res = await run_in_threadpool(_predict, state, query_id, decoded, k, archive_id if image is None else None)
     return _to_out(query_id, res, archive_id if image is None else None)
