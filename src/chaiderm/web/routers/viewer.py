@@ -24,6 +24,7 @@ from chaiderm.web.security import page as static_page
 router = APIRouter()
 State = Annotated[ViewerState, Depends(get_state)]
 K_MIN, K_MAX = 1, 40
+MAP_SIDE = 320  # the page shows maps at 320 px
 STATUS = {"not_image": 415, "too_large": 413, "bad_shape": 413, "empty": 400, "corrupt": 400, "unavailable": 503}
 
 
@@ -194,7 +195,7 @@ def evidence_map(
         raise HTTPException(404, detail=f"no archive image '{image_id}'") from None
     except DataError as e:  # maps not stored and the archive image is gone
         raise HTTPException(404, detail=str(e)) from None
-    side = res.image.shape[0]
+    side = max(res.image.shape[0], MAP_SIDE)  # outlines drawn at the size shown, not scaled up jagged
     png = to_png_bytes(render_heatmap(qam if kind == "qam" else ram, (side, side), style=style))
     return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 

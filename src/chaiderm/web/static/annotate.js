@@ -1,35 +1,10 @@
 "use strict";
 // The annotator. Group names and ids are user data: they reach the page only as text.
-const $ = (id) => document.getElementById(id);
 let st = null, sel = 0;
-
-function el(tag, props = {}, text = null) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (k === "class") e.className = v; else e.setAttribute(k, v);
-  }
-  if (text !== null) e.textContent = text;
-  return e;
-}
-
-async function call(path, options) {
-  let r;
-  try { r = await fetch(path, options); } catch (err) { throw new Error("the server could not be reached"); }
-  let body = null;
-  if ((r.headers.get("content-type") || "").includes("application/json")) {
-    try { body = await r.json(); } catch (err) { body = null; }
-  }
-  if (!r.ok) {
-    let detail = body && body.detail;
-    if (Array.isArray(detail)) detail = detail.map((d) => d.msg).join("; ");
-    throw new Error(`Error ${r.status}: ${detail || r.statusText}`);
-  }
-  return body;
-}
 
 async function api(path, body) {
   try {
-    await call(path, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+    await request(path, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
     $("msg").textContent = "";
     return true;
   } catch (err) { $("msg").textContent = err.message; return false; }
@@ -37,7 +12,7 @@ async function api(path, body) {
 
 async function load() {
   const d = $("disease").value;
-  try { st = await call("/api/state" + (d ? "?disease=" + encodeURIComponent(d) : "")); }
+  try { st = await request("/api/state" + (d ? "?disease=" + encodeURIComponent(d) : "")); }
   catch (err) { $("msg").textContent = err.message; return; }
   if (!$("disease").options.length) {
     st.diseases.forEach((x) => $("disease").append(el("option", {value: x}, x)));

@@ -2,43 +2,12 @@
 // The evidence viewer. Data from the server reaches the page only as text (textContent, attributes set
 // one by one), never as HTML; and a failed request always clears the previous result, so what is on
 // screen is the answer to the current query or nothing.
-const $ = (id) => document.getElementById(id);
 const judged = {};  // "query_id/image_id" -> "1" | "0": survives re-rendering with another k
 let current = null;
 let info = {positive_class: "melanoma"};
 let generation = 0;  // answers to superseded requests are dropped
 
-function el(tag, props = {}, text = null) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (k === "class") e.className = v; else e.setAttribute(k, v);
-  }
-  if (text !== null) e.textContent = text;
-  return e;
-}
 const words = (s) => String(s).replaceAll("_", " ");
-
-async function request(url, options) {
-  let r;
-  try {
-    r = await fetch(url, options);
-  } catch (err) {
-    throw new Error("The server could not be reached (" + err.message + "). Is chaiderm serve still running?");
-  }
-  const type = r.headers.get("content-type") || "";
-  let body = null;
-  if (type.includes("application/json")) {
-    try { body = await r.json(); } catch (err) { body = null; }
-  }
-  if (!r.ok) {
-    let detail = body && body.detail;
-    if (Array.isArray(detail)) detail = detail.map((d) => d.msg).join("; ");
-    if (!detail) detail = r.status >= 500 ? "the server failed while answering" : r.statusText;
-    throw new Error(`Error ${r.status}: ${detail}`);
-  }
-  if (body === null) throw new Error(`Error: the server answered ${r.status} without a readable result`);
-  return body;
-}
 
 function showError(msg) {
   $("error").textContent = msg || "";
