@@ -123,6 +123,18 @@ def test_upload_see_evidence_and_click_similar(server, browser, synth_dir, tmp_p
     page.screenshot(path=str(tmp_path / "viewer.png"), full_page=True)
     rows = sqlite3.connect(db).execute("SELECT image_id, relevant FROM feedback").fetchall()
     assert rows == [(image_id, 1)]
+    # a locked database: the click is refused within a second, the page says it was not saved
+    lock = sqlite3.connect(db, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        second = cards(page).nth(1)
+        second.locator("button.sim[data-rel='0']").click()
+        wait_until(lambda: page.locator("#error").is_visible(), timeout=5, what="503 message")
+        assert "503" in page.inner_text("#error") and "not saved" in page.inner_text("#error")
+        assert second.get_attribute("data-judged") is None
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
 
 
 def test_a_failed_upload_clears_the_previous_result(server, browser, synth_dir, tmp_path):

@@ -251,3 +251,34 @@ def test_rendered_maps_leave_the_image_visible(style):
     assert not flat[..., 3].any()  # a flat map draws nothing rather than a fake hot spot
     img = np.full((112, 112, 3), 90, np.uint8)
     assert (overlay(img, amap)[0, 0] == 90).all()  # corners of the image unchanged
+
+
+def test_html_reports_escape_labels_and_forbid_scripts():
+    from chaiderm.evidence.report import render_html
+
+    evil = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    record = {
+        "image_id": evil,
+        "true_diagnosis": evil,
+        "positive_class": "melanoma",
+        "positive_probability": 0.5,
+        "class_probabilities": {evil: 0.5, "melanoma": 0.5},
+        "summary": evil,
+        "k": 2,
+        "query_image": "q.png",
+        "neighbors": [
+            {
+                "rank": 1,
+                "image_id": evil,
+                "diagnosis": evil,
+                "group": evil,
+                "distance": 0.1,
+                "image": "r.png",
+                "qam": "a.png",
+                "ram": "b.png",
+            },
+        ],
+    }
+    html = render_html(record)
+    assert "<script>" not in html and "<img src=x" not in html and "&lt;script&gt;" in html
+    assert "Content-Security-Policy" in html and "default-src 'none'" in html
