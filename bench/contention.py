@@ -3,6 +3,8 @@
 1. A short training workload (EfficientNet-Lite0, batch 16 at 112 px, 40 steps) alone and beside an
    identical competitor, with libgomp's own spin count (300,000) and with chaiderm's (1,000).
 2. `chaiderm demo` alone, then beside a competitor that trains for as long as the demo runs.
+3. `chaiderm serve` (ImageNet Lite0 over 100 synthetic cases): 100 sequential queries with 10 evidence
+   pairs each, alone and beside the competitor.
 
 Writes bench/contention.json. Run it on an otherwise idle machine:  python bench/contention.py
 """
@@ -84,12 +86,113 @@ def demo(out: Path, rival: bool) -> dict[str, float]:
     return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
 
 
+SERVE_BUILD = """
+import sys
+import chaiderm, torch
+from chaiderm.config import ModelConfig, RunConfig
+from chaiderm.data.records import load_table
+from chaiderm.models import build_model, save_model
+from chaiderm.pipeline import build_index
+torch.manual_seed(0)
+cfg = RunConfig(model=ModelConfig())
+m = build_model(cfg.model).eval()
+save_model(m, sys.argv[2], cfg)
+build_index(m, cfg, load_table(sys.argv[1]), model_dir=sys.argv[2])[0].save(sys.argv[3])
+"""
+
+
+def serve_latency(tmp: Path, n: int = 100) -> dict[str, dict[str, float]]:
+    import http.client
+    import socket
+
+    subprocess.run(
+        ["chaiderm", "synth", "--out", str(tmp / "syn"), "--n-train", "100", "--n-val", "5", "--n-test", "30"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [sys.executable, "-c", SERVE_BUILD, str(tmp / "syn" / "train"), str(tmp / "run"), str(tmp / "ix")],
+        check=True,
+        env=_env(None),
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = subprocess.Popen(
+        [
+            "chaiderm",
+            "serve",
+            "--model",
+            str(tmp / "run"),
+            "--index",
+            str(tmp / "ix"),
+            "--db",
+            str(tmp / "f.db"),
+            "--port",
+            str(port),
+        ],
+        env=_env(None),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    images = sorted((tmp / "syn" / "test" / "images").glob("*.png"))
+    b = "x0x0x"
+
+    def query(path: Path) -> float:
+        body = (
+            (
+                f'--{b}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n'
+                f"Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + path.read_bytes()
+            + f"\r\n--{b}--\r\n".encode()
+        )
+        t = time.perf_counter()
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        c.request("POST", "/api/query", body=body, headers={"Content-Type": f"multipart/form-data; boundary={b}"})
+        assert c.getresponse().status == 200
+        c.close()
+        return time.perf_counter() - t
+
+    try:
+        for _ in range(300):
+            try:
+                http.client.HTTPConnection("127.0.0.1", port, timeout=1).request("GET", "/healthz")
+                break
+            except OSError:
+                time.sleep(0.1)
+        query(images[0])  # warm-up
+        out = {}
+        for label, rival in (("alone", False), ("beside", True)):
+            comp = workload(0, None, until=time.time() + 3600) if rival else None
+            if comp is not None:
+                time.sleep(10)  # the competitor has imported torch, built its model and is training
+            lat = sorted(query(images[i % len(images)]) for i in range(n))
+            if comp is not None:
+                comp.kill()
+                comp.wait()
+            out[label] = {"p50_ms": round(1000 * lat[n // 2], 1), "p95_ms": round(1000 * lat[int(0.95 * n)], 1)}
+        out["slowdown_p50"] = round(out["beside"]["p50_ms"] / out["alone"]["p50_ms"], 2)
+        return out
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("bench/contention.json"))
     ap.add_argument("--skip-demo", action="store_true")
+    ap.add_argument("--only-serve", action="store_true", help="measure serving only; merge into --out")
     a = ap.parse_args()
     res: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}"}
+    if a.only_serve:
+        res = json.loads(a.out.read_text()) if a.out.exists() else res
+        with tempfile.TemporaryDirectory() as tmp:
+            res["serve"] = serve_latency(Path(tmp))
+        print(json.dumps(res["serve"]), flush=True)
+        a.out.write_text(json.dumps(res, indent=2))
+        return
     res["training_steps"] = {
         "libgomp_default_spin_300000": steps_alone_and_beside("300000"),
         "chaiderm_spin_1000": steps_alone_and_beside("1000"),
@@ -101,6 +204,9 @@ def main() -> None:
             beside = demo(Path(tmp) / "b", rival=True)
         res["demo"] = {"alone": alone, "beside": beside, "slowdown": round(beside["wall_s"] / alone["wall_s"], 2)}
         print(json.dumps(res["demo"]), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        res["serve"] = serve_latency(Path(tmp))
+    print(json.dumps(res["serve"]), flush=True)
     a.out.write_text(json.dumps(res, indent=2))
 
 
