@@ -35,7 +35,7 @@ from chaiderm.models.embedding import load_model
 from chaiderm.models.inference import embed
 from chaiderm.training import train
 
-CANDIDATES = [  # (name, padding, map_stride, colour, map_background); the first is the model as it was
+CANDIDATES = [  # (name, padding, map_stride, colour, map_background[, frozen stages]); the first: as it was
     ("zeros-32", "zeros", 32, "none", "none"),
     ("replicate-32", "replicate", 32, "none", "none"),
     ("replicate-16", "replicate", 16, "none", "none"),
@@ -46,6 +46,10 @@ CANDIDATES = [  # (name, padding, map_stride, colour, map_background); the first
     ("zeros-16", "zeros", 16, "none", "none"),
     ("zeros-32-border", "zeros", 32, "none", "border"),
     ("zeros-16-border", "zeros", 16, "none", "border"),
+    # round 3 (CPU), mirrored edges: flat maps for a uniform image like replicate, but image-like borders
+    ("reflect-32", "reflect", 32, "none", "none"),
+    # round 4 (CPU): the frozen early stages never adapt to a padding they were not trained with
+    ("replicate-32-unfrozen", "replicate", 32, "none", "none", 0),
 ]
 AUC_SLACK = 0.03
 
@@ -105,7 +109,7 @@ def main() -> None:
     half_a[np.random.default_rng(a.seed).permutation(len(ham))[: len(ham) // 2]] = True
     print(f"decoded in {time.perf_counter() - t0:.0f} s", flush=True)
     results = {}
-    for name, padding, stride, colour, background in CANDIDATES:
+    for name, padding, stride, colour, background, *freeze in CANDIDATES:
         if a.only and name not in a.only:
             continue
         t = time.perf_counter()
@@ -117,6 +121,7 @@ def main() -> None:
                 map_stride=stride,
                 colour=colour,
                 map_background=background,
+                freeze_stages=freeze[0] if freeze else None,
             ),
             train=TrainConfig(logic="disease", epochs=a.epochs, seed=a.seed, val_k=20),
         )
@@ -131,6 +136,7 @@ def main() -> None:
             "map_stride": stride,
             "colour": colour,
             "map_background": background,
+            "freeze_stages": model.freeze_stages,
             "map_cells": s["map_cells"].tolist(),
             "val_auc20": auc,
             **{

@@ -109,7 +109,7 @@ def train_cmd(
         float, typer.Option(help="random brightness/contrast/saturation factors in [1-x, 1+x] in training")
     ] = 0.0,
     padding: Annotated[
-        str, typer.Option(help="conv padding: zeros (ImageNet's) or replicate (no padding frame in the maps)")
+        str, typer.Option(help="conv padding: zeros (ImageNet's); replicate or reflect: no padding frame in the maps")
     ] = "zeros",
     map_stride: Annotated[int, typer.Option(help="32, or 16 for evidence maps of twice the resolution")] = 32,
     epochs: int = 3,

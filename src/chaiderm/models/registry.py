@@ -46,16 +46,18 @@ class Backbone(nn.Module):
 _REGISTRY: dict[str, Callable[..., Backbone]] = {}
 
 
-PADDINGS = ("zeros", "replicate")
+PADDINGS = ("zeros", "replicate", "reflect")
 MAP_STRIDES = (32, 16)
 
 
-class _ReplicateSamePadConv(nn.Conv2d):
-    """TensorFlow 'same' padding (as EfficientNet-Lite's convs) with edge pixels repeated, not zeros.
+class _SamePadConv(nn.Conv2d):
+    """TensorFlow 'same' padding (as EfficientNet-Lite's convs) with edge pixels repeated or mirrored.
 
     Zeros make every map cell near the border differ from the centre even on a uniform image: the
-    evidence maps then show the padding (a bright frame or cross), not the lesion. Repeated edges
-    give a uniform image a perfectly flat map."""
+    evidence maps then show the padding (a bright frame or cross), not the lesion. Repeated or mirrored
+    edges give a uniform image a perfectly flat map."""
+
+    pad_mode = "replicate"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ih, iw = x.shape[-2:]
@@ -64,7 +66,7 @@ class _ReplicateSamePadConv(nn.Conv2d):
         ph = max((-(-ih // sh) - 1) * sh + (kh - 1) * self.dilation[0] + 1 - ih, 0)
         pw = max((-(-iw // sw) - 1) * sw + (kw - 1) * self.dilation[1] + 1 - iw, 0)
         if ph > 0 or pw > 0:
-            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], mode="replicate")
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], mode=self.pad_mode)
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
@@ -76,9 +78,10 @@ def set_padding(bb: Backbone, mode: str) -> Backbone:
         return bb
     for m in bb.modules():
         if type(m).__name__ in ("Conv2dDynamicSamePadding", "Conv2dStaticSamePadding"):
-            m.__class__ = _ReplicateSamePadConv
+            m.__class__ = _SamePadConv
+            m.pad_mode = mode
         elif isinstance(m, nn.Conv2d) and any(p > 0 for p in m.padding):
-            m.padding_mode = "replicate"
+            m.padding_mode = mode
     return bb
 
 
