@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from serving import build_archive, start_server
+
 WORKLOAD = """
 import sys, time
 import chaiderm, torch
@@ -86,55 +88,11 @@ def demo(out: Path, rival: bool) -> dict[str, float]:
     return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
 
 
-SERVE_BUILD = """
-import sys
-import chaiderm, torch
-from chaiderm.config import ModelConfig, RunConfig
-from chaiderm.data.records import load_table
-from chaiderm.models import build_model, save_model
-from chaiderm.pipeline import build_index
-torch.manual_seed(0)
-cfg = RunConfig(model=ModelConfig())
-m = build_model(cfg.model).eval()
-save_model(m, sys.argv[2], cfg)
-build_index(m, cfg, load_table(sys.argv[1]), model_dir=sys.argv[2])[0].save(sys.argv[3])
-"""
-
-
 def serve_latency(tmp: Path, n: int = 100) -> dict[str, dict[str, float]]:
     import http.client
-    import socket
 
-    subprocess.run(
-        ["chaiderm", "synth", "--out", str(tmp / "syn"), "--n-train", "100", "--n-val", "5", "--n-test", "30"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [sys.executable, "-c", SERVE_BUILD, str(tmp / "syn" / "train"), str(tmp / "run"), str(tmp / "ix")],
-        check=True,
-        env=_env(None),
-    )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = subprocess.Popen(
-        [
-            "chaiderm",
-            "serve",
-            "--model",
-            str(tmp / "run"),
-            "--index",
-            str(tmp / "ix"),
-            "--db",
-            str(tmp / "f.db"),
-            "--port",
-            str(port),
-        ],
-        env=_env(None),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    run, ix = build_archive(tmp, env=_env(None))
+    srv, port = start_server(run, ix, tmp / "f.db", env=_env(None))
     images = sorted((tmp / "syn" / "test" / "images").glob("*.png"))
     b = "x0x0x"
 
@@ -155,12 +113,6 @@ def serve_latency(tmp: Path, n: int = 100) -> dict[str, dict[str, float]]:
         return time.perf_counter() - t
 
     try:
-        for _ in range(300):
-            try:
-                http.client.HTTPConnection("127.0.0.1", port, timeout=1).request("GET", "/healthz")
-                break
-            except OSError:
-                time.sleep(0.1)
         query(images[0])  # warm-up
         out = {}
         for label, rival in (("alone", False), ("beside", True)):

@@ -18,8 +18,6 @@ import io
 import json
 import select
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from serving import build_archive, start_server
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -119,40 +119,9 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        subprocess.run(
-            ["chaiderm", "synth", "--out", str(tmp / "syn"), "--n-train", "100", "--n-val", "10", "--n-test", "10"],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [sys.executable, "-c", BUILD, str(tmp / "syn" / "train"), str(tmp / "run"), str(tmp / "ix")], check=True
-        )
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        srv = subprocess.Popen(
-            [
-                "chaiderm",
-                "serve",
-                "--model",
-                str(tmp / "run"),
-                "--index",
-                str(tmp / "ix"),
-                "--db",
-                str(tmp / "f.db"),
-                "--port",
-                str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        run, ix = build_archive(tmp, n_test=10)
+        srv, port = start_server(run, ix, tmp / "f.db")
         try:
-            for _ in range(600):
-                try:
-                    http.client.HTTPConnection("127.0.0.1", port, timeout=1).request("GET", "/healthz")
-                    break
-                except OSError:
-                    time.sleep(0.1)
             res: dict = {"idle_rss_mb": round(rss_mb(srv.pid), 1)}
             png = big_png()
             body, ctype = multipart(png, "big.png")
@@ -189,21 +158,6 @@ def main() -> None:
     print(json.dumps(res, indent=2))
     a.out.write_text(json.dumps(res, indent=2))
 
-
-BUILD = """
-import sys
-import chaiderm, torch
-from chaiderm.config import ModelConfig, RunConfig
-from chaiderm.data.records import load_table
-from chaiderm.models import build_model, save_model
-from chaiderm.pipeline import build_index
-torch.manual_seed(0)
-cfg = RunConfig(model=ModelConfig())
-m = build_model(cfg.model).eval()
-save_model(m, sys.argv[2], cfg)
-ix, _ = build_index(m, cfg, load_table(sys.argv[1]), model_dir=sys.argv[2])
-ix.save(sys.argv[3])
-"""
 
 if __name__ == "__main__":
     main()
