@@ -19,6 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evidence-bas
 console = Console(stderr=True)
 groups_app = typer.Typer(no_args_is_help=True, help="Make similarity-group CSVs for training.")
 app.add_typer(groups_app, name="groups")
+archive_app = typer.Typer(no_args_is_help=True, help="Grow, shrink and inspect an index without rebuilding it.")
+app.add_typer(archive_app, name="archive")
 
 
 def _progress() -> Progress:
@@ -293,6 +295,94 @@ def index_cmd(
     if errors:
         console.print(f"[yellow]warning:[/yellow] skipped {len(errors)} unreadable image(s), e.g. {errors[0]}")
     console.print(f"indexed {len(index)} images into {out}")
+
+
+def _index_model(index: Path, model: Path | None):
+    """The model an index was built with (or ``model``, which must be that same model)."""
+    from chaiderm.errors import ArtifactError
+    from chaiderm.index.archive import ArchiveIndex
+    from chaiderm.models.embedding import load_model
+    from chaiderm.pipeline import weights_digest
+
+    ix = ArchiveIndex.load(index)
+    run = model or Path(ix.info.get("model_dir", ""))
+    if not str(run) or not (run / "config.json").exists():
+        raise ArtifactError(f"{index}: the model it was built with is not at '{run}'; name it with --model")
+    want = ix.info.get("model_digest")
+    if want and want != weights_digest(run):
+        raise ArtifactError(f"{index}: built with another model than {run}; new cases must be embedded alike")
+    net, cfg = load_model(run)
+    return ix, net, cfg
+
+
+@archive_app.command("list")
+def archive_list_cmd(index: Annotated[Path, typer.Option(help="index folder")]) -> None:
+    """Size, model, sources and cases per diagnosis of an index."""
+    from collections import Counter
+
+    from chaiderm.index.archive import ArchiveIndex
+
+    with _errors():
+        ix = ArchiveIndex.load(index)
+    info = ix.info
+    typer.echo(f"index: {index} ({info.get('index_type', 'flat')}, {len(ix)} cases, dim {info.get('dim')})")
+    typer.echo(f"model: {info.get('model_dir', '?')} (weights {info.get('model_digest', '?')})")
+    typer.echo(f"positive class: {info.get('positive_class', '?')}; synthetic: {bool(info.get('synthetic'))}")
+    for src in info.get("sources", [info.get("source", "?")]):
+        typer.echo(f"source: {src}")
+    for d, n in Counter(ix.diagnoses).most_common():
+        typer.echo(f"  {d}: {n}")
+
+
+@archive_app.command("add")
+def archive_add_cmd(
+    index: Annotated[Path, typer.Option(help="index folder to grow")],
+    data: Annotated[Path, typer.Option(help="new cases (ISIC 2017 folder or generic folder)")],
+    split: Annotated[str | None, typer.Option(help="ISIC split (default train)")] = None,
+    groups: Path | None = None,
+    model: Annotated[Path | None, typer.Option(help="model run (default: the one the index records)")] = None,
+    skip_bad: bool = False,
+) -> None:
+    """Embed only the cases the index lacks and add them; ids and content already there are skipped."""
+    from chaiderm.data.records import is_isic2017, load_table
+    from chaiderm.pipeline import add_to_index
+
+    with _errors(skip_bad_hint=True):
+        ix, net, cfg = _index_model(index, model)
+        table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")), groups)
+        with _progress() as p:
+            task = p.add_task("embedding new cases", total=2 * len(table), info="")
+            new, messages = add_to_index(
+                ix, net, cfg, table, skip_bad=skip_bad, progress=lambda n: p.advance(task, max(n, 1))
+            )
+        if new is not ix:
+            new.save(index)  # atomic: a killed add leaves the index as it was
+    for m in messages:
+        console.print(f"note: {m}", markup=False, highlight=False)
+    console.print(f"added {len(new) - len(ix)} case(s); {index} now holds {len(new)}")
+
+
+@archive_app.command("remove")
+def archive_remove_cmd(
+    index: Annotated[Path, typer.Option(help="index folder to shrink")],
+    ids: Annotated[Path, typer.Option(help="text file, one image id per line (or a CSV with an image_id column)")],
+) -> None:
+    """Remove cases by id; the others keep their ids and order."""
+    from chaiderm.errors import DataError
+    from chaiderm.index.archive import ArchiveIndex
+
+    with _errors():
+        if not ids.exists():
+            raise DataError(ids, "file not found")
+        lines = [ln.strip() for ln in ids.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+        if lines and lines[0].split(",")[0].strip() == "image_id":
+            lines = [ln.split(",")[0].strip() for ln in lines[1:]]
+        if not lines:
+            raise DataError(ids, "no image ids in the file")
+        ix = ArchiveIndex.load(index)
+        new = ix.remove(lines)
+        new.save(index)
+    console.print(f"removed {len(ix) - len(new)} case(s); {index} now holds {len(new)}")
 
 
 @app.command()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chaiderm._io import file_digest
 from chaiderm.config import RunConfig
 from chaiderm.data.diagnoses import require_class
 from chaiderm.data.feedback import FeedbackStore, read_feedback_triplets
@@ -29,6 +29,7 @@ __all__ = [
     "FeedbackStore",
     "Predictor",
     "QueryResult",
+    "add_to_index",
     "build_index",
     "load_image",
     "read_feedback_triplets",
@@ -39,11 +40,29 @@ __all__ = [
 
 
 def weights_digest(run_dir: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(Path(run_dir) / WEIGHTS, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return file_digest(Path(run_dir) / WEIGHTS, 16)
+
+
+def embed_archive(
+    model: EmbeddingNet,
+    cfg: RunConfig,
+    table: ImageTable,
+    *,
+    store_maps: bool = True,
+    skip_bad: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, ImageTable, list[str], list[str]]:
+    """Embed archive images with the model's views: ``(embeddings, maps, the rows that loaded, their
+    content digests, messages for skipped files)``. Shared by a new index and by adding to one."""
+    check_views(cfg.model.views)  # before any image is decoded
+    images, ok, errors = prepare(
+        table.paths, cfg.model.load_size, skip_bad=skip_bad, progress=(lambda: progress(0)) if progress else None
+    )
+    table = table.subset(ok)
+    emb, maps = embed(
+        model, images, cfg.model.image_size, with_maps=store_maps, progress=progress, views=cfg.model.views
+    )
+    return emb, maps, table, [file_digest(p) for p in table.paths], errors
 
 
 def build_index(
@@ -59,15 +78,11 @@ def build_index(
     **index_params,
 ) -> tuple[ArchiveIndex, list[str]]:
     """Embed every archive image and index it; returns the index and messages for skipped files."""
-    check_views(cfg.model.views)  # before any image is decoded
+    check_views(cfg.model.views)
     # an archive without the model's positive class would vote 0 for every query: refuse it up front
     positive = require_class(cfg.train.positive_class, table.diagnoses, table.source or "archive")
-    images, ok, errors = prepare(
-        table.paths, cfg.model.load_size, skip_bad=skip_bad, progress=(lambda: progress(0)) if progress else None
-    )
-    table = table.subset(ok)
-    emb, maps = embed(
-        model, images, cfg.model.image_size, with_maps=store_maps, progress=progress, views=cfg.model.views
+    emb, maps, table, content, errors = embed_archive(
+        model, cfg, table, store_maps=store_maps, skip_bad=skip_bad, progress=progress
     )
     info = {
         "model_dir": str(Path(model_dir).resolve()),
@@ -80,6 +95,7 @@ def build_index(
         "synthetic": table.synthetic,
         "positive_class": positive,
         "skipped": len(errors),
+        "sources": [table.source],
     }
     index = ArchiveIndex.build(
         emb,
@@ -90,9 +106,69 @@ def build_index(
         maps=maps,
         kind=kind,
         info=info,
+        content=content,
         **index_params,
     )
     return index, errors
+
+
+def add_to_index(
+    index: ArchiveIndex,
+    model: EmbeddingNet,
+    cfg: RunConfig,
+    table: ImageTable,
+    *,
+    skip_bad: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[ArchiveIndex, list[str]]:
+    """Embed only the cases the archive lacks and append them; returns the new index and messages.
+
+    A case whose id is already there, or whose image file has the same content as an archive case (or an
+    earlier row of ``table``), is skipped and counted, never added twice."""
+    cfg = RunConfig.from_dict(cfg.to_dict())
+    cfg.model.views = str(index.info.get("views", "none"))  # new cases are embedded as the archive was
+    messages: list[str] = []
+    have_ids = set(index.image_ids)
+    by_id = [i for i, iid in enumerate(table.image_ids) if iid in have_ids]
+    if by_id:
+        shown = ", ".join(table.image_ids[i] for i in by_id[:5])
+        messages.append(f"{len(by_id)} case(s) already in the archive by id, skipped: {shown}")
+    seen = {c for c in index.content if c}
+    fresh, same = [], []
+    for i, (iid, path) in enumerate(zip(table.image_ids, table.paths, strict=True)):
+        if iid in have_ids:
+            continue
+        try:
+            digest = file_digest(path)
+        except OSError:
+            digest = ""  # unreadable: embedding refuses it (or skips it with --skip-bad) with its name
+        if digest and digest in seen:
+            same.append(iid)
+            continue
+        seen.add(digest)
+        fresh.append(i)
+    if same:
+        messages.append(f"{len(same)} image(s) identical to an archive case, skipped: {', '.join(same[:5])}")
+    if not fresh:
+        return index, messages
+    emb, maps, rows, content, errors = embed_archive(
+        model, cfg, table.subset(fresh), store_maps=index.maps is not None, skip_bad=skip_bad, progress=progress
+    )
+    messages += [f"skipped unreadable: {e}" for e in errors]
+    if not len(rows):
+        return index, messages
+    new = index.add(
+        emb,
+        image_ids=rows.image_ids,
+        diagnoses=rows.diagnoses,
+        groups=rows.groups,
+        paths=rows.paths,
+        maps=maps,
+        content=content,
+    )
+    new.info["sources"] = [*index.info.get("sources", [index.info.get("source", "")]), rows.source]
+    new.info["synthetic"] = bool(index.info.get("synthetic", False)) and rows.synthetic
+    return new, messages
 
 
 @dataclass
@@ -111,11 +187,16 @@ class Predictor:
     def __init__(self, model: EmbeddingNet, cfg: RunConfig, index: ArchiveIndex):
         self.model = model.eval()
         self.cfg = cfg
-        self.index = index
+        self.set_index(index)
+
+    def set_index(self, index: ArchiveIndex) -> None:
+        """Answer from ``index`` from now on (an archive that grew or shrank on disk)."""
         # every diagnosis of the archive, most frequent first: the classes a vote can speak about
         counts = Counter(index.diagnoses)
+        positive = require_class(self.cfg.train.positive_class, index.diagnoses, "archive index")
+        self.index = index
         self.classes = sorted(counts, key=lambda d: (-counts[d], d))
-        self.positive_class = require_class(cfg.train.positive_class, index.diagnoses, "archive index")
+        self.positive_class = positive
         # queries are embedded as the archive was (indexes from before the setting: single views)
         self.views = str(index.info.get("views", "none"))
 

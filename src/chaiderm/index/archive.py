@@ -24,6 +24,18 @@ from chaiderm.errors import ArtifactError
 from chaiderm.index.faiss_index import build_faiss, set_search_params
 
 
+def _relative_to(paths: list[str], home: Path) -> list[str]:
+    """Each path relative to ``home``, computed once per folder (an archive has few, and 100,000 files)."""
+    folders: dict[str, str] = {}
+    out = []
+    for p in paths:
+        folder, name = os.path.split(p)
+        if folder not in folders:
+            folders[folder] = os.path.relpath(Path(folder or ".").resolve(), home)
+        out.append(os.path.join(folders[folder], name))
+    return out
+
+
 @dataclass
 class ArchiveIndex:
     index: faiss.Index
@@ -34,6 +46,13 @@ class ArchiveIndex:
     paths: list[str]
     maps: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # sha256 prefix of each case's image file ("" where unknown: indexes from before), to refuse the same
+    # image added again under another id
+    content: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.content:
+            self.content = [""] * len(self.image_ids)
 
     @classmethod
     def build(
@@ -47,6 +66,7 @@ class ArchiveIndex:
         maps: np.ndarray | None = None,
         kind: str = "flat",
         info: dict[str, Any] | None = None,
+        content: list[str] | None = None,
         **index_params: Any,
     ) -> ArchiveIndex:
         n = len(embeddings)
@@ -68,6 +88,7 @@ class ArchiveIndex:
             list(paths),
             maps,
             meta,
+            list(content) if content is not None else [],
         )
 
     def __len__(self) -> int:
@@ -89,11 +110,80 @@ class ArchiveIndex:
             self._rows = {iid: i for i, iid in enumerate(self.image_ids)}
         return self._rows.get(image_id)
 
+    def add(
+        self,
+        embeddings: np.ndarray,
+        *,
+        image_ids: list[str],
+        diagnoses: list[str],
+        groups: list[str | None],
+        paths: list[str],
+        maps: np.ndarray | None = None,
+        content: list[str] | None = None,
+    ) -> ArchiveIndex:
+        """A new index with these cases appended: existing rows keep their place, and the search
+        structure grows without retraining (an IVF index keeps its lists and projection)."""
+        n = len(embeddings)
+        if not (len(image_ids) == len(diagnoses) == len(groups) == len(paths) == n):
+            raise ValueError("new cases' columns differ in length from their embeddings")
+        clash = sorted(set(image_ids) & set(self.image_ids))
+        if clash or len(set(image_ids)) != n:
+            raise ArtifactError(f"image ids already in the archive (or repeated): {(clash or image_ids)[:5]}")
+        if (self.maps is None) != (maps is None):
+            raise ArtifactError("this index stores evidence maps for every case or for none: give them for all")
+        index = faiss.clone_index(self.index)
+        emb = np.ascontiguousarray(embeddings, np.float32)
+        index.add(emb)
+        all_maps = None
+        if maps is not None:
+            all_maps = np.concatenate([np.asarray(self.maps, np.float16), np.asarray(maps, np.float16)])
+        info = dict(self.info, n=len(self) + n)
+        return ArchiveIndex(
+            index,
+            np.concatenate([self.embeddings, emb]),
+            self.image_ids + list(image_ids),
+            self.diagnoses + canonical_all(diagnoses),
+            self.groups + list(groups),
+            self.paths + list(paths),
+            all_maps,
+            info,
+            self.content + (list(content) if content is not None else [""] * n),
+        )
+
+    def remove(self, image_ids: list[str]) -> ArchiveIndex:
+        """A new index without these cases; the others keep their order. The search structure is
+        refilled from the stored embeddings (an IVF index keeps its trained lists and projection)."""
+        gone = set(image_ids)
+        unknown = sorted(gone - set(self.image_ids))
+        if unknown:
+            raise ArtifactError(f"not in the archive: {unknown[:5]}" + (" ..." if len(unknown) > 5 else ""))
+        keep = np.array([i for i, iid in enumerate(self.image_ids) if iid not in gone], dtype=np.int64)
+        if len(keep) == 0:
+            raise ArtifactError("removing every case would leave an empty archive")
+        emb = self.embeddings[keep]
+        if isinstance(self.index, faiss.IndexHNSW):  # a graph cannot drop nodes: build it again
+            index = build_faiss(emb, "hnsw")
+        else:
+            index = faiss.clone_index(self.index)
+            index.reset()
+            index.add(emb)
+        pick = lambda col: [col[i] for i in keep]  # noqa: E731
+        return ArchiveIndex(
+            index,
+            np.ascontiguousarray(emb),
+            pick(self.image_ids),
+            pick(self.diagnoses),
+            pick(self.groups),
+            pick(self.paths),
+            None if self.maps is None else np.asarray(self.maps[keep], np.float16),
+            dict(self.info, n=len(keep)),
+            pick(self.content),
+        )
+
     def save(self, path: str | Path) -> Path:
         # image locations relative to the index folder: the index works from any working folder, and
         # after the index and its archive move together
-        home = Path(path).resolve()
-        rel = [os.path.relpath(Path(p).resolve(), home) for p in self.paths]
+        rel = _relative_to(self.paths, Path(path).resolve())
         with atomic_dir(path) as tmp:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             np.save(tmp / "embeddings.npy", self.embeddings)
@@ -105,6 +195,7 @@ class ArchiveIndex:
                 "groups": self.groups,
                 "paths": rel,
                 "paths_relative_to": "index",
+                "content": self.content,
             }
             (tmp / "cases.json").write_text(json.dumps(cases))
             (tmp / "info.json").write_text(json.dumps(self.info, indent=2))
@@ -130,9 +221,10 @@ class ArchiveIndex:
             raise ArtifactError(f"{path}: index files disagree on the number of cases")
         ids, diagnoses, groups, paths = cols
         if cases.get("paths_relative_to") == "index":
-            home = path.resolve()
-            paths = [str(p) if Path(p).is_absolute() else str(home / p) for p in paths]
+            home = str(path.resolve())
+            paths = [os.path.normpath(os.path.join(home, p)) for p in paths]  # an absolute p stays as it is
         else:  # indexes from before: paths as given when built (absolute, or relative to that folder)
-            paths = [str(Path(p).resolve()) for p in paths]
+            paths = [os.path.abspath(p) for p in paths]
         # diagnoses as the vocabulary reads them, whatever coding the index was built from
-        return cls(index, emb, ids, canonical_all(diagnoses), groups, paths, maps=maps, info=info)
+        content = cases.get("content") or [""] * n
+        return cls(index, emb, ids, canonical_all(diagnoses), groups, paths, maps, info, content)

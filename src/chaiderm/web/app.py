@@ -40,7 +40,14 @@ def create_app(
     model_dir: str | Path, index_dir: str | Path, db_path: str | Path, *, max_upload: int = MAX_UPLOAD
 ) -> FastAPI:
     predictor = Predictor.load(model_dir, index_dir)
-    state = ViewerState(predictor, FeedbackStore(db_path), max_upload, describe(predictor, model_dir, index_dir))
+    state = ViewerState(
+        predictor,
+        FeedbackStore(db_path),
+        max_upload,
+        describe(predictor, model_dir, index_dir),
+        index_dir=Path(index_dir),
+        describe=lambda p: describe(p, model_dir, index_dir),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

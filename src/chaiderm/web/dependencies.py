@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
 
+from chaiderm.errors import ChaidermError
+from chaiderm.index.archive import ArchiveIndex
 from chaiderm.pipeline import FeedbackStore, Predictor, QueryResult
 
 # decodes at once, on their own threads: a 49-megapixel PNG takes ~200 MB while it is decoded, and
@@ -31,6 +35,41 @@ class ViewerState:
     )
     cache: OrderedDict[str, QueryResult] = field(default_factory=OrderedDict)
     cache_size: int = 64
+    index_dir: Path | None = None  # watched: an index changed on disk (`chaiderm archive`) is reloaded
+    describe: Callable[[Predictor], dict[str, Any]] | None = None
+    stamp: int = 0
+    reload_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.stamp = self._stamp() or 0
+
+    def _stamp(self) -> int | None:
+        if self.index_dir is None:
+            return None
+        try:
+            return (self.index_dir / "info.json").stat().st_mtime_ns
+        except OSError:
+            return None  # the folder is being swapped right now: keep answering from the loaded index
+
+    def refresh(self) -> None:
+        """Pick up an index that `chaiderm archive add/remove` rewrote, between requests, without a restart.
+        The rewrite is an atomic folder swap, so a load sees the old index or the new one, never a mix."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self.stamp:
+            return
+        with self.reload_lock:
+            if stamp == self.stamp:
+                return
+            try:
+                index = ArchiveIndex.load(self.index_dir)
+            except ChaidermError:
+                return  # caught mid-swap: the next request tries again
+            with self.lock:
+                self.predictor.set_index(index)
+                self.cache.clear()
+                if self.describe is not None:
+                    self.info = self.describe(self.predictor)
+            self.stamp = stamp
 
     def remember(self, key: str, result: QueryResult) -> None:
         with self.lock:
@@ -45,4 +84,6 @@ class ViewerState:
 
 
 def get_state(request: Request) -> ViewerState:
-    return request.app.state.viewer
+    state = request.app.state.viewer
+    state.refresh()
+    return state
