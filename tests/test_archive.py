@@ -89,6 +89,9 @@ def test_nothing_is_added_twice(served, parts, tmp_path):
     grown, notes = add_to_index(ix, model, cfg, load_table(copy))
     assert grown.image_ids[-1] == "new" and "renamed" not in grown.image_ids
     assert any("identical to an archive case" in n and "renamed" in n for n in notes)
+    ix.content = [""] * len(ix)  # an index from before content digests were recorded
+    grown, notes = add_to_index(ix, model, cfg, load_table(copy))
+    assert "renamed" not in grown.image_ids and any("computed content digests of 60" in n for n in notes)
 
 
 def test_approximate_index_keeps_its_lists_and_recall(served, synth_dir, tmp_path):

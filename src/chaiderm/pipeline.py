@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,6 +134,12 @@ def add_to_index(
     if by_id:
         shown = ", ".join(table.image_ids[i] for i in by_id[:5])
         messages.append(f"{len(by_id)} case(s) already in the archive by id, skipped: {shown}")
+    missing = [i for i, c in enumerate(index.content) if not c]
+    for i in missing:  # indexes from before digests were recorded: computed once, saved with the index
+        with contextlib.suppress(OSError):
+            index.content[i] = file_digest(index.paths[i])
+    if missing:
+        messages.append(f"computed content digests of {len(missing)} archive case(s) built without them")
     seen = {c for c in index.content if c}
     fresh, same = [], []
     for i, (iid, path) in enumerate(zip(table.image_ids, table.paths, strict=True)):
