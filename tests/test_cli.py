@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 from typer.testing import CliRunner
 
 from chaiderm.cli import app
@@ -237,3 +238,92 @@ def test_serve_start_up_failures_are_one_line(served, tmp_path):
             ],
         )
     assert r.exit_code == 2 and "--port" in r.output and "http://" not in r.output
+
+
+def test_query_csv_is_scored_by_the_isic_organisers_scorer(served, synth_dir, tmp_path):
+    """`query --csv` in the ISIC 2018 task 3 layout, scored by `isic-challenge-scoring`, not by us."""
+    import csv
+    import shutil
+    import warnings
+
+    import isic_challenge_scoring as isic
+
+    from chaiderm.evaluation.isic_csv import COLUMNS, write_truth
+
+    codes = ["mel", "nv", "bcc", "akiec", "bkl", "df", "vasc"]  # HAM10000's coding, read by the vocabulary
+    images = sorted((synth_dir / "train" / "images").glob("*.png"))[:105]
+    arch, queries = tmp_path / "arch", tmp_path / "q"
+    (arch / "images").mkdir(parents=True)
+    queries.mkdir()
+    with open(arch / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image_id", "diagnosis"])
+        for j, img in enumerate(images[:70]):
+            shutil.copy(img, arch / "images")
+            w.writerow([img.stem, codes[j % 7]])
+    q_ids, q_truth = [], []
+    for j, img in enumerate(images[70:]):
+        shutil.copy(img, queries / f"ISIC_{j:07d}.png")
+        q_ids.append(f"ISIC_{j:07d}")
+        q_truth.append(
+            [
+                "melanoma",
+                "nevus",
+                "basal_cell_carcinoma",
+                "actinic_keratosis",
+                "benign_keratosis",
+                "dermatofibroma",
+                "vascular_lesion",
+            ][j % 7]
+        )
+    ix = tmp_path / "ix"
+    assert (
+        runner.invoke(app, ["index", "--model", str(served / "run"), "--data", str(arch), "--out", str(ix)]).exit_code
+        == 0
+    )
+    pred = tmp_path / "pred.csv"
+    args = ["query", *map(str, sorted(queries.iterdir())), "--model", str(served / "run"), "--index", str(ix)]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "rep"), "--csv", str(pred), "--csv-format", "isic2018"])
+    assert r.exit_code == 0, r.output
+    header = pred.read_text().splitlines()[0].split(",")
+    assert header == ["image", *COLUMNS["isic2018"]]
+    truth = tmp_path / "truth.csv"
+    write_truth(truth, q_ids, q_truth, "isic2018")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        score = isic.ClassificationScore.from_file(truth, pred, isic.ClassificationMetric.BALANCED_ACCURACY)
+    # the organisers' balanced accuracy, checked against an independent computation on the same files
+    with open(pred) as fh:
+        rows = {r["image"]: r for r in csv.DictReader(fh)}
+    cols = COLUMNS["isic2018"]
+
+    def label(r):  # the organisers' rule: a tie between top columns is "undecided", i.e. wrong
+        top = max(float(r[c]) for c in cols)
+        best = [c for c in cols if float(r[c]) == top]
+        return best[0] if len(best) == 1 else "undecided"
+
+    y_pred = [label(rows[i]) for i in q_ids]
+    with open(truth) as fh:
+        y_true = [max(cols, key=lambda c, r=r: float(r[c])) for r in csv.DictReader(fh)]
+    recall = [np.mean([p == t for p, t in zip(y_pred, y_true, strict=True) if t == c]) for c in cols]
+    assert abs(score.overall - np.mean(recall)) < 1e-9
+    per_category = score.to_dict()["per_category"]  # their per-diagnosis AUC, one per column
+    assert set(per_category["auc"]) == set(cols) and all(0 <= v <= 1 for v in per_category["auc"].values())
+    # the 2019 layout takes every diagnosis; a diagnosis the 2018 layout lacks is refused by name
+    r = runner.invoke(
+        app,
+        [
+            *args[:2],
+            "--model",
+            str(served / "run"),
+            "--index",
+            str(served / "ix"),
+            "--out",
+            str(tmp_path / "rep2"),
+            "--csv",
+            str(tmp_path / "x.csv"),
+            "--csv-format",
+            "isic2017",
+        ],
+    )
+    assert r.exit_code == 2 and "--csv-format: 'isic2017'" in r.output

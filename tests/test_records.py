@@ -96,3 +96,53 @@ def test_real_isic2017_counts():
 def test_real_ham10000_layout():
     t = read_folder(SHARED / "ham10000_dev")
     assert len(t) == 1108 and t.has_masks
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        ("melanoma", "melanoma"),
+        ("MEL", "melanoma"),
+        ("mel", "melanoma"),
+        ("Malignant Melanoma", "melanoma"),
+        ("nv", "nevus"),
+        ("NV", "nevus"),
+        ("Melanocytic nevus", "nevus"),
+        ("naevus", "nevus"),
+        ("bcc", "basal_cell_carcinoma"),
+        ("Basal-Cell_Carcinoma", "basal_cell_carcinoma"),
+        ("akiec", "actinic_keratosis"),
+        ("AK", "actinic_keratosis"),
+        ("bkl", "benign_keratosis"),
+        ("seborrheic_keratosis", "seborrheic_keratosis"),
+        ("df", "dermatofibroma"),
+        ("VASC", "vascular_lesion"),
+        ("scc", "squamous_cell_carcinoma"),
+        ("unk", "unknown"),
+        ("Blue Nevus", "blue_nevus"),
+    ],
+)
+def test_diagnosis_vocabulary(raw, name):
+    from chaiderm.data.diagnoses import canonical
+
+    assert canonical(raw) == name
+
+
+def test_a_missing_positive_class_is_refused_with_what_there_is():
+    from chaiderm.data.diagnoses import require_class
+
+    assert require_class("MEL", ["melanoma", "nevus"], "x") == "melanoma"
+    with pytest.raises(DataError, match=r"'melanoma'.*nevus \(2\), bcc") as e:
+        require_class("melanoma", ["nevus", "nevus", "bcc"], "labels.csv")
+    assert str(e.value).startswith("labels.csv:")
+
+
+def test_isic_csv_columns():
+    from chaiderm.evaluation.isic_csv import row
+
+    r = row({"seborrheic_keratosis": 0.3, "benign_keratosis": 0.2, "melanoma": 0.5}, "isic2019")
+    assert r["BKL"] == 0.5 and r["MEL"] == 0.5 and sum(r.values()) == 1.0 and list(r)[-1] == "UNK"
+    assert row({"blue_nevus": 1.0}, "isic2019")["UNK"] == 1.0
+    assert row({"actinic_keratosis": 1.0}, "isic2018")["AKIEC"] == 1.0
+    with pytest.raises(DataError, match="no column in the isic2018 layout"):
+        row({"squamous_cell_carcinoma": 1.0}, "isic2018")

@@ -392,9 +392,16 @@ def query(
     index: Annotated[Path, typer.Option(help="index folder")],
     out: Annotated[Path, typer.Option(help="report folder")] = Path("chaiderm-query"),
     k: int = 10,
+    csv: Annotated[
+        Path | None, typer.Option(help="also write the predictions in the ISIC challenge's task 3 CSV layout")
+    ] = None,
+    csv_format: Annotated[str, typer.Option(help="isic2019 (MEL ... SCC, UNK) or isic2018 (MEL ... VASC)")] = (
+        "isic2019"
+    ),
 ) -> None:
     """Classify images by kNN vote and write JSON + HTML evidence reports."""
     from chaiderm.data.images import load_image
+    from chaiderm.evaluation import isic_csv
     from chaiderm.evidence.report import write_query_report
     from chaiderm.pipeline import Predictor
 
@@ -402,6 +409,9 @@ def query(
         raise _fail(f"--k must be between 1 and 1000 (the number of nearest archive cases that vote), not {k}")
     with _errors():
         predictor = Predictor.load(model, index)
+        if csv is not None:  # refuse a layout the archive's diagnoses do not fit before any query runs
+            for d in predictor.classes:
+                isic_csv.code_of(d, csv_format)
         results = []
         for path in images:
             img = load_image(path)
@@ -417,6 +427,8 @@ def query(
                 res.rams,
             )
             results.append((path.name, res.prediction))
+        if csv is not None:
+            isic_csv.write_predictions(csv, [(p.image_id, p.class_probabilities) for _, p in results], csv_format)
     for name, pred in results:
         dist = " ".join(f"{d}={p:.3f}" for d, p in pred.class_probabilities.items())
         typer.echo(f"{name}\t{pred.positive_class}_probability={pred.positive_probability:.3f}\t{dist}")
