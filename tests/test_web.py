@@ -239,3 +239,24 @@ def test_queries_are_embedded_with_the_views_the_index_was_built_with(synth_dir,
     cfg.model.views = "rot90"
     with pytest.raises(DataError, match="views: 'rot90'"):
         build_index(model, cfg, table, model_dir=tmp_path / "run")
+
+
+def test_stored_queries_keep_no_exif(client, synth_dir):
+    img = Image.open(io.BytesIO(_png(synth_dir))).convert("RGB")
+    exif = img.getexif()
+    exif[0x013B] = "Dr. Example, Clinic X"  # Artist
+    exif[0x0112] = 6  # orientation: turned
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif.tobytes())
+    sent = buf.getvalue()
+    r = client.post("/api/query", files={"image": ("q.jpg", sent, "image/jpeg")})
+    assert r.status_code == 200
+    from chaiderm.data.feedback import content_id
+
+    qid = r.json()["query_id"]
+    assert qid == content_id(sent)  # the same upload is the same query
+    blob = sqlite3.connect(client.db).execute("SELECT image FROM queries WHERE query_id = ?", (qid,)).fetchone()[0]
+    assert b"Dr. Example" not in blob and b"Exif" not in blob
+    stored = Image.open(io.BytesIO(blob))
+    assert not stored.getexif() and not stored.info.get("exif")
+    assert client.get(f"/api/query/{qid}", params={"k": 5}).status_code == 200  # still answers from it

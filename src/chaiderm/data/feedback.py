@@ -76,10 +76,11 @@ class FeedbackStore:
         finally:
             con.close()
 
-    def add_query(self, image: bytes, archive_id: str | None = None) -> str:
+    def add_query(self, image: bytes, archive_id: str | None = None, *, query_id: str | None = None) -> str:
         """Store a queried image (once per content); ``archive_id`` marks an archive case queried as
-        itself, which every later search of this query excludes."""
-        qid = content_id(image)
+        itself, which every later search of this query excludes. ``query_id`` (default: the content id
+        of ``image``) lets a caller keep the id of the bytes it received while storing others."""
+        qid = query_id or content_id(image)
         with self._connect() as con:
             con.execute(
                 "INSERT OR IGNORE INTO queries(query_id, image, created, archive_id) VALUES (?, ?, ?, ?)",

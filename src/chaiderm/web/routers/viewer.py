@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Upload
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
+from chaiderm.data.feedback import content_id
 from chaiderm.data.images import UPLOAD_FORMATS
 from chaiderm.errors import DataError
 from chaiderm.evidence.render import MAP_STYLES
@@ -58,10 +59,10 @@ def _decode(state: ViewerState, data: bytes, name: str) -> np.ndarray:
     return state.decoder.submit(_decode_here, state, data, name).result()
 
 
-def _store(call, *args):
+def _store(call, *args, **kwargs):
     """Run a database call; a locked or failing database is a 503 the page shows, never a hang."""
     try:
-        return call(*args)
+        return call(*args, **kwargs)
     except DataError as e:
         if e.code != "unavailable":
             raise
@@ -145,7 +146,12 @@ async def post_query(
     else:
         raise HTTPException(422, detail="send an image file (field 'image') or an archive_id")
     decoded = await asyncio.wrap_future(state.decoder.submit(_decode_here, state, data, name))
-    query_id = await run_in_threadpool(_store, state.store.add_query, data, archive_id if image is None else None)
+    # kept: the pixels as decoded (orientation applied), re-encoded without the upload's EXIF or other
+    # metadata (GPS, camera owner, dates); the id stays that of the bytes received
+    kept = await run_in_threadpool(to_png_bytes, decoded)
+    query_id = await run_in_threadpool(
+        _store, state.store.add_query, kept, archive_id if image is None else None, query_id=content_id(data)
+    )
     res = await run_in_threadpool(_predict, state, query_id, decoded, k, archive_id if image is None else None)
     return _to_out(query_id, res, archive_id if image is None else None)
 
