@@ -25,10 +25,12 @@ def _split(synth_dir, root, ids):
         rows = {r["image_id"]: r for r in csv.DictReader(fh)}
     with open(root / "labels.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["image_id", "diagnosis", "group"])
-        for i in ids:
+        w.writerow(["image_id", "diagnosis", "group", "age_approx", "sex"])
+        for n, i in enumerate(ids):
             shutil.copy(synth_dir / "train" / "images" / f"{i}.png", root / "images")
-            w.writerow([i, rows[i]["diagnosis"], rows[i]["group"]])
+            w.writerow(
+                [i, rows[i]["diagnosis"], rows[i]["group"], 20 + int(i[-3:]) % 60, "female" if n % 2 else "male"]
+            )
     return root
 
 
@@ -70,6 +72,8 @@ def test_add_then_remove_equal_a_fresh_build(served, synth_dir, parts, tmp_path)
     d1, n1 = _neighbours(shrunk, q)
     d2, n2 = _neighbours(rebuilt, q)
     assert shrunk.image_ids == kept and n1 == n2 and np.allclose(d1, d2)
+    # metadata travels with its case through the build, the add and the removal
+    assert [m["age"] for m in shrunk.metadata] == [str(20 + int(i[-3:]) % 60) for i in kept]
     assert len(shrunk.maps) == len(kept) and all(g not in shrunk.image_ids for g in gone)
     with pytest.raises(ArtifactError, match="not in the archive"):
         shrunk.remove(["SYN_nope"])
@@ -127,6 +131,8 @@ def test_archive_cli_and_a_running_viewer_sees_the_change(served, parts, tmp_pat
         assert r.exit_code == 0 and "added 30 case(s)" in r.output, r.output
         assert c.get("/healthz").json()["archive"] == 90  # no restart
         assert c.get(f"/api/images/{ids[75]}").status_code == 200
+        q = c.post("/api/query", data={"archive_id": ids[75], "k": "5"}).json()
+        assert all(set(n["metadata"]) == {"age", "sex"} for n in q["neighbors"])
         r = runner.invoke(app, ["archive", "add", "--index", str(ix), "--data", str(b)])
         assert r.exit_code == 0 and "already in the archive" in r.output and "added 0" in r.output
         (tmp_path / "gone.txt").write_text("\n".join(ids[:5]) + "\n")

@@ -170,9 +170,9 @@ def _hostile_archive(synth_dir: Path, root: Path) -> Path:
         iid = f"case{j}" if j % 6 else f'c{j}<svg onload="document.title=1">'
         shutil.copy(src, root / "images" / f"{iid}.png")
         diagnosis = "melanoma" if j % 2 else XSS
-        rows.append((iid, diagnosis, XSS if j % 3 else f"g{j}"))
+        rows.append((iid, diagnosis, XSS if j % 3 else f"g{j}", XSS))
     with open(root / "labels.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([("image_id", "diagnosis", "group"), *rows])
+        csv.writer(fh).writerows([("image_id", "diagnosis", "group", "attribution"), *rows])
     return root
 
 
@@ -187,6 +187,7 @@ def _no_script_runs(page, url, data):
     assert page.title() == "chaiderm evidence viewer" and not dialogs
     assert page.locator("#neighbors img[src='x'], #neighbors script, #neighbors svg").count() == 0
     assert "<img src=x" in page.inner_text("#neighbors")  # shown as the text it is
+    assert "\u00a9 <img src=x" in page.inner_text("#neighbors .attr >> nth=0")  # attribution, as text too
 
 
 def test_script_in_labels_does_not_run_in_the_viewer(browser, synth_dir, tmp_path):

@@ -146,3 +146,32 @@ def test_isic_csv_columns():
     assert row({"actinic_keratosis": 1.0}, "isic2018")["AKIEC"] == 1.0
     with pytest.raises(DataError, match="no column in the isic2018 layout"):
         row({"squamous_cell_carcinoma": 1.0}, "isic2018")
+
+
+def test_metadata_from_extra_label_columns(tmp_path):
+    (tmp_path / "images").mkdir()
+    for i in ("a", "b"):
+        Image.new("RGB", (32, 32)).save(tmp_path / "images" / f"{i}.png")
+    (tmp_path / "labels.csv").write_text(
+        "image_id,diagnosis,age_approx,sex,anatom_site_general,lesion_id,attribution,copyright_license,notes\n"
+        "a,mel,55,female,back,HAM_1,Clinic A,CC-BY-NC,x\n"
+        "b,nv,unknown,,lower extremity,HAM_2,,CC-0,y\n"
+    )
+    t = read_folder(tmp_path)
+    assert t.metadata[0] == {
+        "age": "55",
+        "sex": "female",
+        "site": "back",
+        "lesion_id": "HAM_1",
+        "attribution": "Clinic A",
+        "license": "CC-BY-NC",
+    }
+    assert t.metadata[1] == {"site": "lower extremity", "lesion_id": "HAM_2", "license": "CC-0"}
+    assert t.subset([1]).metadata == [t.metadata[1]]
+
+
+@pytest.mark.skipif(not (SHARED / "isic2017").exists(), reason="ISIC 2017 data not present")
+def test_isic2017_metadata_age_and_sex():
+    t = read_isic2017(SHARED / "isic2017", "train")
+    assert t.metadata[t.image_ids.index("ISIC_0000000")] == {"age": "55", "sex": "female"}
+    assert sum(bool(m) for m in t.metadata) > 1700  # 2000 images; some have neither age nor sex

@@ -16,6 +16,7 @@ class Neighbor:
     group: str | None
     distance: float  # squared Euclidean, as in the paper's D()
     image_path: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)  # age, sex, site, attribution, license...
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -108,6 +108,7 @@ def build_index(
         kind=kind,
         info=info,
         content=content,
+        metadata=table.metadata,
         **index_params,
     )
     return index, errors
@@ -172,6 +173,7 @@ def add_to_index(
         paths=rows.paths,
         maps=maps,
         content=content,
+        metadata=rows.metadata,
     )
     new.info["sources"] = [*index.info.get("sources", [index.info.get("source", "")]), rows.source]
     new.info["synthetic"] = bool(index.info.get("synthetic", False)) and rows.synthetic
@@ -265,6 +267,7 @@ class Predictor:
                 group=self.index.groups[i],
                 distance=float(d),
                 image_path=self.index.paths[i],
+                metadata=dict(self.index.metadata[i]),
             )
             for r, (i, d) in enumerate(zip(idx, dist, strict=True))
         ]

@@ -86,9 +86,12 @@ def render_html(record: dict[str, Any]) -> str:
     cards, pairs = [], []
     for n in record["neighbors"]:
         cls = "mel" if n["diagnosis"] == pos else ""
+        meta = n.get("metadata") or {}
+        about = ", ".join(e(str(meta[f])) for f in ("sex", "age", "site") if f in meta)
+        credit = f"<br>&copy; {e(str(meta['attribution']))}" if meta.get("attribution") else ""
         label = (
             f"#{n['rank']} {e(n['image_id'])}<br>{e(n['diagnosis'])}<br>{e(str(n['group'] or '-'))}"
-            f"<br>d={n['distance']:.3f}"
+            f"<br>d={n['distance']:.3f}" + (f"<br>{about}" if about else "") + credit
         )
         cards.append(
             f'<figure class="{cls}"><img src="{e(n["image"])}" alt="result {n["rank"]}">'

@@ -49,10 +49,13 @@ class ArchiveIndex:
     # sha256 prefix of each case's image file ("" where unknown: indexes from before), to refuse the same
     # image added again under another id
     content: list[str] = field(default_factory=list)
+    metadata: list[dict[str, str]] = field(default_factory=list)  # per case (data.records.METADATA_ALIASES)
 
     def __post_init__(self) -> None:
         if not self.content:
             self.content = [""] * len(self.image_ids)
+        if not self.metadata:
+            self.metadata = [{} for _ in self.image_ids]
 
     @classmethod
     def build(
@@ -67,6 +70,7 @@ class ArchiveIndex:
         kind: str = "flat",
         info: dict[str, Any] | None = None,
         content: list[str] | None = None,
+        metadata: list[dict[str, str]] | None = None,
         **index_params: Any,
     ) -> ArchiveIndex:
         n = len(embeddings)
@@ -89,6 +93,7 @@ class ArchiveIndex:
             maps,
             meta,
             list(content) if content is not None else [],
+            list(metadata) if metadata is not None else [],
         )
 
     def __len__(self) -> int:
@@ -120,6 +125,7 @@ class ArchiveIndex:
         paths: list[str],
         maps: np.ndarray | None = None,
         content: list[str] | None = None,
+        metadata: list[dict[str, str]] | None = None,
     ) -> ArchiveIndex:
         """A new index with these cases appended: existing rows keep their place, and the search
         structure grows without retraining (an IVF index keeps its lists and projection)."""
@@ -148,6 +154,7 @@ class ArchiveIndex:
             all_maps,
             info,
             self.content + (list(content) if content is not None else [""] * n),
+            self.metadata + (list(metadata) if metadata is not None else [{} for _ in range(n)]),
         )
 
     def remove(self, image_ids: list[str]) -> ArchiveIndex:
@@ -178,6 +185,7 @@ class ArchiveIndex:
             None if self.maps is None else np.asarray(self.maps[keep], np.float16),
             dict(self.info, n=len(keep)),
             pick(self.content),
+            pick(self.metadata),
         )
 
     def save(self, path: str | Path) -> Path:
@@ -196,6 +204,7 @@ class ArchiveIndex:
                 "paths": rel,
                 "paths_relative_to": "index",
                 "content": self.content,
+                "metadata": self.metadata,
             }
             (tmp / "cases.json").write_text(json.dumps(cases))
             (tmp / "info.json").write_text(json.dumps(self.info, indent=2))
@@ -227,4 +236,5 @@ class ArchiveIndex:
             paths = [os.path.abspath(p) for p in paths]
         # diagnoses as the vocabulary reads them, whatever coding the index was built from
         content = cases.get("content") or [""] * n
-        return cls(index, emb, ids, canonical_all(diagnoses), groups, paths, maps, info, content)
+        metadata = cases.get("metadata") or [{} for _ in range(n)]
+        return cls(index, emb, ids, canonical_all(diagnoses), groups, paths, maps, info, content, metadata)

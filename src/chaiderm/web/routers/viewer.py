@@ -101,6 +101,7 @@ def _to_out(query_id: str, res: QueryResult, archive_id: str | None) -> QueryOut
                 diagnosis=n.diagnosis,
                 group=n.group,
                 distance=n.distance,
+                metadata=n.metadata,
                 image_url=f"/api/images/{quote(n.image_id, safe='')}",
                 qam_url=f"/api/maps/{q}/{quote(n.image_id, safe='')}/qam.png",
                 ram_url=f"/api/maps/{q}/{quote(n.image_id, safe='')}/ram.png",

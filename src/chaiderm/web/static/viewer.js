@@ -83,7 +83,11 @@ function card(q, n, pos) {
   const enlarge = el("button", {class: "zoom", type: "button"}, "enlarge");
   enlarge.addEventListener("click", (ev) => { ev.stopPropagation(); zoom(n); });
   c.append(img, el("div", {}, `#${n.rank} ${words(n.diagnosis)}`),
-    el("div", {}, `${n.group ?? "-"} \u00b7 d=${n.distance.toPrecision(3)}`), enlarge, el("br"));
+    el("div", {}, `${n.group ?? "-"} \u00b7 d=${n.distance.toPrecision(3)}`));
+  const about = describeCase(n.metadata || {});
+  if (about) c.append(el("div", {class: "meta"}, about));
+  if (n.metadata && n.metadata.attribution) c.append(el("div", {class: "attr"}, "\u00a9 " + n.metadata.attribution));
+  c.append(enlarge, el("br"));
   for (const [rel, label] of [["1", "similar"], ["0", "not similar"]]) {
     const b = el("button", {class: "sim", type: "button"}, label);
     b.dataset.rel = rel;
@@ -95,9 +99,23 @@ function card(q, n, pos) {
   return c;
 }
 
+// what the archive knows of a case, in words: "female, 55 y, back"
+function describeCase(m) {
+  const parts = [];
+  if (m.sex) parts.push(m.sex);
+  if (m.age) parts.push(`${m.age} y`);
+  if (m.site) parts.push(words(m.site));
+  if (m.lesion_id) parts.push(`lesion ${m.lesion_id}`);
+  return parts.join(", ");
+}
+
 function zoom(n) {
   $("zoomimg").src = n.image_url;
-  $("zoomcap").textContent = `#${n.rank} ${n.image_id}: ${words(n.diagnosis)}, group ${n.group ?? "-"}, d=${n.distance.toPrecision(3)}`;
+  const m = n.metadata || {};
+  const extra = [describeCase(m), m.attribution ? "\u00a9 " + m.attribution : "", m.license ? "licence " + m.license : ""]
+    .filter((x) => x).join(" \u00b7 ");
+  $("zoomcap").textContent = `#${n.rank} ${n.image_id}: ${words(n.diagnosis)}, group ${n.group ?? "-"}, ` +
+    `d=${n.distance.toPrecision(3)}` + (extra ? " \u00b7 " + extra : "");
   $("zoom").showModal();
 }
 
