@@ -392,6 +392,9 @@ def query(
     index: Annotated[Path, typer.Option(help="index folder")],
     out: Annotated[Path, typer.Option(help="report folder")] = Path("chaiderm-query"),
     k: int = 10,
+    where: Annotated[
+        str | None, typer.Option(help='only archive cases that pass, e.g. "sex = female and age >= 50"')
+    ] = None,
     csv: Annotated[
         Path | None, typer.Option(help="also write the predictions in the ISIC challenge's task 3 CSV layout")
     ] = None,
@@ -415,7 +418,7 @@ def query(
         results = []
         for path in images:
             img = load_image(path)
-            res = predictor.predict(img, k=k, image_id=path.stem)
+            res = predictor.predict(img, k=k, image_id=path.stem, where=where)
             neigh = predictor.neighbor_images(res)
             write_query_report(
                 out,

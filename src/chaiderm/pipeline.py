@@ -17,10 +17,11 @@ from chaiderm.data.feedback import FeedbackStore, read_feedback_triplets
 from chaiderm.data.images import load_image
 from chaiderm.data.records import ImageTable
 from chaiderm.data.transforms import prepare, resize_square
-from chaiderm.errors import ArtifactError
+from chaiderm.errors import ArtifactError, DataError
 from chaiderm.evidence.maps import activation_map_pairs
 from chaiderm.evidence.render import render_heatmap, to_png_bytes
 from chaiderm.index.archive import ArchiveIndex
+from chaiderm.index.filters import parse_where
 from chaiderm.index.knn import class_distribution
 from chaiderm.interfaces import Neighbor, Prediction
 from chaiderm.models.embedding import WEIGHTS, EmbeddingNet, check_views, load_model
@@ -247,18 +248,42 @@ class Predictor:
         image_id: str = "query",
         evidence: bool = True,
         exclude_id: str | None = None,
+        where: str | None = None,
     ) -> QueryResult:
-        """Classify one decoded RGB image by kNN vote, with its neighbours and QAM/RAM pairs."""
+        """Classify one decoded RGB image by kNN vote, with its neighbours and QAM/RAM pairs.
+
+        ``where`` (``index.filters``) restricts the archive: the k nearest among the cases that pass."""
         if k < 1:
             raise ValueError("k must be at least 1")
+        classes = self.classes
+        rows = None
+        if where:
+            flt = parse_where(where, self.index.diagnoses, self.index.metadata)
+            passing = flt.mask(self.index.diagnoses, self.index.metadata)
+            if exclude_id is not None and self.index.row_of(exclude_id) is not None:
+                passing[self.index.row_of(exclude_id)] = False
+            rows = np.flatnonzero(passing)
+            present = {self.index.diagnoses[r] for r in rows}
+            if self.positive_class not in present:
+                raise DataError(
+                    None,
+                    f"--where: no {self.positive_class} among the {len(rows)} case(s) that pass '{where}': "
+                    "the vote could only say 0",
+                    code="bad_filter",
+                )
+            classes = [c for c in self.classes if c in present]
         square = self.square(image)
         g, e = self.embed_square(square[None])
-        extra = 1 if exclude_id is not None else 0
-        dist, idx = self.index.search(e, k + extra)
-        dist, idx = dist[0], idx[0]
-        keep = [j for j in range(len(idx)) if idx[j] >= 0 and self.index.image_ids[idx[j]] != exclude_id][:k]
-        dist, idx = dist[keep], idx[keep]
-        probs = class_distribution([self.index.diagnoses[i] for i in idx], self.classes)
+        if rows is not None:
+            dist, idx = self.index.search_among(e, k, rows)
+            dist, idx = dist[0], idx[0]
+        else:
+            extra = 1 if exclude_id is not None else 0
+            dist, idx = self.index.search(e, k + extra)
+            dist, idx = dist[0], idx[0]
+            keep = [j for j in range(len(idx)) if idx[j] >= 0 and self.index.image_ids[idx[j]] != exclude_id][:k]
+            dist, idx = dist[keep], idx[keep]
+        probs = class_distribution([self.index.diagnoses[i] for i in idx], classes)
         neighbors = [
             Neighbor(
                 rank=r + 1,

@@ -103,6 +103,21 @@ class ArchiveIndex:
         k = min(k, len(self))
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
+    def search_among(self, queries: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k nearest among ``rows`` only (not a search followed by a cut, which could return fewer
+        than k or miss the true neighbours). The exact index searches through a FAISS id selector; the
+        approximate kinds compute the distances to those rows directly."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        rows = np.asarray(rows, dtype=np.int64)
+        k = min(k, len(rows))
+        if isinstance(self.index, faiss.IndexFlat):
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(rows))
+            return self.index.search(q, k, params=params)
+        sub = self.embeddings[rows]
+        d = (q * q).sum(1)[:, None] - 2 * q @ sub.T + (sub * sub).sum(1)[None]
+        order = np.argsort(d, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(d, order, 1).clip(min=0).astype(np.float32), rows[order]
+
     def set_search_params(self, **kw: Any) -> None:
         set_search_params(self.index, **kw)
 

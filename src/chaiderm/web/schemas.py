@@ -25,6 +25,7 @@ class QueryOut(BaseModel):
     class_probabilities: dict[str, float]  # every diagnosis of the archive, largest share first
     summary: str  # the vote in words: "7 of 10 nearest cases: melanoma; 3 nevus"
     archive_id: str | None = None  # set when the query is an archive case (then never its own neighbour)
+    where: str | None = None  # the filter the neighbours passed (index.filters), if any
     k: int
     query_image_url: str
     neighbors: list[NeighborOut]

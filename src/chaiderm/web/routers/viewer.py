@@ -71,17 +71,22 @@ def _store(call, *args, **kwargs):
         ) from None
 
 
-def _predict(state: ViewerState, query_id: str, image: np.ndarray, k: int, exclude: str | None) -> QueryResult:
+def _predict(
+    state: ViewerState, query_id: str, image: np.ndarray, k: int, exclude: str | None, where: str | None = None
+) -> QueryResult:
     try:
         with state.lock:
-            res = state.predictor.predict(image, k=k, image_id=query_id, exclude_id=exclude)
-    except DataError as e:  # an index without stored maps whose archive image has gone
+            res = state.predictor.predict(image, k=k, image_id=query_id, exclude_id=exclude, where=where)
+    except DataError as e:
+        if e.code == "bad_filter":
+            raise HTTPException(422, detail=str(e)) from None
+        # an index without stored maps whose archive image has gone
         raise HTTPException(500, detail=f"the archive is incomplete: {e}") from None
     state.remember(query_id, res)
     return res
 
 
-def _to_out(query_id: str, res: QueryResult, archive_id: str | None) -> QueryOut:
+def _to_out(query_id: str, res: QueryResult, archive_id: str | None, where: str | None = None) -> QueryOut:
     p = res.prediction
     q = quote(query_id, safe="")
     return QueryOut(
@@ -92,6 +97,7 @@ def _to_out(query_id: str, res: QueryResult, archive_id: str | None) -> QueryOut
         class_probabilities=p.class_probabilities,
         summary=p.summary(),
         archive_id=archive_id,
+        where=where or None,
         k=p.k,
         query_image_url=f"/api/queries/{q}/image.png",
         neighbors=[
@@ -134,6 +140,7 @@ async def post_query(
     image: Annotated[UploadFile | None, File()] = None,
     k: Annotated[int, Form()] = 10,
     archive_id: Annotated[str | None, Form(max_length=256)] = None,
+    where: Annotated[str | None, Form(max_length=500)] = None,
 ) -> QueryOut:
     _check_k(k)
     if image is not None:
@@ -153,8 +160,9 @@ async def post_query(
     query_id = await run_in_threadpool(
         _store, state.store.add_query, kept, archive_id if image is None else None, query_id=content_id(data)
     )
-    res = await run_in_threadpool(_predict, state, query_id, decoded, k, archive_id if image is None else None)
-    return _to_out(query_id, res, archive_id if image is None else None)
+    exclude = archive_id if image is None else None
+    res = await run_in_threadpool(_predict, state, query_id, decoded, k, exclude, where)
+    return _to_out(query_id, res, exclude, where)
 
 
 def _stored(state: ViewerState, query_id: str) -> tuple[bytes, str | None]:
@@ -165,12 +173,18 @@ def _stored(state: ViewerState, query_id: str) -> tuple[bytes, str | None]:
 
 
 @router.get("/api/query/{query_id}", response_model=QueryOut)
-def get_query(query_id: str, state: State, k: Annotated[int, Query()] = 10) -> QueryOut:
-    """The same query with another k, without uploading it again (an archive case still excludes itself)."""
+def get_query(
+    query_id: str,
+    state: State,
+    k: Annotated[int, Query()] = 10,
+    where: Annotated[str | None, Query(max_length=500)] = None,
+) -> QueryOut:
+    """The same query with another k or filter, without uploading it again (an archive case still
+    excludes itself)."""
     _check_k(k)
     data, archive_id = _stored(state, query_id)
-    res = _predict(state, query_id, _decode(state, data, f"stored query '{query_id}'"), k, archive_id)
-    return _to_out(query_id, res, archive_id)
+    res = _predict(state, query_id, _decode(state, data, f"stored query '{query_id}'"), k, archive_id, where)
+    return _to_out(query_id, res, archive_id, where)
 
 
 def _result(state: ViewerState, query_id: str) -> QueryResult:

@@ -45,13 +45,16 @@ async function run(url, options, name) {
 
 function send(form, name) {
   form.append("k", $("k").value);
+  if ($("where").value.trim()) form.append("where", $("where").value.trim());
   run("/api/query", {method: "POST", body: form}, name);
 }
 
 function reQuery() {
   if (!current) return;
   const name = current.name;
-  run(`/api/query/${encodeURIComponent(current.query_id)}?k=${encodeURIComponent($("k").value)}`, undefined, name);
+  const where = $("where").value.trim();
+  run(`/api/query/${encodeURIComponent(current.query_id)}?k=${encodeURIComponent($("k").value)}` +
+    (where ? `&where=${encodeURIComponent(where)}` : ""), undefined, name);
 }
 
 function render(q, name) {
@@ -61,7 +64,7 @@ function render(q, name) {
   $("result").hidden = false;
   $("qthumb").src = q.query_image_url;
   $("qname").textContent = "query: " + name;
-  $("summary").textContent = q.summary;
+  $("summary").textContent = q.summary + (q.where ? ` (among cases where ${q.where})` : "");
   $("prob").textContent = `${words(pos)} probability ${q.positive_probability.toFixed(2)} (k = ${q.k})`;
   const body = $("dist").tBodies[0];
   for (const [d, p] of Object.entries(q.class_probabilities)) {
@@ -171,6 +174,7 @@ document.addEventListener("DOMContentLoaded", () => {
     $("qam").src = mapUrl(current.selected.qam_url); $("ram").src = mapUrl(current.selected.ram_url); } });
   $("k").addEventListener("input", () => { $("kval").textContent = $("k").value; });
   $("k").addEventListener("change", reQuery);
+  $("where").addEventListener("change", reQuery);
   $("file").addEventListener("change", () => {
     const f = $("file").files[0];
     if (!f) return;
