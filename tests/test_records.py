@@ -175,3 +175,67 @@ def test_isic2017_metadata_age_and_sex():
     t = read_isic2017(SHARED / "isic2017", "train")
     assert t.metadata[t.image_ids.index("ISIC_0000000")] == {"age": "55", "sex": "female"}
     assert sum(bool(m) for m in t.metadata) > 1700  # 2000 images; some have neither age nor sex
+
+
+def _isic_cli_folder(root, rows):
+    root.mkdir()
+    header = (
+        "isic_id,attribution,copyright_license,age_approx,anatom_site_general,"
+        "diagnosis_1,diagnosis_2,diagnosis_3,lesion_id,patient_id,sex"
+    )
+    lines = [header]
+    for r in rows:
+        Image.new("RGB", (40, 30), (120, 80, 60)).save(root / f"{r[0]}.jpg")
+        lines.append(",".join(r))
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    (root / "attribution.txt").write_text("Clinic A\n\nAnonymous")
+    return root
+
+
+def test_isic_cli_download_folder(tmp_path):
+    root = _isic_cli_folder(
+        tmp_path / "isic",
+        [
+            (
+                "ISIC_0000001",
+                "Clinic A",
+                "CC-BY",
+                "55",
+                "posterior torso",
+                "Malignant",
+                "Malignant melanocytic proliferations (Melanoma)",
+                "Melanoma Invasive",
+                "IL_1",
+                "IP_1",
+                "female",
+            ),
+            (
+                "ISIC_0000002",
+                "Anonymous",
+                "CC-0",
+                "",
+                "",
+                "Benign",
+                "Benign melanocytic proliferations",
+                "Nevus",
+                "IL_2",
+                "IP_1",
+                "male",
+            ),
+        ],
+    )
+    t = load_table(root)
+    assert t.source.startswith("isic-cli:") and t.diagnoses == ["melanoma", "nevus"]
+    assert t.metadata[0] == {
+        "attribution": "Clinic A",
+        "license": "CC-BY",
+        "age": "55",
+        "site": "posterior torso",
+        "lesion_id": "IL_1",
+        "patient_id": "IP_1",
+        "sex": "female",
+    }
+    assert "age" not in t.metadata[1] and t.metadata[1]["patient_id"] == "IP_1"
+    bad = _isic_cli_folder(tmp_path / "bad", [("ISIC_0000003", "A", "CC-0", "", "", "", "", "", "", "", "")])
+    with pytest.raises(DataError, match=r"metadata.csv: 1 image\(s\) have no diagnosis \(ISIC_0000003\)"):
+        load_table(bad)

@@ -18,12 +18,25 @@ VOCABULARY = "chaiderm-diagnoses-1"
 
 # canonical name -> the spellings seen in public dermoscopy archives (compared after _key())
 _SYNONYMS: dict[str, tuple[str, ...]] = {
-    "melanoma": ("mel", "malignant melanoma", "melanoma in situ", "melanoma invasive"),
+    "melanoma": (
+        "mel",
+        "malignant melanoma",
+        "melanoma in situ",
+        "melanoma invasive",
+        "melanoma, nos",
+        "melanoma metastasis",
+    ),
     "nevus": ("nv", "naevus", "nevi", "melanocytic nevus", "melanocytic naevus", "nevus melanocytic"),
     "seborrheic_keratosis": ("sk", "seb k", "seborrhoeic keratosis", "seborrheic keratoses"),
     "benign_keratosis": ("bkl", "benign keratosis like lesion", "benign keratosis like lesions", "pbkl"),
     "basal_cell_carcinoma": ("bcc", "basal cell carcinoma"),
-    "actinic_keratosis": ("ak", "akiec", "actinic keratoses", "actinic keratosis intraepithelial carcinoma"),
+    "actinic_keratosis": (
+        "ak",
+        "akiec",
+        "actinic keratoses",
+        "actinic keratosis intraepithelial carcinoma",
+        "solar or actinic keratosis",
+    ),
     "squamous_cell_carcinoma": ("scc", "squamous cell carcinoma"),
     "dermatofibroma": ("df",),
     "vascular_lesion": ("vasc", "vascular lesions", "vascular"),

@@ -301,6 +301,44 @@ def check_nested(table: ImageTable, where: str | Path | None = None) -> None:
         )
 
 
+def is_isic_cli(root: str | Path) -> bool:
+    """A folder written by the ISIC Archive's `isic image download`: images and a metadata.csv keyed by isic_id."""
+    meta = Path(root) / "metadata.csv"
+    if not meta.exists():
+        return False
+    with open(meta, encoding="utf-8-sig") as fh:
+        return "isic_id" in [h.strip() for h in fh.readline().split(",")]
+
+
+# newer ISIC Archive exports give a diagnosis hierarchy; the most specific level that is filled wins
+ISIC_DIAGNOSIS_COLUMNS = ("diagnosis", "diagnosis_5", "diagnosis_4", "diagnosis_3", "diagnosis_2")
+
+
+def read_isic_cli(root: str | Path) -> ImageTable:
+    """Read an `isic image download` folder: ``<isic_id>.jpg`` images, ``metadata.csv`` (diagnosis, age,
+    sex, site, lesion and patient ids, attribution, licence) and ``attribution.txt``."""
+    root = Path(root)
+    csv_path = root / "metadata.csv"
+    rows = _read_csv(csv_path, ("isic_id",))
+    ids = [r["isic_id"] for r in rows]
+    _check_unique(ids, csv_path)
+    diagnoses, unlabelled = [], []
+    for r in rows:
+        label = next((r[c] for c in ISIC_DIAGNOSIS_COLUMNS if r.get(c)), None)
+        if label is None:
+            unlabelled.append(r["isic_id"])
+        else:
+            diagnoses.append(canonical(label))
+    if unlabelled:
+        raise DataError(
+            csv_path,
+            f"{len(unlabelled)} image(s) have no diagnosis ({', '.join(unlabelled[:5])}); an archive case needs "
+            "one: download with a search such as --search 'diagnosis_3:*' or remove those rows",
+        )
+    paths = _resolve_images(ids, root, csv_path)
+    return ImageTable(ids, paths, diagnoses, source=f"isic-cli:{root}", metadata=[metadata_of(r) for r in rows])
+
+
 def load_table(path: str | Path, split: str | None = None, groups: str | Path | None = None) -> ImageTable:
     """Auto-detect the layout of ``path`` (ISIC 2017 or generic) and read it."""
     path = Path(path)
@@ -308,6 +346,8 @@ def load_table(path: str | Path, split: str | None = None, groups: str | Path | 
         raise DataError(path, "data folder not found")
     if is_isic2017(path):
         table = read_isic2017(path, split or "train")
+    elif is_isic_cli(path) and not (path / "labels.csv").exists():
+        table = read_isic_cli(path)
     else:
         if split not in (None, "all"):
             # generic layout with a split column would be a natural extension; keep explicit for now
