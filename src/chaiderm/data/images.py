@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from chaiderm.data.dicom import is_dicom, read_dicom
 from chaiderm.errors import DataError
 
 MAX_PIXELS = 50_000_000  # larger images are refused before their pixels are decoded
@@ -19,7 +20,7 @@ MIN_SIDE = 8
 MAX_ASPECT = 8.0
 # what is decoded at all: Pillow opens dozens of formats (EPS would run Ghostscript); none but these.
 # MPO is how many cameras' JPEGs identify themselves.
-FILE_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP")
+FILE_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "DICOM")  # DICOM: data.dicom, not Pillow
 UPLOAD_FORMATS = ("JPEG", "MPO", "PNG")
 
 
@@ -119,6 +120,8 @@ def load_image(
         another format; the message names it.
     """
     name = name or (str(src) if not isinstance(src, bytes | bytearray) else "<upload>")
+    if "DICOM" in formats and is_dicom(src):
+        return _dicom(src, name, fit)
     img = _open(src, name, formats)
     try:
         if fit is not None:
@@ -130,6 +133,16 @@ def load_image(
         raise
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(name, f"corrupt or truncated image ({e})", code="corrupt") from None
+
+
+def _dicom(src: str | Path | bytes, name: str, fit: int | None) -> np.ndarray:
+    a = read_dicom(src, name, max_pixels=MAX_PIXELS)
+    h, w = a.shape[:2]
+    if max(w, h) > MAX_SIDE or min(w, h) < MIN_SIDE or max(w, h) / min(w, h) > MAX_ASPECT:
+        raise DataError(name, f"image is {w}x{h}: outside the accepted sides and aspect", code="bad_shape")
+    if fit is not None and min(h, w) // fit >= 2:
+        a = np.asarray(Image.fromarray(a).reduce(min(h, w) // fit))
+    return a
 
 
 def load_mask(path: str | Path) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 from chaiderm.data.diagnoses import canonical
 from chaiderm.errors import DataError
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm")
 ISIC_SPLITS = {
     "train": ("Training",),
     "val": ("Validation",),
@@ -244,6 +244,12 @@ def read_folder(root: str | Path, labels: str | Path | None = None) -> ImageTabl
             raise DataError(csv_path, f"line {lineno}: empty diagnosis") from None
     synthetic = (root / "synthetic.json").exists()  # data.synthetic.SYNTHETIC_MARKER
     metadata = [metadata_of(r) for r in rows]  # extra columns of labels.csv
+    for m, path in zip(metadata, paths, strict=True):
+        if path.lower().endswith(".dcm"):  # what the DICOM tags say, where the CSV is silent
+            from chaiderm.data.dicom import dicom_metadata
+
+            for k, v in dicom_metadata(path).items():
+                m.setdefault(k, v)
     return ImageTable(
         ids, paths, diagnoses, groups, masks, source=f"folder:{root}", synthetic=synthetic, metadata=metadata
     )
