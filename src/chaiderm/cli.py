@@ -438,6 +438,45 @@ def query(
     console.print(f"reports in {out}/")
 
 
+@app.command("duplicates")
+def duplicates_cmd(
+    data: Annotated[Path, typer.Option(help="images to check (ISIC 2017, ISIC Archive download or generic folder)")],
+    out: Annotated[Path, typer.Option(help="report folder: pairs.csv, index.html with thumbnails")],
+    split: Annotated[str | None, typer.Option(help="ISIC 2017 split of --data (default train)")] = None,
+    against: Annotated[Path | None, typer.Option(help="a second set, checked within and against the first")] = None,
+    against_split: Annotated[str | None, typer.Option(help="ISIC 2017 split of --against")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="near-duplicate distance (default: chosen on ISIC 2017 training images)")
+    ] = None,
+    skip_bad: bool = False,
+) -> None:
+    """Find identical and near-duplicate images within and across sets (leakage between splits)."""
+    from chaiderm.data.records import is_isic2017, load_table
+    from chaiderm.evaluation.duplicates import DEFAULT_THRESHOLD, find_duplicates, image_features, write_report
+
+    with _errors(skip_bad_hint=True):
+        sets = []
+        for label, path, sp in (("a", data, split), ("b", against, against_split)):
+            if path is None:
+                continue
+            table = load_table(path, sp or ("train" if is_isic2017(path) else None))
+            name = f"{label}:{sp}" if sp else label
+            with _progress() as p:
+                task = p.add_task(f"features of {path}", total=len(table), info="")
+                feats, table = image_features(table, skip_bad=skip_bad, progress=lambda p=p, task=task: p.advance(task))
+            sets.append((name, table, feats))
+        pairs = find_duplicates(sets, DEFAULT_THRESHOLD if threshold is None else threshold)
+        paths = {f"{n}:{i}": pth for n, t, _ in sets for i, pth in zip(t.image_ids, t.paths, strict=True)}
+        write_report(out, pairs, paths)
+    counts: dict[str, int] = {}
+    for p_ in pairs:
+        where = "within " + p_.a.split(":")[0] if p_.a.split(":")[0] == p_.b.split(":")[0] else "across sets"
+        counts[f"{p_.kind}, {where}"] = counts.get(f"{p_.kind}, {where}", 0) + 1
+    for k, v in sorted(counts.items()):
+        typer.echo(f"{v}\t{k}")
+    console.print(f"{len(pairs)} pair(s); {out / 'pairs.csv'} and {out / 'index.html'}")
+
+
 @app.command()
 def serve(
     model: Annotated[Path, typer.Option(help="trained run folder")],
