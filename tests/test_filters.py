@@ -107,3 +107,29 @@ def test_filters_through_the_api_and_the_cli(served, archive, synth_dir, tmp_pat
         ],
     )
     assert r.exit_code == 2 and "values: female, male" in r.output and "Traceback" not in r.output
+
+
+def test_an_archive_case_finds_no_image_of_its_own_lesion(served, synth_dir, tmp_path):
+    import csv
+    import shutil
+
+    ids = load_table(synth_dir, "train").image_ids[:40]
+    root = tmp_path / "lesions"
+    (root / "images").mkdir(parents=True)
+    with open(root / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image_id", "diagnosis", "lesion_id"])
+        for n, i in enumerate(ids):
+            shutil.copy(synth_dir / "train" / "images" / f"{i}.png", root / "images")
+            w.writerow([i, "melanoma" if n % 2 else "nevus", f"L{n // 4}"])  # four images per lesion
+    model, cfg = load_model(served / "run")
+    ix, _ = build_index(model, cfg, load_table(root), model_dir=served / "run")
+    ix.save(tmp_path / "ix")
+    p = Predictor.load(served / "run", tmp_path / "ix")
+    img = load_image(root / "images" / f"{ids[5]}.png")
+    for where in (None, "lesion_id != L9"):
+        res = p.predict(img, k=20, exclude_id=ids[5], where=where)
+        lesions = {n.metadata["lesion_id"] for n in res.prediction.neighbors}
+        assert "L1" not in lesions and len(res.prediction.neighbors) == 20
+    res = p.predict(img, k=20)  # an uploaded image is no archive case: nothing is excluded
+    assert res.prediction.neighbors[0].image_id == ids[5]

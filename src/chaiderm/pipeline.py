@@ -257,11 +257,11 @@ class Predictor:
             raise ValueError("k must be at least 1")
         classes = self.classes
         rows = None
+        excluded = self._same_case(exclude_id)
         if where:
             flt = parse_where(where, self.index.diagnoses, self.index.metadata)
             passing = flt.mask(self.index.diagnoses, self.index.metadata)
-            if exclude_id is not None and self.index.row_of(exclude_id) is not None:
-                passing[self.index.row_of(exclude_id)] = False
+            passing[list(excluded)] = False
             rows = np.flatnonzero(passing)
             present = {self.index.diagnoses[r] for r in rows}
             if self.positive_class not in present:
@@ -278,10 +278,9 @@ class Predictor:
             dist, idx = self.index.search_among(e, k, rows)
             dist, idx = dist[0], idx[0]
         else:
-            extra = 1 if exclude_id is not None else 0
-            dist, idx = self.index.search(e, k + extra)
+            dist, idx = self.index.search(e, k + len(excluded))
             dist, idx = dist[0], idx[0]
-            keep = [j for j in range(len(idx)) if idx[j] >= 0 and self.index.image_ids[idx[j]] != exclude_id][:k]
+            keep = [j for j in range(len(idx)) if idx[j] >= 0 and idx[j] not in excluded][:k]
             dist, idx = dist[keep], idx[keep]
         probs = class_distribution([self.index.diagnoses[i] for i in idx], classes)
         neighbors = [
@@ -302,6 +301,16 @@ class Predictor:
         else:
             qams = rams = np.zeros((0, 1, 1), np.float32)
         return QueryResult(pred, square, qams, rams, e[0], g[0])
+
+    def _same_case(self, image_id: str | None) -> set[int]:
+        """Rows an archive case must not find: itself and other images of its lesion (same lesion_id)."""
+        row = None if image_id is None else self.index.row_of(image_id)
+        if row is None:
+            return set()
+        lesion = self.index.metadata[row].get("lesion_id")
+        if not lesion:
+            return {row}
+        return {i for i, m in enumerate(self.index.metadata) if m.get("lesion_id") == lesion} | {row}
 
     def neighbor_images(self, result: QueryResult) -> list[np.ndarray]:
         """The listed neighbours' images, squared like the query, for reports."""
