@@ -91,7 +91,6 @@ def main() -> None:
             "p1": float(np.percentile(d_other, 1)),
             "median": float(np.median(d_other)),
             "share_within_threshold": float((d_other <= threshold).mean()),
-            "images_within_threshold": [train.image_ids[i] for i in np.flatnonzero(d_other <= threshold)][:40],
         },
     }
     a.out.write_text(json.dumps(res, indent=2))

@@ -78,7 +78,6 @@ def main() -> None:
         "test_cases_with_a_duplicate_in_train": int((~keep).sum()),
         "test_melanomas_removed": int((~keep & test.is_positive()).sum()),
         "auc": {v: auc_at_k(a.runs / v, tables["train"], test, keep) for v in ("Disease", "Hierarchical")},
-        "examples": [f"{p.a} ~ {p.b} ({p.kind}, {p.distance:.3f})" for p in pairs[:20]],
     }
     a.out.write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
