@@ -22,6 +22,7 @@ import torch
 import chaiderm  # noqa: F401  (sets the OpenMP spin limit before torch loads)
 from chaiderm.config import ModelConfig
 from chaiderm.index.archive import ArchiveIndex
+from chaiderm.index.filters import parse_where
 from chaiderm.models.embedding import build_model
 from chaiderm.models.inference import embed
 
@@ -68,6 +69,31 @@ def main() -> None:
                 "remove_1000_and_save_s": round(remove_s, 2),
             }
             print(kind, json.dumps(res[kind]), flush=True)
+    # filtered search: the exact k = 10 nearest among the cases that pass, parse and mask included
+    sexes = rng.choice(["female", "male"], a.n)
+    ages = rng.integers(5, 90, a.n)
+    meta = [{"sex": str(s_), "age": str(int(g))} for s_, g in zip(sexes, ages, strict=True)]
+    diags = ["nevus"] * a.n
+    ix = ArchiveIndex.build(base, **columns(a.n))
+    q = rng.normal(size=(20, 1024)).astype(np.float32)
+    res["filtered_search"] = {}
+    for where in ("sex = female and age >= 50", "sex = male and age < 20"):
+        times = []
+        for row in q:
+            t = time.perf_counter()
+            rows = np.flatnonzero(parse_where(where, diags, meta).mask(diags, meta))
+            ix.search_among(row[None], 10, rows)
+            times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for row in q:
+            ix.search(row[None], 10)
+        plain = (time.perf_counter() - t) / len(q)
+        res["filtered_search"][where] = {
+            "passing": int(len(rows)),
+            "median_ms": round(1000 * float(np.median(times)), 1),
+            "unfiltered_ms": round(1000 * plain, 1),
+        }
+    print(json.dumps(res["filtered_search"]), flush=True)
     torch.manual_seed(0)
     model = build_model(ModelConfig()).eval()
     imgs = rng.integers(0, 255, (64, 256, 256, 3), dtype=np.uint8)
