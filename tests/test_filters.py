@@ -133,3 +133,24 @@ def test_an_archive_case_finds_no_image_of_its_own_lesion(served, synth_dir, tmp
         assert "L1" not in lesions and len(res.prediction.neighbors) == 20
     res = p.predict(img, k=20)  # an uploaded image is no archive case: nothing is excluded
     assert res.prediction.neighbors[0].image_id == ids[5]
+
+
+def test_evaluation_never_counts_a_querys_own_lesion(served, synth_dir):
+    import torch
+
+    from chaiderm.evaluation.retrieval import evaluate_retrieval
+
+    table = load_table(synth_dir, "train").subset(range(60))
+    archive = table.subset(range(40))
+    queries = table.subset(range(30, 60))  # 10 images in both: their own photograph is in the archive
+    for i, iid in enumerate(archive.image_ids):
+        archive.metadata[i] = {"lesion_id": iid}
+    for i, iid in enumerate(queries.image_ids):
+        queries.metadata[i] = {"lesion_id": iid}
+    model, cfg = load_model(served / "run")
+    torch.manual_seed(0)
+    kw = dict(ks=(3,), localisation=False)
+    leaky = evaluate_retrieval(model, cfg.model.image_size, cfg.model.load_size, archive, queries, group_by=None, **kw)
+    fair = evaluate_retrieval(model, cfg.model.image_size, cfg.model.load_size, archive, queries, **kw)
+    assert fair["grouped_by"] == "lesion_id" and leaky["grouped_by"] is None
+    assert fair["auc"]["3"] != leaky["auc"]["3"]  # the 10 self-matches no longer vote

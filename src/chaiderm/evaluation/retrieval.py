@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,17 +34,30 @@ def evaluate_retrieval(
     ks: Sequence[int] = KS,
     positive_class: str = "melanoma",
     localisation: bool = True,
+    group_by: str | None = "lesion_id",
 ) -> dict:
     """AUC@k, REL@k (where queries have groups) and, where queries have masks, the mean Jaccard and
-    mass-in-mask of each query's QAM against its nearest archive result."""
+    mass-in-mask of each query's QAM against its nearest archive result.
+
+    ``group_by`` (``lesion_id`` or ``patient_id``, where the data has them): an archive case of the query's
+    own lesion or patient never counts as its neighbour; another photograph of the same lesion would
+    otherwise answer for it."""
     ks = [k for k in ks if k <= len(archive)]
     a_img, _, _ = prepare(archive.paths, load_size)
     q_img, _, _ = prepare(queries.paths, load_size)
     want_maps = localisation and queries.has_masks
     a_emb, a_maps = embed(model, a_img, image_size, with_maps=want_maps)
     q_emb, q_maps = embed(model, q_img, image_size, with_maps=want_maps)
-    _, idx = exact_search(a_emb, q_emb, max(ks))
-    out: dict = {"n_archive": len(archive), "n_queries": len(queries)}
+    a_key = [m.get(group_by, "") for m in archive.metadata] if group_by else []
+    q_key = [m.get(group_by, "") for m in queries.metadata] if group_by else []
+    grouped = any(a_key) and any(q_key)
+    extra = max(Counter(k for k in a_key if k).values(), default=0) if grouped else 0
+    _, idx = exact_search(a_emb, q_emb, min(max(ks) + extra, len(archive)))
+    if grouped:
+        idx = np.array(
+            [[j for j in row if not q_key[r] or a_key[j] != q_key[r]][: max(ks)] for r, row in enumerate(idx)]
+        )
+    out: dict = {"n_archive": len(archive), "n_queries": len(queries), "grouped_by": group_by if grouped else None}
     y = queries.is_positive(positive_class)
     if 0 < y.sum() < len(y):
         out["auc"] = {str(k): v for k, v in calculate_auc_at_k(archive.is_positive(positive_class)[idx], y, ks).items()}
