@@ -263,6 +263,8 @@ class Predictor:
             passing = flt.mask(self.index.diagnoses, self.index.metadata)
             passing[list(excluded)] = False
             rows = np.flatnonzero(passing)
+            if not len(rows):
+                raise DataError(None, f"--where: no archive case passes '{where}'", code="bad_filter")
             present = {self.index.diagnoses[r] for r in rows}
             if self.positive_class not in present:
                 raise DataError(
@@ -314,7 +316,15 @@ class Predictor:
 
     def neighbor_images(self, result: QueryResult) -> list[np.ndarray]:
         """The listed neighbours' images, squared like the query, for reports."""
-        return [self.square(load_image(n.image_path)) for n in result.prediction.neighbors]
+        try:
+            return [self.square(load_image(n.image_path)) for n in result.prediction.neighbors]
+        except DataError as e:
+            if e.code != "missing":
+                raise
+            raise ArtifactError(
+                f"{e}: the index's archive images are not where it expects them; an index keeps their "
+                "places relative to itself, so move it together with its archive folder, or index again"
+            ) from None
 
     def pair_maps(self, result: QueryResult, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """QAM and RAM between a query and any archive image (listed neighbour or not)."""
