@@ -38,6 +38,7 @@ def test_dermoscopic_dicom_reads_as_rgb_with_its_tags(tmp_path):
     p = write_dicom(
         tmp_path / "a.dcm",
         a,
+        LesionNumber=3,
         PatientID="P-17",
         PatientSex="F",
         PatientAge="055Y",
@@ -46,7 +47,13 @@ def test_dermoscopic_dicom_reads_as_rgb_with_its_tags(tmp_path):
     assert np.array_equal(load_image(p), a)
     from chaiderm.data.dicom import dicom_metadata
 
-    assert dicom_metadata(p) == {"patient_id": "P-17", "sex": "female", "age": "55", "site": "Back"}
+    assert dicom_metadata(p) == {
+        "patient_id": "P-17",
+        "lesion_id": "P-17/3",
+        "sex": "female",
+        "age": "55",
+        "site": "Back",
+    }
 
 
 def test_dicom_archive_cases_carry_their_tags(tmp_path):

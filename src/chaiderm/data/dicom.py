@@ -51,11 +51,14 @@ def _read(src: str | Path | bytes, name: str, pixels: bool):
 
 
 def dicom_metadata(src: str | Path | bytes, name: str | None = None) -> dict[str, str]:
-    """Patient id, sex, age and anatomic site from the tags (``data.records.METADATA_ALIASES`` names)."""
+    """Patient id, lesion number, sex, age and anatomic site from the tags (``data.records.METADATA_ALIASES``
+    names); the lesion number (0018,3105) is read as the lesion id."""
     ds = _read(src, name or str(src), pixels=False)
     out: dict[str, str] = {}
     if getattr(ds, "PatientID", ""):
         out["patient_id"] = str(ds.PatientID)
+    if getattr(ds, "LesionNumber", None) not in (None, ""):
+        out["lesion_id"] = f"{out.get('patient_id', '')}/{ds.LesionNumber}".lstrip("/")
     if str(getattr(ds, "PatientSex", "")) in _SEX:
         out["sex"] = _SEX[str(ds.PatientSex)]
     age = str(getattr(ds, "PatientAge", ""))  # "055Y"
