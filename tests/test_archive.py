@@ -55,6 +55,7 @@ def test_add_then_remove_equal_a_fresh_build(served, synth_dir, parts, tmp_path)
     both, _ = build_index(model, cfg, load_table(_split(synth_dir, tmp_path / "ab", ids)), model_dir=served / "run")
     assert np.allclose(grown.embeddings, both.embeddings, atol=1e-6)
     assert np.array_equal(np.asarray(grown.maps), np.asarray(both.maps))
+    assert grown.content == both.content and all(grown.content)  # digests handed over, not recomputed
     q = both.embeddings[::7] + 0.01
     d1, n1 = _neighbours(grown, q)
     d2, n2 = _neighbours(both, q)

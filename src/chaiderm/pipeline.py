@@ -53,9 +53,11 @@ def embed_archive(
     store_maps: bool = True,
     skip_bad: bool = False,
     progress: Callable[[int], None] | None = None,
+    digests: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, ImageTable, list[str], list[str]]:
     """Embed archive images with the model's views: ``(embeddings, maps, the rows that loaded, their
-    content digests, messages for skipped files)``. Shared by a new index and by adding to one."""
+    content digests, messages for skipped files)``. Shared by a new index and by adding to one;
+    ``digests`` (one per row of ``table``) are used instead of hashing the files again."""
     check_views(cfg.model.views)  # before any image is decoded
     images, ok, errors = prepare(
         table.paths, cfg.model.load_size, skip_bad=skip_bad, progress=(lambda: progress(0)) if progress else None
@@ -64,7 +66,8 @@ def embed_archive(
     emb, maps = embed(
         model, images, cfg.model.image_size, with_maps=store_maps, progress=progress, views=cfg.model.views
     )
-    return emb, maps, table, [file_digest(p) for p in table.paths], errors
+    content = [digests[i] for i in ok] if digests is not None else [file_digest(p) for p in table.paths]
+    return emb, maps, table, content, errors
 
 
 def build_index(
@@ -143,7 +146,7 @@ def add_to_index(
     if missing:
         messages.append(f"computed content digests of {len(missing)} archive case(s) built without them")
     seen = {c for c in index.content if c}
-    fresh, same = [], []
+    fresh, same, fresh_digests = [], [], []
     for i, (iid, path) in enumerate(zip(table.image_ids, table.paths, strict=True)):
         if iid in have_ids:
             continue
@@ -156,12 +159,19 @@ def add_to_index(
             continue
         seen.add(digest)
         fresh.append(i)
+        fresh_digests.append(digest)
     if same:
         messages.append(f"{len(same)} image(s) identical to an archive case, skipped: {', '.join(same[:5])}")
     if not fresh:
         return index, messages
     emb, maps, rows, content, errors = embed_archive(
-        model, cfg, table.subset(fresh), store_maps=index.maps is not None, skip_bad=skip_bad, progress=progress
+        model,
+        cfg,
+        table.subset(fresh),
+        store_maps=index.maps is not None,
+        skip_bad=skip_bad,
+        progress=progress,
+        digests=fresh_digests,
     )
     messages += [f"skipped unreadable: {e}" for e in errors]
     if not len(rows):
@@ -205,6 +215,7 @@ class Predictor:
         counts = Counter(index.diagnoses)
         positive = require_class(self.cfg.train.positive_class, index.diagnoses, "archive index")
         self.index = index
+        self.counts = counts
         self.classes = sorted(counts, key=lambda d: (-counts[d], d))
         self.positive_class = positive
         # queries are embedded as the archive was (indexes from before the setting: single views)

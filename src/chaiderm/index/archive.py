@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 
 from chaiderm._io import atomic_dir
-from chaiderm.data.diagnoses import VOCABULARY, canonical, canonical_all
+from chaiderm.data.diagnoses import VOCABULARY, canonical_all
 from chaiderm.errors import ArtifactError
 from chaiderm.index.faiss_index import build_faiss, set_search_params
 
@@ -120,10 +120,6 @@ class ArchiveIndex:
 
     def set_search_params(self, **kw: Any) -> None:
         set_search_params(self.index, **kw)
-
-    def positive(self, positive_class: str = "melanoma") -> np.ndarray:
-        pos = canonical(positive_class)
-        return np.array([d == pos for d in self.diagnoses], dtype=bool)
 
     def row_of(self, image_id: str) -> int | None:
         if not hasattr(self, "_rows"):

@@ -21,16 +21,13 @@ MULTIPART_SLACK = 64_000  # form boundaries and headers around the file
 def describe(predictor: Predictor, model_dir: str | Path, index_dir: str | Path) -> dict[str, Any]:
     """What the page says is loaded: model, archive and whether the archive is synthetic."""
     idx, cfg = predictor.index, predictor.cfg
-    counts: dict[str, int] = {}
-    for d in idx.diagnoses:
-        counts[d] = counts.get(d, 0) + 1
     return {
         "model": Path(model_dir).resolve().name,
         "logic": cfg.train.logic,
         "backbone": cfg.model.backbone,
         "archive": Path(index_dir).resolve().name,
         "archive_size": len(idx),
-        "diagnoses": dict(sorted(counts.items(), key=lambda x: (-x[1], x[0]))),
+        "diagnoses": {d: predictor.counts[d] for d in predictor.classes},  # most frequent first
         "positive_class": predictor.positive_class,
         "synthetic": bool(idx.info.get("synthetic", False)),
     }
