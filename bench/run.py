@@ -217,13 +217,74 @@ def bench_normalise(isic: Path, tmp: Path, epochs: int = 2, seeds: tuple[int, ..
     return out
 
 
-def bench_serve(isic: Path, tmp: Path, clients: int = 8, seconds: float = 60.0) -> dict:
-    """``chaiderm serve`` in its own process; 8 client threads query (k=10: 10 QAM/RAM pairs computed),
-    fetch the selected neighbour's QAM and RAM, and click "similar", for a minute."""
+def _serve_load(base: str, payloads: list[bytes], clients: int, seconds: float, headers: dict) -> dict:
+    """``clients`` threads, each in a loop: query (k=10), fetch one neighbour's QAM and RAM, click."""
+    import threading
+
+    import httpx
+
+    q_lat: list[float] = []
+    m_lat: list[float] = []
+    errors: list[str] = []
+    acked = [0]
+    lock = threading.Lock()
+    stop = time.time() + seconds
+
+    def client(worker: int) -> None:
+        rng = np.random.default_rng(worker)
+        with httpx.Client(base_url=base, timeout=60, headers=headers) as c:
+            while time.time() < stop:
+                data = payloads[int(rng.integers(len(payloads)))]
+                try:
+                    t0 = time.perf_counter()
+                    r = c.post("/api/query", files={"image": ("q.jpg", data, "image/jpeg")}, data={"k": "10"})
+                    t1 = time.perf_counter()
+                    r.raise_for_status()
+                    q = r.json()
+                    n = q["neighbors"][int(rng.integers(10))]
+                    c.get(n["qam_url"]).raise_for_status()
+                    c.get(n["ram_url"]).raise_for_status()
+                    t2 = time.perf_counter()
+                    c.post(
+                        "/api/feedback",
+                        json={"query_id": q["query_id"], "image_id": n["image_id"], "relevant": bool(rng.integers(2))},
+                    ).raise_for_status()
+                    with lock:
+                        q_lat.append(t1 - t0)
+                        m_lat.append(t2 - t1)
+                        acked[0] += 1
+                except (httpx.HTTPError, KeyError, ValueError) as e:
+                    with lock:
+                        errors.append(repr(e)[:200])
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ms = np.array(q_lat) * 1000
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "queries": len(q_lat),
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "feedback_acknowledged": acked[0],
+        "query_p50_ms": float(np.median(ms)) if len(ms) else None,
+        "query_p95_ms": float(np.percentile(ms, 95)) if len(ms) else None,
+        "maps_pair_p50_ms": float(np.median(m_lat) * 1000) if m_lat else None,
+        "queries_per_s": len(q_lat) / seconds,
+    }
+
+
+def bench_serve(isic: Path, tmp: Path, clients: int = 8, seconds: float = 45.0) -> dict:
+    """``chaiderm serve`` in its own process, signed in as an expert (the clinic set-up): first one
+    client, then ``clients`` at once, each querying (k=10: 10 QAM/RAM pairs computed), fetching the chosen
+    neighbour's QAM and RAM and clicking "similar", for ``seconds`` each. Every acknowledged click must
+    be a row in the database afterwards."""
     import socket
     import sqlite3
     import subprocess
-    import threading
 
     import httpx
 
@@ -232,6 +293,26 @@ def bench_serve(isic: Path, tmp: Path, clients: int = 8, seconds: float = 60.0) 
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     db = tmp / "serve.db"
+    users = tmp / "users.json"
+    users.unlink(missing_ok=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chaiderm.cli",
+            "users",
+            "add",
+            "bench",
+            "--role",
+            "expert",
+            "--users",
+            str(users),
+            "--password-stdin",
+        ],
+        input=b"bench-password-123\n",
+        check=True,
+        capture_output=True,
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -246,6 +327,8 @@ def bench_serve(isic: Path, tmp: Path, clients: int = 8, seconds: float = 60.0) 
             str(db),
             "--port",
             str(port),
+            "--users",
+            str(users),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -262,71 +345,29 @@ def bench_serve(isic: Path, tmp: Path, clients: int = 8, seconds: float = 60.0) 
             if time.time() > deadline or proc.poll() is not None:
                 raise RuntimeError("server did not start: " + proc.stderr.read().decode()[-2000:])
             time.sleep(0.5)
+        token = httpx.post(base + "/api/token", json={"name": "bench", "password": "bench-password-123"}).json()
+        headers = {"Authorization": f"Bearer {token['token']}"}
         payloads = [Path(p).read_bytes() for p in table.paths[:50]]
-        q_lat: list[float] = []
-        m_lat: list[float] = []
-        errors: list[str] = []
-        sent = [0]
-        lock = threading.Lock()
-        stop = time.time() + seconds
-
-        def client(worker: int) -> None:
-            rng = np.random.default_rng(worker)
-            with httpx.Client(base_url=base, timeout=60) as c:
-                while time.time() < stop:
-                    data = payloads[int(rng.integers(len(payloads)))]
-                    try:
-                        t0 = time.perf_counter()
-                        r = c.post("/api/query", files={"image": ("q.jpg", data, "image/jpeg")}, data={"k": "10"})
-                        t1 = time.perf_counter()
-                        r.raise_for_status()
-                        q = r.json()
-                        n = q["neighbors"][int(rng.integers(10))]
-                        c.get(n["qam_url"]).raise_for_status()
-                        c.get(n["ram_url"]).raise_for_status()
-                        t2 = time.perf_counter()
-                        c.post(
-                            "/api/feedback",
-                            json={
-                                "query_id": q["query_id"],
-                                "image_id": n["image_id"],
-                                "relevant": bool(rng.integers(2)),
-                            },
-                        ).raise_for_status()
-                        with lock:
-                            q_lat.append(t1 - t0)
-                            m_lat.append(t2 - t1)
-                            sent[0] += 1
-                    except (httpx.HTTPError, KeyError, ValueError) as e:
-                        with lock:
-                            errors.append(repr(e)[:200])
-
-        threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _serve_load(base, payloads, 1, 5, headers)  # warm-up
+        one = _serve_load(base, payloads, 1, seconds, headers)
+        many = _serve_load(base, payloads, clients, seconds, headers)
+        metrics = httpx.get(base + "/metrics", headers=headers).text
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     rows = sqlite3.connect(db).execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
-    ms = np.array(q_lat) * 1000
+    acked = one["feedback_acknowledged"] + many["feedback_acknowledged"]
     return {
         "data": source,
         "archive": len(table),
-        "clients": clients,
-        "seconds": seconds,
         "k": 10,
         "evidence_pairs_per_query": 10,
-        "queries": len(q_lat),
-        "errors": len(errors),
-        "error_examples": errors[:3],
-        "feedback_sent": sent[0],
+        "one_client": one,
+        "many_clients": many,
+        "throughput_ratio": many["queries_per_s"] / one["queries_per_s"] if one["queries_per_s"] else None,
+        "feedback_acknowledged_after_warmup": acked,
         "feedback_rows": int(rows),
-        "query_p50_ms": float(np.median(ms)),
-        "query_p95_ms": float(np.percentile(ms, 95)),
-        "maps_pair_p50_ms": float(np.median(m_lat) * 1000),
-        "queries_per_s": len(q_lat) / seconds,
+        "metrics_lines": sum(1 for line in metrics.splitlines() if line.startswith("chaiderm_")),
     }
 
 

@@ -237,3 +237,55 @@ def test_script_in_a_group_name_does_not_run_in_the_annotator(browser, synth_dir
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def test_sign_in_query_judge_sign_out(served, browser, synth_dir, tmp_path):
+    """A clinic's server: the page asks for sign-in, an expert queries and judges, signs out, and the
+    same browser is refused afterwards; a viewer sees no feedback buttons."""
+    from chaiderm.web import routers
+    from chaiderm.web.app import create_app
+    from chaiderm.web.auth import Users
+
+    routers.session.FAILED_DELAY_S = 0.0
+    users = Users(tmp_path / "users.json", create=True)
+    users.add("dr.ada", "expert", "an expert's password")
+    users.add("nurse", "viewer", "a viewer's password")
+    srv, thread, url = _serve(
+        create_app(served / "run", served / "ix", tmp_path / "fb.db", users=tmp_path / "users.json")
+    )
+    try:
+        page = browser.new_page()
+        first = page.goto(url)
+        assert first.status == 401 and page.locator("#signin").is_visible()
+        page.fill("#name", "dr.ada")
+        page.fill("#password", "wrong password!")
+        page.click("#go")
+        wait_until(lambda: page.locator("#error").is_visible(), what="wrong-password message")
+        assert "wrong user name or password" in page.inner_text("#error")
+        page.fill("#password", "an expert's password")
+        page.click("#go")
+        wait_until(lambda: "dr.ada (expert)" in page.inner_text("#whoami"), what="signed-in name")
+        page.set_input_files("#file", str(synth_dir / "test" / "images" / "SYN_test_00002.png"))
+        wait_until(lambda: cards(page).count() == 10, what="10 neighbours")
+        card = cards(page).first
+        card.locator("button.sim[data-rel='1']").click()  # sends the CSRF token with the cookie
+        wait_until(lambda: card.get_attribute("data-judged") == "1", what="judgement recorded")
+        page.screenshot(path=str(tmp_path / "signed-in.png"), full_page=True)
+        rows = sqlite3.connect(tmp_path / "fb.db").execute("SELECT user, role FROM feedback").fetchall()
+        assert rows == [("dr.ada", "expert")]
+        page.click("#signout")
+        page.wait_for_url("**/login", timeout=10_000)
+        again = page.goto(url)
+        assert again.status == 401 and page.locator("#signin").is_visible()
+        assert page.request.get(url + "/api/info").status == 401
+        # a viewer: evidence yes, feedback buttons no
+        page.fill("#name", "nurse")
+        page.fill("#password", "a viewer's password")
+        page.click("#go")
+        wait_until(lambda: "nurse (viewer)" in page.inner_text("#whoami"), what="viewer signed in")
+        page.set_input_files("#file", str(synth_dir / "test" / "images" / "SYN_test_00003.png"))
+        wait_until(lambda: cards(page).count() == 10, what="10 neighbours for the viewer")
+        assert page.locator("button.sim").count() == 0
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

@@ -21,6 +21,9 @@ groups_app = typer.Typer(no_args_is_help=True, help="Make similarity-group CSVs 
 app.add_typer(groups_app, name="groups")
 archive_app = typer.Typer(no_args_is_help=True, help="Grow, shrink and inspect an index without rebuilding it.")
 app.add_typer(archive_app, name="archive")
+users_app = typer.Typer(no_args_is_help=True, help="Who may sign in to `chaiderm serve`, and with which role.")
+app.add_typer(users_app, name="users")
+USERS_FILE = Path("chaiderm-users.json")
 
 
 def _progress() -> Progress:
@@ -184,6 +187,7 @@ def train_cmd(
                 seed=seed,
                 val_k=val_k,
                 positive_class=positive_class,
+                feedback_weight=feedback_weight,
             ),
             data=DataConfig(
                 train=str(data),
@@ -191,8 +195,10 @@ def train_cmd(
                 train_split=split,
                 val_split=vs,
                 groups=str(groups) if groups else None,
+                feedback=str(feedback) if feedback else None,
             ),
         )
+        fb = _read_feedback(feedback, table) if feedback is not None else None
         result = _run_training(
             cfg,
             table,
@@ -203,12 +209,31 @@ def train_cmd(
             force=force,
             skip_bad=skip_bad,
             device=device,
+            feedback=fb,
         )
     if result.skipped:
         console.print(
             f"[yellow]warning:[/yellow] skipped {len(result.skipped)} unreadable image(s), e.g. {result.skipped[0]}"
         )
     console.print(f"model written to {out} (best epoch {result.best_epoch})")
+
+
+def _read_feedback(path: Path, table):
+    from chaiderm.data.feedback import TRAINING_ROLES, read_feedback_triplets
+
+    fb = read_feedback_triplets(path, set(table.image_ids))
+    console.print(
+        f"feedback: {len(fb.triplets)} triplet(s) from {len(fb.query_images)} quer(ies) judged by "
+        f"{'/'.join(TRAINING_ROLES)} users in {path}"
+    )
+    for n, why in (
+        (fb.purged_queries, "judged queries whose image the retention policy erased"),
+        (fb.other_roles, "clicks by users whose role does not train the model"),
+        (fb.unknown_ids, "clicks on images outside the training data"),
+    ):
+        if n:
+            console.print(f"note: {n} {why}: not used", markup=False, highlight=False)
+    return fb
 
 
 def _split_of(path: Path, split: str) -> str | None:
@@ -481,23 +506,215 @@ def duplicates_cmd(
 def serve(
     model: Annotated[Path, typer.Option(help="trained run folder")],
     index: Annotated[Path, typer.Option(help="index folder")],
-    db: Annotated[Path, typer.Option(help="SQLite file for queries and feedback")] = Path("chaiderm-feedback.db"),
+    db: Annotated[Path, typer.Option(help="SQLite file for queries, feedback, sessions and the audit log")] = Path(
+        "chaiderm-feedback.db"
+    ),
     host: Annotated[str, typer.Option(help="bind address (loopback unless told otherwise)")] = "127.0.0.1",
     port: int = 8000,
     max_upload_mb: int = 20,
+    users: Annotated[
+        Path | None, typer.Option(help="users file (`chaiderm users add`): sign-in required on every route")
+    ] = None,
+    keep_queries: Annotated[
+        float | None, typer.Option(help="erase query images after this many days (0: never store them)")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="inferences at once (default: the CPU cores, at most 4)")] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM): serve https directly")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+    behind_https_proxy: Annotated[
+        bool,
+        typer.Option(help="a TLS-terminating proxy on this machine forwards to us: secure cookies, its client IPs"),
+    ] = False,
+    access_log: Annotated[Path | None, typer.Option(help="append one JSON line per request to this file")] = None,
 ) -> None:
     """Serve the evidence viewer (query page + JSON API) and record users' similarity judgements."""
+    import logging
+
     import uvicorn
 
     from chaiderm.web.app import create_app
 
     if not 1 <= max_upload_mb <= 200:
         raise _fail(f"--max-upload-mb must be between 1 and 200, not {max_upload_mb}")
+    if workers is not None and not 1 <= workers <= 16:
+        raise _fail(f"--workers must be between 1 and 16, not {workers}")
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise _fail("--ssl-certfile and --ssl-keyfile go together")
+    for f in (ssl_certfile, ssl_keyfile):
+        if f is not None and not f.is_file():
+            raise _fail(f"{f}: file not found")
+    if users is None and not _is_loopback(host):
+        raise _fail(
+            f"--host {host} would let anyone who reaches this port see every archive and query image and write "
+            "feedback: sign-in is required off loopback. Create users with `chaiderm users add NAME --role admin "
+            "--users users.json`, then add `--users users.json` (and TLS: --ssl-certfile/--ssl-keyfile, or "
+            "--behind-https-proxy)"
+        )
+    if behind_https_proxy and not _is_loopback(host):
+        raise _fail("--behind-https-proxy: bind to loopback (--host 127.0.0.1) and let the proxy reach the world")
     with _errors():
-        application = create_app(model, index, db, max_upload=max_upload_mb * 1_000_000)
+        application = create_app(
+            model,
+            index,
+            db,
+            max_upload=max_upload_mb * 1_000_000,
+            users=users,
+            keep_queries_days=keep_queries,
+            workers=workers,
+            secure_cookies=ssl_certfile is not None or behind_https_proxy,
+        )
+    if access_log is not None:
+        try:
+            handler = logging.FileHandler(access_log)
+        except OSError as e:
+            raise _fail(f"{access_log}: cannot write the access log ({e.strerror})") from None
+        logger = logging.getLogger("chaiderm.access")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
     sock = _bind(host, port)  # before announcing the address: a port in use is one readable line
-    console.print(f"evidence viewer on http://{host}:{port}/ (feedback in {db}); Ctrl-C stops it")
-    uvicorn.Server(uvicorn.Config(application, log_level="warning")).run(sockets=[sock])
+    scheme = "https" if ssl_certfile else "http"
+    who = f"sign-in from {users}" if users else "no sign-in (loopback, one local user)"
+    console.print(f"evidence viewer on {scheme}://{host}:{port}/ ({who}; data in {db}); Ctrl-C stops it")
+    config = uvicorn.Config(
+        application,
+        log_level="warning",
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+        proxy_headers=behind_https_proxy,
+        forwarded_allow_ips="127.0.0.1" if behind_https_proxy else None,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+    import socket
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(i[4][0]).is_loopback for i in socket.getaddrinfo(host, None))
+        except (OSError, ValueError):
+            return False
+
+
+def _new_password(password_stdin: bool) -> str:
+    if password_stdin:
+        import sys
+
+        return sys.stdin.readline().rstrip("\r\n")
+    return typer.prompt("password", hide_input=True, confirmation_prompt=True)
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="user name (letters, digits, . _ @ -)")],
+    role: Annotated[str, typer.Option(help="viewer, expert or admin")],
+    users: Annotated[Path, typer.Option(help="users file (created if missing)")] = USERS_FILE,
+    password_stdin: Annotated[bool, typer.Option(help="read the password from the first line of stdin")] = False,
+    replace: Annotated[bool, typer.Option(help="change an existing user's role and password")] = False,
+) -> None:
+    """Add a user (asks for the password; it is stored only as an argon2id hash)."""
+    from chaiderm.web.auth import Users, check_name, check_password, check_role
+
+    with _errors():
+        check_name(name)
+        check_role(role)
+        uf = Users(users, create=True)
+        if name in uf.users and not replace:
+            raise _fail(f"{users}: user '{name}' exists; add --replace to change the role or password")
+        password = _new_password(password_stdin)
+        check_password(password)
+        uf.add(name, role, password, replace=replace)
+    console.print(f"{name} ({role}) saved in {users}")
+
+
+@users_app.command("remove")
+def users_remove(name: str, users: Annotated[Path, typer.Option(help="users file")] = USERS_FILE) -> None:
+    """Remove a user; a running server signs them out at their next request."""
+    from chaiderm.web.auth import Users
+
+    with _errors():
+        Users(users).remove(name)
+    console.print(f"{name} removed from {users}")
+
+
+@users_app.command("list")
+def users_list(users: Annotated[Path, typer.Option(help="users file")] = USERS_FILE) -> None:
+    from chaiderm.web.auth import Users
+
+    with _errors():
+        uf = Users(users)
+    for name, u in sorted(uf.users.items()):
+        typer.echo(f"{name}\t{u['role']}")
+
+
+def _when(option: str, value: str | None) -> float | None:
+    import datetime
+
+    if value is None:
+        return None
+    try:
+        t = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise _fail(f"{option} '{value}': give a date or time as YYYY-MM-DD[THH:MM] (UTC)") from None
+    return (t if t.tzinfo else t.replace(tzinfo=datetime.UTC)).timestamp()
+
+
+@app.command()
+def audit(
+    db: Annotated[Path, typer.Option(help="the server's database (`serve --db`)")],
+    since: Annotated[str | None, typer.Option(help="from this date/time, UTC (YYYY-MM-DD[THH:MM])")] = None,
+    until: Annotated[str | None, typer.Option(help="before this date/time, UTC")] = None,
+    user: Annotated[str | None, typer.Option(help="only this user's entries")] = None,
+    action: Annotated[str | None, typer.Option(help="only this action (e.g. sign_in_failed, view_image)")] = None,
+    csv: Annotated[Path | None, typer.Option(help="write CSV here ('-': standard output)")] = None,
+) -> None:
+    """Export the audit log: who signed in, queried, saw which images, clicked, changed the archive."""
+    from chaiderm.data.audit import ACTIONS, AuditLog, to_csv
+    from chaiderm.data.feedback import FeedbackStore
+    from chaiderm.errors import DataError
+
+    if action is not None and action not in ACTIONS:
+        raise _fail(f"--action must be one of {', '.join(ACTIONS)}")
+    t0, t1 = _when("--since", since), _when("--until", until)
+    with _errors():
+        if not db.is_file():
+            raise DataError(db, "database not found")
+        entries = AuditLog(FeedbackStore(db)).entries(since=t0, until=t1, user=user, action=action)
+        text = to_csv(entries)
+        if csv is None or str(csv) == "-":
+            typer.echo(text, nl=False)
+        else:
+            from chaiderm._io import write_text
+
+            write_text(csv, text)
+            console.print(f"{len(entries)} entries written to {csv}")
+
+
+@app.command()
+def purge(
+    db: Annotated[Path, typer.Option(help="the server's database (`serve --db`)")],
+    older_than: Annotated[float, typer.Option(help="erase query images recorded more than this many days ago")],
+) -> None:
+    """Erase stored query images by age (feedback rows stay; the images are overwritten, not just unlinked)."""
+    from chaiderm.data.audit import AuditLog
+    from chaiderm.data.feedback import FeedbackStore
+    from chaiderm.errors import DataError
+
+    if older_than < 0:
+        raise _fail(f"--older-than must be 0 or more days, not {older_than:g}")
+    with _errors():
+        if not db.is_file():
+            raise DataError(db, "database not found")
+        store = FeedbackStore(db)
+        n = store.purge(older_than)
+        AuditLog(store).record("purge", user="chaiderm purge", detail=f"{n} query image(s) over {older_than:g} days")
+    console.print(f"erased {n} query image(s) older than {older_than:g} days from {db}")
 
 
 def _bind(host: str, port: int):
@@ -510,6 +727,10 @@ def _bind(host: str, port: int):
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family in (socket.AF_INET, socket.AF_INET6):
+        # accepted connections inherit it: without it a keep-alive client waits ~40 ms (Nagle against
+        # delayed ACKs) on every response after its first, which uvicorn's own sockets avoid
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind(addr)
     except OSError as e:

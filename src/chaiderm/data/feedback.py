@@ -30,6 +30,15 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_query ON feedback(query_id);
 """
+# columns added since the first release; older databases gain them on open
+ADDED_COLUMNS = {
+    "queries": {"archive_id": "TEXT", "purged": "REAL"},
+    "feedback": {"user": "TEXT", "role": "TEXT"},
+}
+# whose clicks may train the model: experts and admins; "local" is the one person of a server without
+# sign-in, and NULL rows predate roles (both single-user set-ups, where that person is the expert)
+TRAINING_ROLES = ("expert", "admin", "local")
+DAY_S = 86_400.0
 
 
 def content_id(data: bytes) -> str:
@@ -50,15 +59,17 @@ class FeedbackStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise DataError(self.path, f"cannot create the database's folder ({e.strerror})") from None
-        with self._connect() as con:
+        with self.connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(SCHEMA)
-            cols = {r[1] for r in con.execute("PRAGMA table_info(queries)")}
-            if "archive_id" not in cols:  # databases from before archive queries were remembered
-                con.execute("ALTER TABLE queries ADD COLUMN archive_id TEXT")
+            for table, added in ADDED_COLUMNS.items():
+                cols = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+                for col, kind in added.items():
+                    if col not in cols:
+                        con.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def connect(self) -> Iterator[sqlite3.Connection]:
         # a connection per operation: safe across server threads; the busy timeout queues writers
         try:
             con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
@@ -76,51 +87,89 @@ class FeedbackStore:
         finally:
             con.close()
 
-    def add_query(self, image: bytes, archive_id: str | None = None, *, query_id: str | None = None) -> str:
-        """Store a queried image (once per content); ``archive_id`` marks an archive case queried as
-        itself, which every later search of this query excludes. ``query_id`` (default: the content id
-        of ``image``) lets a caller keep the id of the bytes it received while storing others."""
+    def add_query(
+        self, image: bytes, archive_id: str | None = None, *, query_id: str | None = None, keep_image: bool = True
+    ) -> str:
+        """Record a query (once per content); ``archive_id`` marks an archive case queried as itself,
+        which every later search of this query excludes. ``query_id`` (default: the content id of
+        ``image``) lets a caller keep the id of the bytes it received while storing others. With
+        ``keep_image=False`` (a server that keeps no query images) only the id and time are written."""
         qid = query_id or content_id(image)
-        with self._connect() as con:
+        now = time.time()
+        with self.connect() as con:
             con.execute(
-                "INSERT OR IGNORE INTO queries(query_id, image, created, archive_id) VALUES (?, ?, ?, ?)",
-                (qid, image, time.time(), archive_id),
+                "INSERT OR IGNORE INTO queries(query_id, image, created, archive_id, purged) VALUES (?, ?, ?, ?, ?)",
+                (qid, image if keep_image else b"", now, archive_id, None if keep_image else now),
             )
             if archive_id is not None:
                 con.execute("UPDATE queries SET archive_id = ? WHERE query_id = ?", (archive_id, qid))
         return qid
 
-    def query_record(self, query_id: str) -> tuple[bytes, str | None] | None:
-        """``(image bytes, archive id or None)`` of a stored query."""
-        with self._connect() as con:
-            row = con.execute("SELECT image, archive_id FROM queries WHERE query_id = ?", (query_id,)).fetchone()
-        return None if row is None else (bytes(row[0]), row[1])
+    def query_record(self, query_id: str) -> tuple[bytes | None, str | None] | None:
+        """``(image bytes, archive id or None)`` of a recorded query; the bytes are None once purged."""
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT image, archive_id, purged FROM queries WHERE query_id = ?", (query_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return (None if row[2] is not None else bytes(row[0])), row[1]
 
     def query_image(self, query_id: str) -> bytes | None:
         rec = self.query_record(query_id)
         return None if rec is None else rec[0]
 
-    def add_feedback(self, query_id: str, image_id: str, relevant: bool) -> int:
-        with self._connect() as con:
+    def purge(self, older_than_days: float, *, now: float | None = None) -> int:
+        """Erase the images of queries recorded more than ``older_than_days`` ago; the rows (and the
+        feedback on them) stay. Freed pages are overwritten (secure_delete), not merely unlinked."""
+        if older_than_days < 0:
+            raise ValueError("older_than_days must be >= 0")
+        cutoff = (time.time() if now is None else now) - older_than_days * DAY_S
+        with self.connect() as con:
+            con.execute("PRAGMA secure_delete=ON")
+            cur = con.execute(
+                "UPDATE queries SET image = x'', purged = ? WHERE purged IS NULL AND created <= ?",
+                (time.time(), cutoff),
+            )
+            n = cur.rowcount
+        if n:
+            with self.connect() as con, contextlib.suppress(DataError):
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old images leave the WAL file too
+        return int(n)
+
+    def add_feedback(
+        self, query_id: str, image_id: str, relevant: bool, *, user: str | None = None, role: str | None = None
+    ) -> int:
+        with self.connect() as con:
             if con.execute("SELECT 1 FROM queries WHERE query_id = ?", (query_id,)).fetchone() is None:
                 raise KeyError(query_id)
             cur = con.execute(
-                "INSERT INTO feedback(query_id, image_id, relevant, created) VALUES (?, ?, ?, ?)",
-                (query_id, image_id, int(bool(relevant)), time.time()),
+                "INSERT INTO feedback(query_id, image_id, relevant, created, user, role) VALUES (?, ?, ?, ?, ?, ?)",
+                (query_id, image_id, int(bool(relevant)), time.time(), user, role),
             )
             return int(cur.lastrowid)
 
     def count_feedback(self) -> int:
-        with self._connect() as con:
+        with self.connect() as con:
             return int(con.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
 
-    def judgements(self) -> dict[str, dict[str, bool]]:
-        """``{query_id: {image_id: relevant}}``, the latest click per (query, image) winning."""
+    def judgements(self, roles: tuple[str, ...] | None = None) -> dict[str, dict[str, bool]]:
+        """``{query_id: {image_id: relevant}}``, the latest click per (query, image) winning; with
+        ``roles``, only clicks by those roles (and rows from before roles were recorded)."""
         out: dict[str, dict[str, bool]] = {}
-        with self._connect() as con:
-            for qid, iid, rel in con.execute("SELECT query_id, image_id, relevant FROM feedback ORDER BY id"):
+        sql = "SELECT query_id, image_id, relevant FROM feedback"
+        args: tuple = ()
+        if roles is not None:
+            sql += f" WHERE role IS NULL OR role IN ({','.join('?' * len(roles))})"
+            args = tuple(roles)
+        with self.connect() as con:
+            for qid, iid, rel in con.execute(sql + " ORDER BY id", args):
                 out.setdefault(qid, {})[iid] = bool(rel)
         return out
+
+    def count_by_role(self) -> dict[str, int]:
+        with self.connect() as con:
+            return {str(r): int(n) for r, n in con.execute("SELECT role, COUNT(*) FROM feedback GROUP BY role")}
 
 
 @dataclass
@@ -130,6 +179,8 @@ class FeedbackTriplets:
     query_images: list[bytes]
     triplets: list[tuple[int, str, str]]
     unknown_ids: int = 0
+    purged_queries: int = 0  # judged queries whose image the retention policy erased: not usable
+    other_roles: int = 0  # clicks by roles that do not train (viewers)
 
 
 def read_feedback_triplets(path: str | Path, known_ids: set[str] | None = None) -> FeedbackTriplets:
@@ -140,8 +191,11 @@ def read_feedback_triplets(path: str | Path, known_ids: set[str] | None = None) 
     store = FeedbackStore(path)
     images: list[bytes] = []
     triplets: list[tuple[int, str, str]] = []
-    unknown = 0
-    for qid, judged in store.judgements().items():
+    unknown = purged = 0
+    other = store.count_feedback() - sum(
+        n for r, n in store.count_by_role().items() if r in (*TRAINING_ROLES, "None")
+    )
+    for qid, judged in store.judgements(TRAINING_ROLES).items():
         if known_ids is not None:
             unknown += sum(1 for i in judged if i not in known_ids)
             judged = {i: r for i, r in judged.items() if i in known_ids}
@@ -151,7 +205,8 @@ def read_feedback_triplets(path: str | Path, known_ids: set[str] | None = None) 
             continue
         img = store.query_image(qid)
         if img is None:
+            purged += 1
             continue
         images.append(img)
         triplets += [(len(images) - 1, p, n) for p in pos for n in neg]
-    return FeedbackTriplets(images, triplets, unknown)
+    return FeedbackTriplets(images, triplets, unknown, purged, other)

@@ -3,19 +3,32 @@ so a bad path or a locked database is one readable error, not a traceback after 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import faiss
+import torch
 from fastapi import FastAPI
 
+from chaiderm.data.audit import AuditLog
+from chaiderm.errors import DataError
 from chaiderm.pipeline import FeedbackStore, Predictor
-from chaiderm.web.dependencies import ViewerState
-from chaiderm.web.routers import viewer
+from chaiderm.web.access import Access, SignedIn
+from chaiderm.web.auth import Sessions, Users
+from chaiderm.web.dependencies import ViewerState, inference_workers
+from chaiderm.web.observe import Metrics, Observe
+from chaiderm.web.routers import session, viewer
 from chaiderm.web.security import secure
 
 MAX_UPLOAD = 20_000_000
 MULTIPART_SLACK = 64_000  # form boundaries and headers around the file
+PURGE_EVERY_S = 3600.0
+log = logging.getLogger("chaiderm.serve")
 
 
 def describe(predictor: Predictor, model_dir: str | Path, index_dir: str | Path) -> dict[str, Any]:
@@ -34,24 +47,81 @@ def describe(predictor: Predictor, model_dir: str | Path, index_dir: str | Path)
 
 
 def create_app(
-    model_dir: str | Path, index_dir: str | Path, db_path: str | Path, *, max_upload: int = MAX_UPLOAD
+    model_dir: str | Path,
+    index_dir: str | Path,
+    db_path: str | Path,
+    *,
+    max_upload: int = MAX_UPLOAD,
+    users: str | Path | None = None,
+    keep_queries_days: float | None = None,
+    workers: int | None = None,
+    secure_cookies: bool = False,
 ) -> FastAPI:
+    """The viewer app. ``users`` (a users file) turns sign-in on; without it the server has one local
+    user and must stay on loopback (the CLI refuses anything else). ``keep_queries_days``: query images
+    older than this are erased (0: never stored). ``workers``: inferences at once (default: the cores)."""
+    if keep_queries_days is not None and keep_queries_days < 0:
+        raise DataError(None, "--keep-queries must be 0 (keep no query images) or more days")
+    workers = inference_workers(workers or os.cpu_count())
+    if workers > 1:
+        # each inference on one thread, several at once: more throughput than one on all cores
+        torch.set_num_threads(1)
+        faiss.omp_set_num_threads(1)
     predictor = Predictor.load(model_dir, index_dir)
+    store = FeedbackStore(db_path)
+    user_file = Users(users) if users is not None else None
+    access = Access(user_file, Sessions(store), AuditLog(store), secure_cookies=secure_cookies)
     state = ViewerState(
         predictor,
-        FeedbackStore(db_path),
+        store,
         max_upload,
         describe(predictor, model_dir, index_dir),
         index_dir=Path(index_dir),
         describe=lambda p: describe(p, model_dir, index_dir),
+        workers=workers,
+        keep_queries_days=keep_queries_days,
     )
+    metrics = Metrics(lambda: state.waiting, lambda: state.running)
+    state.on_inference = metrics.inference.observe
+
+    def purge() -> None:
+        if keep_queries_days:
+            try:
+                n = store.purge(keep_queries_days)
+            except DataError as e:
+                log.warning("retention: purge failed (%s); retried in an hour", e)
+                return
+            if n:
+                access.audit.record(
+                    "purge", user="server", detail=f"{n} query image(s) over {keep_queries_days:g} days"
+                )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.viewer = state
-        yield
+        task = None
+        if keep_queries_days:
 
-    app = FastAPI(title="chaiderm", lifespan=lifespan)
+            async def every_hour() -> None:
+                while True:
+                    await asyncio.to_thread(purge)
+                    await asyncio.sleep(PURGE_EVERY_S)
+
+            task = asyncio.create_task(every_hour())
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    purge()  # before the first request: nothing older than the policy is ever served
+    app = FastAPI(title="chaiderm", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.viewer = state
+    app.state.access = access
+    app.state.metrics = metrics
+    app.include_router(session.router)
     app.include_router(viewer.router)
-    return secure(app, max_upload + MULTIPART_SLACK)
+    app.add_middleware(SignedIn, access=access)
+    secure(app, max_upload + MULTIPART_SLACK)
+    app.add_middleware(Observe, metrics=metrics)
+    return app

@@ -60,3 +60,27 @@ class MergeIn(BaseModel):
 class CreateGroupIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     disease: str | None = None
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: float
+    user: str | None
+    role: str | None
+    address: str | None
+    action: str
+    target: str | None
+    status: int | None
+    detail: str | None
+
+
+class ErrorOut(BaseModel):
+    """Every refusal: one line a person can read."""
+
+    detail: str
+
+
+# the refusals any route may answer with, declared so that clients (and the schema fuzz test) know them
+ERRORS: dict[int | str, dict] = {
+    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 503)
+}

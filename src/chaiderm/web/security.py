@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -66,13 +67,26 @@ class BodyLimit:
         await self.app(scope, counted_receive, send_with_headers)
 
 
-def page(name: str) -> HTMLResponse:
+def page(name: str, status_code: int = 200) -> HTMLResponse:
     """A static page from ``chaiderm/web/templates``: no data is ever formatted into it."""
-    return HTMLResponse((WEB / "templates" / name).read_text(encoding="utf-8"))
+    return HTMLResponse((WEB / "templates" / name).read_text(encoding="utf-8"), status_code=status_code)
+
+
+def _field(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "cookie")]
+    return ".".join(parts) or "request"
+
+
+async def readable_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 is a list of machine records; ours is one line that names each field."""
+    problems = [f"{_field(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in exc.errors()[:5]]
+    return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, 422)
 
 
 def secure(app: FastAPI, body_limit: int) -> FastAPI:
-    """Mount the static scripts and styles, and add the body limit and security headers."""
+    """Mount the static scripts and styles, and add the body limit, security headers and readable
+    validation errors."""
     app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
+    app.add_exception_handler(RequestValidationError, readable_validation_error)
     app.add_middleware(BodyLimit, limit=body_limit)
     return app

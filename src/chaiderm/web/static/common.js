@@ -12,8 +12,15 @@ function el(tag, props = {}, text = null) {
   return e;
 }
 
+// the session's CSRF token (from /api/me), sent back on every write; the session itself is an HTTP-only cookie
+let csrfToken = null;
+
 async function request(url, options) {
   let r;
+  options = Object.assign({}, options || {});
+  if (csrfToken && options.method && options.method !== "GET") {
+    options.headers = Object.assign({}, options.headers || {}, {"X-CSRF-Token": csrfToken});
+  }
   try {
     r = await fetch(url, options);
   } catch (err) {
@@ -28,6 +35,7 @@ async function request(url, options) {
     let detail = body && body.detail;
     if (Array.isArray(detail)) detail = detail.map((d) => d.msg).join("; ");
     if (!detail) detail = r.status >= 500 ? "the server failed while answering" : r.statusText;
+    if (r.status === 401 && url !== "/api/session") detail += ". Sign in again: reload this page";
     throw new Error(`Error ${r.status}: ${detail}`);
   }
   if (body === null) throw new Error(`Error: the server answered ${r.status} without a readable result`);

@@ -5,6 +5,7 @@
 const judged = {};  // "query_id/image_id" -> "1" | "0": survives re-rendering with another k
 let current = null;
 let info = {positive_class: "melanoma"};
+let me = {name: "local", role: "admin", sign_in: false};
 let generation = 0;  // answers to superseded requests are dropped
 
 const words = (s) => String(s).replaceAll("_", " ");
@@ -91,7 +92,9 @@ function card(q, n, pos) {
   if (about) c.append(el("div", {class: "meta"}, about));
   if (n.metadata && n.metadata.attribution) c.append(el("div", {class: "attr"}, "\u00a9 " + n.metadata.attribution));
   c.append(enlarge, el("br"));
-  for (const [rel, label] of [["1", "similar"], ["0", "not similar"]]) {
+  // only experts (and admins) record similarity: a viewer's page offers no buttons the server would refuse
+  const canJudge = me.role === "expert" || me.role === "admin";
+  for (const [rel, label] of canJudge ? [["1", "similar"], ["0", "not similar"]] : []) {
     const b = el("button", {class: "sim", type: "button"}, label);
     b.dataset.rel = rel;
     b.addEventListener("click", (ev) => { ev.stopPropagation(); judge(n, b, c); });
@@ -153,6 +156,31 @@ async function judge(n, button, c) {
 
 function setOpacity() { document.querySelectorAll("img.map").forEach((m) => { m.style.opacity = $("opacity").value / 100; }); }
 
+async function loadMe() {
+  try {
+    me = await request("/api/me");
+  } catch (err) {
+    showError(err.message);
+    return;
+  }
+  csrfToken = me.csrf_token;
+  if (me.sign_in) {
+    $("whoami").textContent = `${me.name} (${me.role})`;
+    $("who").hidden = false;
+  }
+}
+
+async function signOut() {
+  try {
+    await request("/api/session/end", {method: "POST"});
+  } catch (err) {
+    showError(err.message);
+    return;
+  }
+  clearResult();
+  window.location.assign("/login");
+}
+
 async function loadInfo() {
   try {
     info = await request("/api/info");
@@ -195,5 +223,6 @@ document.addEventListener("DOMContentLoaded", () => {
     const form = new FormData(); form.append("archive_id", id); send(form, "archive case " + id);
   });
   $("zoomclose").addEventListener("click", () => $("zoom").close());
-  loadInfo();
+  $("signout").addEventListener("click", signOut);
+  loadMe().then(loadInfo);
 });

@@ -1,0 +1,129 @@
+"""The server's audit log: who did what, when, from where, in the same SQLite file as the feedback.
+Append-only by construction: triggers refuse every UPDATE and DELETE of a row. Queries are recorded by
+their content hash, never by the image."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass
+
+from chaiderm.data.feedback import FeedbackStore
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    user TEXT,
+    role TEXT,
+    address TEXT,
+    action TEXT NOT NULL,
+    target TEXT,
+    status INTEGER,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"""
+COLUMNS = ("id", "at", "user", "role", "address", "action", "target", "status", "detail")
+
+# what is recorded (the `action` column)
+ACTIONS = (
+    "sign_in",
+    "sign_in_failed",
+    "sign_in_throttled",
+    "sign_out",
+    "token",
+    "query",  # an image queried (target: its content hash) or an archive case (detail)
+    "view_query",  # a stored query's image or result seen again (target: its hash)
+    "view_map",  # a QAM/RAM pair (target: query hash / archive image id)
+    "view_image",  # an archive image (target: its id)
+    "feedback",
+    "archive_add",
+    "archive_remove",
+    "audit_read",
+    "forbidden",  # a signed-in user asked for more than their role allows
+    "purge",
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    at: float
+    user: str | None
+    role: str | None
+    address: str | None
+    action: str
+    target: str | None
+    status: int | None
+    detail: str | None
+
+
+class AuditLog:
+    def __init__(self, store: FeedbackStore):
+        self.store = store
+        with store.connect() as con:
+            con.executescript(SCHEMA)
+
+    def record(
+        self,
+        action: str,
+        *,
+        user: str | None = None,
+        role: str | None = None,
+        address: str | None = None,
+        target: str | None = None,
+        status: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Append one entry (raises the store's DataError 'unavailable' when the database is locked:
+        the caller refuses the action rather than do it unrecorded)."""
+        if action not in ACTIONS:
+            raise ValueError(f"unknown audit action '{action}'")
+        with self.store.connect() as con:
+            con.execute(
+                "INSERT INTO audit(at, user, role, address, action, target, status, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), user, role, address, action, target, status, (detail or "")[:500] or None),
+            )
+
+    def entries(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        user: str | None = None,
+        action: str | None = None,
+        limit: int | None = None,
+    ) -> list[Entry]:
+        where, args = [], []
+        for cond, value in (("at >= ?", since), ("at < ?", until), ("user = ?", user), ("action = ?", action)):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        sql = f"SELECT {', '.join(COLUMNS)} FROM audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self.store.connect() as con:
+            return [Entry(*row) for row in con.execute(sql, args)]
+
+
+def to_csv(entries: list[Entry]) -> str:
+    """Entries as CSV with ISO 8601 UTC times; a cell that a spreadsheet would run as a formula is quoted
+    with a leading apostrophe (user names and targets come from outside)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "time_utc", "user", "role", "address", "action", "target", "status", "detail"])
+    for e in entries:
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(e.at)) + f".{int(e.at % 1 * 1000):03d}Z"
+        cells = [e.id, when, e.user, e.role, e.address, e.action, e.target, e.status, e.detail]
+        w.writerow(["'" + c if isinstance(c, str) and c.startswith(("=", "+", "-", "@")) else c for c in cells])
+    return buf.getvalue()
