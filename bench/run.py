@@ -295,24 +295,25 @@ def bench_serve(isic: Path, tmp: Path, clients: int = 8, seconds: float = 45.0) 
     db = tmp / "serve.db"
     users = tmp / "users.json"
     users.unlink(missing_ok=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chaiderm.cli",
-            "users",
-            "add",
-            "bench",
-            "--role",
-            "expert",
-            "--users",
-            str(users),
-            "--password-stdin",
-        ],
-        input=b"bench-password-123\n",
-        check=True,
-        capture_output=True,
-    )
+    for name, role in (("bench", "expert"), ("ops", "admin")):  # the clients click; the operator reads /metrics
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "chaiderm.cli",
+                "users",
+                "add",
+                name,
+                "--role",
+                role,
+                "--users",
+                str(users),
+                "--password-stdin",
+            ],
+            input=b"bench-password-123\n",
+            check=True,
+            capture_output=True,
+        )
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -351,7 +352,8 @@ def bench_serve(isic: Path, tmp: Path, clients: int = 8, seconds: float = 45.0) 
         _serve_load(base, payloads, 1, 5, headers)  # warm-up
         one = _serve_load(base, payloads, 1, seconds, headers)
         many = _serve_load(base, payloads, clients, seconds, headers)
-        metrics = httpx.get(base + "/metrics", headers=headers).text
+        ops = httpx.post(base + "/api/token", json={"name": "ops", "password": "bench-password-123"}).json()
+        metrics = httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {ops['token']}"}).text
     finally:
         proc.terminate()
         proc.wait(timeout=30)

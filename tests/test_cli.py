@@ -327,3 +327,42 @@ def test_query_csv_is_scored_by_the_isic_organisers_scorer(served, synth_dir, tm
         ],
     )
     assert r.exit_code == 2 and "--csv-format: 'isic2017'" in r.output
+
+
+def test_train_uses_experts_feedback_from_the_server_database(synth_dir, tmp_path):
+    """`train --feedback DB` reads the server's clicks: experts' train, viewers' and purged ones are
+    counted and left out, and the clicks change the trained weights."""
+    from pathlib import Path
+
+    from safetensors.numpy import load_file
+
+    from chaiderm.data.feedback import FeedbackStore
+
+    store = FeedbackStore(tmp_path / "fb.db")
+    test = sorted((synth_dir / "test" / "images").glob("*.png"))
+    for i, path in enumerate(test[:4]):
+        qid = store.add_query(Path(path).read_bytes())
+        store.add_feedback(qid, f"SYN_train_{i:05d}", True, user="dr.ada", role="expert")
+        store.add_feedback(qid, f"SYN_train_{i + 50:05d}", False, user="dr.ada", role="expert")
+        store.add_feedback(qid, f"SYN_train_{i + 90:05d}", False, user="nurse", role="viewer")
+    purged = store.add_query(Path(test[5]).read_bytes())
+    store.add_feedback(purged, "SYN_train_00001", True, user="dr.ada", role="expert")
+    store.add_feedback(purged, "SYN_train_00002", False, user="dr.ada", role="expert")
+    store.purge(0)
+    for path in test[:4]:  # re-add the first four after the purge: their images are back
+        store.add_query(Path(path).read_bytes())
+    with_fb, without = tmp_path / "fb_run", tmp_path / "plain_run"
+    args = ["train", "--data", str(synth_dir), "--epochs", "1", "--seed", "3", *TINY]
+    r = runner.invoke(
+        app, [*args, "--out", str(with_fb), "--feedback", str(tmp_path / "fb.db"), "--feedback-weight", "5"]
+    )
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "feedback: 4 triplet(s) from 4 quer" in out
+    assert "1 judged queries whose image the retention policy erased" in out
+    assert "4 clicks by users whose role does not train the model" in out
+    cfg = json.loads((with_fb / "config.json").read_text())
+    assert cfg["data"]["feedback"] == str(tmp_path / "fb.db") and cfg["train"]["feedback_weight"] == 5.0
+    assert runner.invoke(app, [*args, "--out", str(without)]).exit_code == 0
+    a, b = load_file(with_fb / "model.safetensors"), load_file(without / "model.safetensors")
+    assert any(not np.allclose(a[k], b[k]) for k in a), "the clicks did not reach training"

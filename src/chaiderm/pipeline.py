@@ -337,14 +337,22 @@ class Predictor:
                 "places relative to itself, so move it together with its archive folder, or index again"
             ) from None
 
+    @staticmethod
+    def listed_maps(result: QueryResult, image_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The QAM and RAM computed with the query, if ``image_id`` is one of its listed neighbours."""
+        for n, qam, ram in zip(result.prediction.neighbors, result.qams, result.rams, strict=False):
+            if n.image_id == image_id:
+                return qam, ram
+        return None
+
     def pair_maps(self, result: QueryResult, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """QAM and RAM between a query and any archive image (listed neighbour or not)."""
         row = self.index.row_of(image_id)
         if row is None:
             raise KeyError(image_id)
-        for n, qam, ram in zip(result.prediction.neighbors, result.qams, result.rams, strict=False):
-            if n.image_id == image_id:
-                return qam, ram
+        listed = self.listed_maps(result, image_id)
+        if listed is not None:
+            return listed
         qams, rams = activation_map_pairs(result.maps, self.result_maps(np.array([row])))
         return qams[0], rams[0]
 

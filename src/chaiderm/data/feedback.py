@@ -101,6 +101,12 @@ class FeedbackStore:
                 "INSERT OR IGNORE INTO queries(query_id, image, created, archive_id, purged) VALUES (?, ?, ?, ?, ?)",
                 (qid, image if keep_image else b"", now, archive_id, None if keep_image else now),
             )
+            if keep_image:  # uploaded again after its image was purged: kept again, for a new retention period
+                con.execute(
+                    "UPDATE queries SET image = ?, purged = NULL, created = ? "
+                    "WHERE query_id = ? AND purged IS NOT NULL",
+                    (image, now, qid),
+                )
             if archive_id is not None:
                 con.execute("UPDATE queries SET archive_id = ? WHERE query_id = ?", (archive_id, qid))
         return qid

@@ -36,6 +36,7 @@ State = Annotated[ViewerState, Depends(get_state)]
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 K_MIN, K_MAX = 1, 40
 MAP_SIDE = 320  # the page shows maps at 320 px
+FAST_PNG = 1  # zlib level for what the server encodes per request (render.to_png_bytes)
 STATUS = {"not_image": 415, "too_large": 413, "bad_shape": 413, "empty": 400, "corrupt": 400, "unavailable": 503}
 
 
@@ -184,7 +185,7 @@ async def post_query(
     decoded = await asyncio.wrap_future(state.decoder.submit(_decode_here, state, data, name))
     # kept: the pixels as decoded (orientation applied), re-encoded without the upload's EXIF or other
     # metadata (GPS, camera owner, dates); the id stays that of the bytes received
-    kept = await run_in_threadpool(to_png_bytes, decoded)
+    kept = await run_in_threadpool(to_png_bytes, decoded, FAST_PNG)
     query_id = await run_in_threadpool(
         _store,
         state.store.add_query,
@@ -241,7 +242,7 @@ def _result(state: ViewerState, query_id: str) -> QueryResult:
 
 @router.get("/api/queries/{query_id}/image.png")
 def query_image(query_id: str, state: State, request: Request, user: Viewer) -> Response:
-    png = to_png_bytes(_result(state, query_id).image)
+    png = to_png_bytes(_result(state, query_id).image, FAST_PNG)
     audit(request, "view_query", query_id, "image")
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
@@ -262,14 +263,18 @@ def evidence_map(
         raise HTTPException(422, detail=f"style must be one of {', '.join(MAP_STYLES)}")
     res = _result(state, query_id)
     try:
-        with state.inference() as predictor:  # cheap when the index stores maps, a forward pass when not
-            qam, ram = predictor.pair_maps(res, image_id)
+        listed = state.predictor.listed_maps(res, image_id)
+        if listed is not None:  # a listed neighbour: its pair was computed with the query, no slot needed
+            qam, ram = listed
+        else:
+            with state.inference() as predictor:  # any other case: its maps, or a forward pass without them
+                qam, ram = predictor.pair_maps(res, image_id)
     except KeyError:
         raise HTTPException(404, detail=f"no archive image '{image_id}'") from None
     except DataError as e:  # maps not stored and the archive image is gone
         raise HTTPException(404, detail=str(e)) from None
     side = max(res.image.shape[0], MAP_SIDE)  # outlines drawn at the size shown, not scaled up jagged
-    png = to_png_bytes(render_heatmap(qam if kind == "qam" else ram, (side, side), style=style))
+    png = to_png_bytes(render_heatmap(qam if kind == "qam" else ram, (side, side), style=style), FAST_PNG)
     audit(request, "view_map", f"{query_id}/{image_id}", kind)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
