@@ -115,3 +115,33 @@ def test_a_bad_device_is_refused_before_anything_is_written(synth_dir, tmp_path)
         with pytest.raises(DataError, match=match):
             run_reproduce(tmp_path / "no-isic", tmp_path / "no-enh", synth_dir / "test", out, ReproduceSettings(**bad))
         assert not out.exists()
+
+
+def test_reproduce_teach_maps_scores_only_untaught_images(synth_dir, tmp_path):
+    """--teach-maps: the embedding variants learn from a quarter of the masks data, and localisation is
+    scored on the other images only."""
+    from chaiderm.reproduce import TAUGHT, taught_rows
+
+    _isic_from_synthetic(synth_dir, tmp_path / "isic")
+    _fake_enhance(tmp_path / "enh", n=200)
+    s = ReproduceSettings(
+        backbone="tiny",
+        epochs=1,
+        finetune_epochs=1,
+        image_size=64,
+        load_size=72,
+        n_finetune=100,
+        n_boot=20,
+        groups_per_disease={"melanoma": 3, "seborrheic_keratosis": 2, "nevus": 4},
+        teach_maps=True,
+    )
+    out = tmp_path / "out"
+    run_reproduce(tmp_path / "isic", tmp_path / "enh", synth_dir / "test", out, s, log=lambda m: None)
+    n = len(load_table(synth_dir, "test"))
+    taught = taught_rows(n)
+    assert len(taught) == n // 4 and np.array_equal(taught, taught_rows(n))  # the same quarter every time
+    t = json.loads((out / "table1.json").read_text())
+    for v in VARIANTS:
+        assert t["variants"][v]["localisation_images"] == n - n // 4
+        cfg = json.loads((out / "runs" / "seed0" / v / "config.json").read_text())
+        assert bool(cfg["data"].get("masks")) == (v in TAUGHT), v

@@ -95,6 +95,11 @@ def train_cmd(
     init: Annotated[Path | None, typer.Option(help="run folder to fine-tune from")] = None,
     feedback: Annotated[Path | None, typer.Option(help="feedback database from `chaiderm serve`")] = None,
     feedback_weight: float = 1.0,
+    mask_data: Annotated[
+        Path | None,
+        typer.Option(help="images with lesion masks (ham10000_dev layout): teach the evidence maps where lesions are"),
+    ] = None,
+    mask_weight: float = 1.0,
     split: Annotated[str | None, typer.Option(help="training split (ISIC: train)")] = None,
     val_data: Annotated[Path | None, typer.Option(help="validation data (default: same folder, split val)")] = None,
     val_split: str | None = None,
@@ -188,6 +193,7 @@ def train_cmd(
                 val_k=val_k,
                 positive_class=positive_class,
                 feedback_weight=feedback_weight,
+                mask_weight=mask_weight,
             ),
             data=DataConfig(
                 train=str(data),
@@ -199,6 +205,7 @@ def train_cmd(
             ),
         )
         fb = _read_feedback(feedback, table) if feedback is not None else None
+        masks = _read_masks(mask_data) if mask_data is not None else None
         result = _run_training(
             cfg,
             table,
@@ -210,12 +217,23 @@ def train_cmd(
             skip_bad=skip_bad,
             device=device,
             feedback=fb,
+            masks=masks,
         )
     if result.skipped:
         console.print(
             f"[yellow]warning:[/yellow] skipped {len(result.skipped)} unreadable image(s), e.g. {result.skipped[0]}"
         )
     console.print(f"model written to {out} (best epoch {result.best_epoch})")
+
+
+def _read_masks(path: Path):
+    from chaiderm.data.records import read_folder
+    from chaiderm.errors import DataError
+
+    table = read_folder(path)
+    if not any(table.mask_paths):
+        raise DataError(path, "no lesion masks found (expected masks/<image_id>_segmentation.png beside images/)")
+    return table
 
 
 def _read_feedback(path: Path, table):
@@ -883,6 +901,13 @@ def reproduce(
         str | None, typer.Option(help="colour normalisation of every variant: none, shades_of_gray")
     ] = None,
     colour_jitter: Annotated[float | None, typer.Option(help="training brightness/contrast/saturation jitter")] = None,
+    teach_maps: Annotated[
+        bool,
+        typer.Option(
+            help="beyond the paper: the embeddings also learn where lesions are from a seeded quarter of "
+            "--masks-data; localisation is then scored on the other three quarters"
+        ),
+    ] = False,
 ) -> None:
     """The paper's Table 1: six embeddings, AUC@k, REL@k, map localisation, statistics and figures.
 
@@ -897,6 +922,7 @@ def reproduce(
         views=views,
         colour=colour,
         colour_jitter=colour_jitter,
+        teach_maps=teach_maps or None,
     )
     s = ReproduceSettings(seeds=seeds, n_boot=n_boot, **{k: v for k, v in given.items() if v is not None})
     if not paper_groups:

@@ -69,6 +69,8 @@ class TrainConfig:
     select_metric: Literal["auc", "loss", "last"] = "auc"
     positive_class: str = "melanoma"
     feedback_weight: float = 1.0
+    # weight of the lesion-mask term (training.loop._mask_loss), used when mask data is given
+    mask_weight: float = 1.0
     # >0: validate and save an exponential moving average of the weights (per step) instead of the
     # raw weights; smooths the step-to-step drift of short, noisy fine-tuning runs
     ema_decay: float = 0.0
@@ -85,6 +87,7 @@ class DataConfig:
     groups: str | None = None
     init: str | None = None  # run folder the weights were fine-tuned from
     feedback: str | None = None
+    masks: str | None = None  # images with lesion masks that taught the maps where lesions are
     train_fingerprint: str = ""  # hash of (image id, diagnosis, group) rows, to trace a result to its data
     n_train: int = 0
     n_val: int = 0

@@ -84,6 +84,19 @@ class ReproduceSettings:
     # colour normalisation of every variant's inputs (data.transforms.COLOURS) and training colour jitter
     colour: str = "none"
     colour_jitter: float = 0.0
+    # beyond the paper: the embedding variants also learn from the lesion masks of a seeded quarter of the
+    # masks data (mask_weight of the training term); the localisation metrics then use the other images only
+    teach_maps: bool = False
+    mask_weight: float = 1.0
+
+
+TEACH_SEED = 0  # the quarter of the masks data taught on is the same for every training seed
+TAUGHT = ("Disease", "Joint", "NonHierarchical", "Hierarchical")  # the variants with evidence maps of their own
+
+
+def taught_rows(n: int) -> np.ndarray:
+    """Rows of the masks data whose masks teach the maps (``bench/map_localisation.py``'s half A1)."""
+    return np.sort(np.random.default_rng(TEACH_SEED).permutation(n)[: n // 4])
 
 
 @dataclass
@@ -99,6 +112,7 @@ class _Data:
     ham_masks: np.ndarray  # (n, S, S) bool, on the crop the network sees
     rel_groups: np.ndarray  # hierarchical group code per training image (-1: unrated)
     rel_queries: np.ndarray  # rows of the held-out rated training images
+    taught: np.ndarray  # rows of ham whose masks trained the maps (empty unless teach_maps)
 
 
 def _load(isic: Path, masks_data: Path, groups_dir: Path, s: ReproduceSettings, log) -> _Data:
@@ -118,7 +132,8 @@ def _load(isic: Path, masks_data: Path, groups_dir: Path, s: ReproduceSettings, 
     codes, _ = encode_labels([rated[i][0] if i in rated else None for i in train_t.image_ids])
     held = set(read_groups(groups_dir / GROUP_FILES["heldout"]))
     rel_q = np.array([j for j, i in enumerate(train_t.image_ids) if i in held])
-    return _Data(train_t, val_t, test_t, ham, train_img, val_img, test_img, ham_img, masks, codes, rel_q)
+    taught = taught_rows(len(ham)) if s.teach_maps else np.zeros(0, np.int64)
+    return _Data(train_t, val_t, test_t, ham, train_img, val_img, test_img, ham_img, masks, codes, rel_q, taught)
 
 
 def _train_variant(
@@ -159,8 +174,16 @@ def _train_variant(
         }[name]
         cfg = RunConfig(
             model=ModelConfig(head="none" if name == "BaselineFT" else "conv", **mc),
-            train=TrainConfig(logic=logic, epochs=epochs, seed=seed, val_k=20, colour_jitter=s.colour_jitter),
+            train=TrainConfig(
+                logic=logic,
+                epochs=epochs,
+                seed=seed,
+                val_k=20,
+                colour_jitter=s.colour_jitter,
+                mask_weight=s.mask_weight,
+            ),
         )
+        masks = d.ham.subset(d.taught) if s.teach_maps and name in TAUGHT else None
         cfg.data.groups = str(groups_dir)
         resume = (run / "checkpoints" / "last.pt").exists()
         res = train(
@@ -172,6 +195,7 @@ def _train_variant(
             resume=resume,
             force=not resume,
             device=device,
+            masks=masks,
             on_epoch=lambda e, r: log(f"  {name} epoch {e + 1}: val AUC@20 {r.get('val_auc', float('nan')):.3f}"),
         )
         log(f"  {name}: best epoch {res.best_epoch + 1}")
@@ -206,11 +230,13 @@ def _evaluate(
     out["rel"] = {str(k): v for k, v in calculate_rel_at_k(qg, d.rel_groups[i_rel], KS).items()}
     # external queries (HAM10000, with masks) against the ISIC 2017 training archive
     _, i_hm = exact_search(tr, hm, kmax)
-    y_ham = d.ham.is_positive("melanoma")
-    out["external_auc"] = {str(k): v for k, v in calculate_auc_at_k(mel_tr[i_hm], y_ham, KS).items()}
+    held_out = np.setdiff1d(np.arange(len(hm)), d.taught)  # never the images whose masks were taught
+    y_ham = d.ham.is_positive("melanoma")[held_out]
+    out["external_auc"] = {str(k): v for k, v in calculate_auc_at_k(mel_tr[i_hm[held_out]], y_ham, KS).items()}
     ja, mass, ja_sim, mass_sim, ja_g, mass_g = [], [], [], [], [], []
     gauss = centred_gaussian((s.image_size, s.image_size))
-    for q in range(len(hm)):
+    out["localisation_images"] = int(len(held_out))
+    for q in held_out:
         nearest = tr_maps[i_hm[q, :1]]
         qam, _ = activation_map_pairs(hm_maps[q], nearest)
         sim, _ = similarity_maps(hm_maps[q], nearest)
@@ -388,6 +414,8 @@ def _check_settings(out: Path, s: ReproduceSettings) -> None:
         saved.setdefault("views", "none")  # and evaluated single views
         saved.setdefault("colour", "none")  # and had no colour normalisation or jitter
         saved.setdefault("colour_jitter", 0.0)
+        saved.setdefault("teach_maps", False)  # and no map learnt from masks
+        saved.setdefault("mask_weight", 1.0)
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if diff:
             raise ArtifactError(

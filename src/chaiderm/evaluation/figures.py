@@ -61,7 +61,9 @@ def write_figures(out: Path, d, variants, ks, k_roc: int = 20, views: str = "non
     plt.close(fig)
 
     # Fig. 4: QAM/RAM pair of one external query (with a mask) and its nearest archive case, per variant
-    q = int(np.flatnonzero(d.ham.is_positive("melanoma"))[0])
+    shown = d.ham.is_positive("melanoma")
+    shown[getattr(d, "taught", [])] = False  # a held-out image, never one whose mask was taught
+    q = int(np.flatnonzero(shown)[0])
     fig, axes = plt.subplots(len(variants), 4, figsize=(6.4, 1.6 * len(variants)))
     for r, v in enumerate(variants):
         model, cfg = load_model(out / "runs" / "seed0" / v)

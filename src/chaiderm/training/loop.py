@@ -30,7 +30,15 @@ from chaiderm.data.feedback import FeedbackTriplets
 from chaiderm.data.images import load_image
 from chaiderm.data.records import ImageTable, check_nested
 from chaiderm.data.sampler import m_per_class_batches
-from chaiderm.data.transforms import augment, check_jitter, prepare, resize_square, to_tensor
+from chaiderm.data.transforms import (
+    augment,
+    center_crop,
+    check_jitter,
+    mask_as_seen,
+    prepare,
+    resize_square,
+    to_tensor,
+)
 from chaiderm.errors import ArtifactError, DataError
 from chaiderm.index.faiss_index import nearest_images
 from chaiderm.index.knn import knn_vote, relevance_at_k
@@ -174,6 +182,57 @@ def _feedback_loss(
     return chai_triplet_loss(emb[:n], emb[n : 2 * n], emb[2 * n :], cfg.train.margin).mean()
 
 
+@dataclass
+class _Masks:
+    images: np.ndarray  # (N, S, S, 3) uint8 at load_size
+    masks: np.ndarray  # (N, s, s) bool: the lesion on the centre crop the network sees
+
+
+def _prepare_masks(table: ImageTable, cfg: RunConfig) -> _Masks:
+    missing = [iid for iid, m in zip(table.image_ids, table.mask_paths, strict=True) if not m]
+    if missing:
+        raise DataError(
+            table.source, f"mask supervision: {len(missing)} image(s) have no lesion mask, e.g. '{missing[0]}'"
+        )
+    if len(table) < 2:
+        raise DataError(table.source, "mask supervision needs at least 2 images with masks")
+    images = prepare(table.paths, cfg.model.load_size)[0]
+    masks = np.stack([mask_as_seen(p, cfg.model.load_size, cfg.model.image_size) for p in table.mask_paths])
+    return _Masks(images, masks)
+
+
+def _mask_loss(model: EmbeddingNet, ms: _Masks, cfg: RunConfig, rng: np.random.Generator) -> torch.Tensor:
+    """Teach the evidence maps where lesions are: each masked image's QAM against another masked image
+    (Eq. 2, the per-dimension weights held fixed) should put its mass inside the lesion and, scaled to
+    its maximum, overlap the lesion (soft Dice). Both are measured on the map upsampled to the input,
+    as the localisation metrics measure it."""
+    n = min(len(ms.images), max(2, cfg.train.batch_size // 3))
+    pick = rng.choice(len(ms.images), n, replace=False)
+    imgs = center_crop(ms.images[pick], cfg.model.image_size)
+    masks = ms.masks[pick]
+    out_i, out_m = [], []
+    for img, m in zip(imgs, masks, strict=True):  # the same flips and turns for the image and its mask
+        k, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
+        img, m = np.rot90(img, k, axes=(0, 1)), np.rot90(m, k, axes=(0, 1))
+        if flip:
+            img, m = img[:, ::-1], m[:, ::-1]
+        out_i.append(np.ascontiguousarray(img))
+        out_m.append(np.ascontiguousarray(m))
+    device = next(model.parameters()).device
+    x = to_tensor(np.stack(out_i), model.mean, model.std, colour=model.colour).to(device)
+    mask = torch.from_numpy(np.stack(out_m)).float().to(device)
+    g = _forward_chunks(model, x, cfg.train.chunk_size, model.forward_features)
+    f = g.mean(dim=(2, 3))
+    w = (f - f.roll(1, dims=0)).pow(2).detach()
+    qam = torch.einsum("nd,ndhw->nhw", w, g)
+    up = F.interpolate(qam[:, None], size=mask.shape[1:], mode="bilinear", align_corners=False)[:, 0].clamp_min(0)
+    eps = 1e-8
+    mass = (up * mask).sum(dim=(1, 2)) / up.sum(dim=(1, 2)).clamp_min(eps)
+    scaled = up / up.amax(dim=(1, 2), keepdim=True).clamp_min(eps)
+    dice = 2 * (scaled * mask).sum(dim=(1, 2)) / (scaled.sum(dim=(1, 2)) + mask.sum(dim=(1, 2))).clamp_min(eps)
+    return ((1 - mass) + (1 - dice)).mean()
+
+
 def train(
     cfg: RunConfig,
     train_table: ImageTable,
@@ -188,6 +247,7 @@ def train(
     on_epoch: EpochCallback | None = None,
     on_prepare: Callable[[], None] | None = None,
     feedback: FeedbackTriplets | None = None,
+    masks: ImageTable | None = None,
     device: str = "cpu",
 ) -> TrainResult:
     """Train an embedding and write ``out/{config.json, model.safetensors, history.json, checkpoints/}``.
@@ -253,6 +313,9 @@ def train(
     cfg.data.n_train, cfg.data.n_val = len(train_p.table), 0 if val_p is None else len(val_p.table)
 
     fb = _prepare_feedback(feedback, train_p, cfg.model.load_size) if feedback is not None else None
+    ms = _prepare_masks(masks, cfg) if masks is not None else None
+    if ms is not None:
+        cfg.data.masks = masks.source or f"{len(masks)} images with lesion masks"
 
     dis, _ = encode_labels(train_p.table.diagnoses)
     grp, _ = encode_labels(train_p.table.groups)
@@ -297,6 +360,8 @@ def train(
                 loss = loss_fn(emb, dis[idx], grp[idx], indices_tuple=triplets)
             if fb is not None:
                 loss = loss + t.feedback_weight * _feedback_loss(model, fb, train_p, cfg, rng)
+            if ms is not None:
+                loss = loss + t.mask_weight * _mask_loss(model, ms, cfg, rng)
             opt.zero_grad(set_to_none=True)
             if loss.requires_grad:
                 loss.backward()
