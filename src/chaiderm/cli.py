@@ -444,6 +444,10 @@ def query(
     csv_format: Annotated[str, typer.Option(help="isic2019 (MEL ... SCC, UNK) or isic2018 (MEL ... VASC)")] = (
         "isic2019"
     ),
+    region: Annotated[
+        str | None,
+        typer.Option(help="search by the part of the image inside x0,y0,x1,y1 (pixels of the image; ';' for more)"),
+    ] = None,
 ) -> None:
     """Classify images by kNN vote and write JSON + HTML evidence reports."""
     from chaiderm.data.images import load_image
@@ -459,9 +463,16 @@ def query(
             for d in predictor.classes:
                 isic_csv.code_of(d, csv_format)
         results = []
+        from chaiderm.index import refine
+
+        boxes = refine.parse_regions(region)
         for path in images:
             img = load_image(path)
-            res = predictor.predict(img, k=k, image_id=path.stem, where=where)
+            try:
+                regions = refine.from_original(boxes, img.shape[:2], predictor.cfg.model.load_size)
+            except ChaidermError as e:
+                raise _fail(f"{path}: {e}") from None
+            res = predictor.predict(img, k=k, image_id=path.stem, where=where, regions=regions)
             neigh = predictor.neighbor_images(res)
             write_query_report(
                 out,

@@ -23,6 +23,7 @@ from chaiderm.evidence.render import render_heatmap, to_png_bytes
 from chaiderm.index.archive import ArchiveIndex
 from chaiderm.index.filters import parse_where
 from chaiderm.index.knn import class_distribution
+from chaiderm.index.refine import MAX_EXAMPLES, Region, region_cells, rocchio
 from chaiderm.interfaces import Neighbor, Prediction
 from chaiderm.models.embedding import WEIGHTS, EmbeddingNet, check_views, load_model
 from chaiderm.models.inference import embed
@@ -260,10 +261,16 @@ class Predictor:
         evidence: bool = True,
         exclude_id: str | None = None,
         where: str | None = None,
+        regions: list[Region] | None = None,
+        similar: list[str] | None = None,
+        not_similar: list[str] | None = None,
     ) -> QueryResult:
         """Classify one decoded RGB image by kNN vote, with its neighbours and QAM/RAM pairs.
 
-        ``where`` (``index.filters``) restricts the archive: the k nearest among the cases that pass."""
+        ``where`` (``index.filters``) restricts the archive: the k nearest among the cases that pass.
+        ``regions`` (boxes in pixels of the square query image, ``index.refine``) search with the embedding
+        pooled over the map cells under them; ``similar`` / ``not_similar`` (archive ids) move the query
+        embedding toward / away from those cases (Rocchio). Maps follow both."""
         if k < 1:
             raise ValueError("k must be at least 1")
         classes = self.classes
@@ -287,6 +294,14 @@ class Predictor:
             classes = [c for c in self.classes if c in present]
         square = self.square(image)
         g, e = self.embed_square(square[None])
+        g_q, f_q = g[0], e[0]
+        if regions:
+            cells = region_cells(regions, self.cfg.model.load_size, self.cfg.model.image_size, g_q.shape[1:])
+            f_q = g_q[:, cells].mean(axis=1)
+            g_q = g_q * cells  # the maps show only what the search used
+        if similar or not_similar:
+            f_q = rocchio(f_q, self._embeddings_of(similar or []), self._embeddings_of(not_similar or []))
+        e = f_q[None].astype(np.float32)
         if rows is not None:
             dist, idx = self.index.search_among(e, k, rows)
             dist, idx = dist[0], idx[0]
@@ -310,10 +325,22 @@ class Predictor:
         ]
         pred = Prediction(image_id, self.positive_class, probs, len(idx), neighbors)
         if evidence and len(idx):
-            qams, rams = activation_map_pairs(g[0], self.result_maps(idx))
+            qams, rams = activation_map_pairs(g_q, self.result_maps(idx), f_q=f_q)
         else:
             qams = rams = np.zeros((0, 1, 1), np.float32)
-        return QueryResult(pred, square, qams, rams, e[0], g[0])
+        return QueryResult(pred, square, qams, rams, f_q, g_q)
+
+    def _embeddings_of(self, image_ids: list[str]) -> np.ndarray:
+        if len(image_ids) > MAX_EXAMPLES:
+            raise DataError(None, f"at most {MAX_EXAMPLES} marked cases refine a query", code="bad_region")
+        rows = []
+        for iid in image_ids:
+            row = self.index.row_of(iid)
+            if row is None:
+                raise DataError(None, f"no archive case '{iid}' to refine with", code="bad_region")
+            rows.append(row)
+        dim = self.index.embeddings.shape[1]
+        return np.asarray(self.index.embeddings[rows], dtype=np.float32).reshape(len(rows), dim)
 
     def _same_case(self, image_id: str | None) -> set[int]:
         """Rows an archive case must not find: itself and other images of its lesion (same lesion_id)."""
@@ -353,7 +380,7 @@ class Predictor:
         listed = self.listed_maps(result, image_id)
         if listed is not None:
             return listed
-        qams, rams = activation_map_pairs(result.maps, self.result_maps(np.array([row])))
+        qams, rams = activation_map_pairs(result.maps, self.result_maps(np.array([row])), f_q=result.embedding)
         return qams[0], rams[0]
 
     def embed_table(self, table: ImageTable, *, skip_bad: bool = False) -> tuple[np.ndarray, list[int]]:

@@ -17,11 +17,17 @@ def activation_map_pair(g_q: np.ndarray, g_r: np.ndarray) -> tuple[np.ndarray, n
     return qam[0], ram[0]
 
 
-def activation_map_pairs(g_q: np.ndarray, g_rs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One query ``(D, h, w)`` against results ``(R, D, h', w')``: QAMs ``(R, h, w)``, RAMs ``(R, h', w')``."""
+def activation_map_pairs(
+    g_q: np.ndarray, g_rs: np.ndarray, f_q: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One query ``(D, h, w)`` against results ``(R, D, h', w')``: QAMs ``(R, h, w)``, RAMs ``(R, h', w')``.
+
+    ``f_q``: the query embedding that was searched with, where it is not the mean of ``g_q`` (a search by
+    region pools only the cells under the region, and passes ``g_q`` zeroed elsewhere; a refined query
+    has moved). Default: Eq. 3."""
     gq = np.asarray(g_q, dtype=np.float32)
     gr = np.asarray(g_rs, dtype=np.float32)
-    f_q = gq.mean(axis=(1, 2))  # Eq. 3
+    f_q = gq.mean(axis=(1, 2)) if f_q is None else np.asarray(f_q, dtype=np.float32)  # Eq. 3
     f_r = gr.mean(axis=(2, 3))
     w = (f_q[None, :] - f_r) ** 2  # (R, D): per-dimension share of the squared distance
     qam = np.einsum("rz,zij->rij", w, gq, optimize=True)

@@ -26,6 +26,9 @@ class QueryOut(BaseModel):
     summary: str  # the vote in words: "7 of 10 nearest cases: melanoma; 3 nevus"
     archive_id: str | None = None  # set when the query is an archive case (then never its own neighbour)
     where: str | None = None  # the filter the neighbours passed (index.filters), if any
+    region: str | None = None  # boxes searched, "x0,y0,x1,y1;..." in pixels of the query image shown
+    similar: list[str] = []  # cases the query was moved toward (refine by example)
+    not_similar: list[str] = []  # and away from
     k: int
     query_image_url: str
     neighbors: list[NeighborOut]

@@ -6,9 +6,10 @@ import asyncio
 import datetime
 import mimetypes
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
@@ -24,6 +25,7 @@ from chaiderm.data.images import UPLOAD_FORMATS
 from chaiderm.data.records import ImageTable
 from chaiderm.errors import ChaidermError, DataError
 from chaiderm.evidence.render import MAP_STYLES
+from chaiderm.index.refine import Region, parse_regions
 from chaiderm.pipeline import QueryResult, add_to_index, load_image, render_heatmap, to_png_bytes
 from chaiderm.web.access import Admin, Expert, Viewer, client_address, current_user
 from chaiderm.web.auth import LOCAL, LOCAL_ROLE
@@ -98,24 +100,83 @@ def _store(call, *args, **kwargs):
         ) from None
 
 
+@dataclass(frozen=True)
+class Refine:
+    """How a query is refined: boxes drawn on it, and archive cases marked similar / not similar. Part of
+    every URL derived from the result (maps included), so a map always explains the ranking shown."""
+
+    regions: tuple[Region, ...] = ()
+    similar: tuple[str, ...] = ()
+    not_similar: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, region: str | None, similar: str | None, not_similar: str | None, side: int) -> Refine:
+        try:
+            regions = tuple(parse_regions(region, side))
+        except DataError as e:
+            raise HTTPException(422, detail=str(e)) from None
+        split = lambda v: tuple(dict.fromkeys(i for i in (v or "").split(",") if i))  # noqa: E731
+        sim, dis = split(similar), split(not_similar)
+        if set(sim) & set(dis):
+            raise HTTPException(422, detail="a case cannot be marked both similar and not similar")
+        return cls(regions, sim, dis)
+
+    def __bool__(self) -> bool:
+        return bool(self.regions or self.similar or self.not_similar)
+
+    def params(self) -> dict[str, str]:
+        out = {}
+        if self.regions:
+            out["region"] = ";".join(map(str, self.regions))
+        if self.similar:
+            out["similar"] = ",".join(self.similar)
+        if self.not_similar:
+            out["not_similar"] = ",".join(self.not_similar)
+        return out
+
+    def key(self, query_id: str) -> str:
+        return query_id + ("?" + urlencode(self.params()) if self else "")
+
+
+NO_REFINE = Refine()
+
+
 def _predict(
-    state: ViewerState, query_id: str, image: np.ndarray, k: int, exclude: str | None, where: str | None = None
+    state: ViewerState,
+    query_id: str,
+    image: np.ndarray,
+    k: int,
+    exclude: str | None,
+    where: str | None = None,
+    refine: Refine = NO_REFINE,
 ) -> QueryResult:
     try:
         with state.inference() as predictor:
-            res = predictor.predict(image, k=k, image_id=query_id, exclude_id=exclude, where=where)
+            res = predictor.predict(
+                image,
+                k=k,
+                image_id=query_id,
+                exclude_id=exclude,
+                where=where,
+                regions=list(refine.regions),
+                similar=list(refine.similar),
+                not_similar=list(refine.not_similar),
+            )
     except DataError as e:
-        if e.code == "bad_filter":
+        if e.code in ("bad_filter", "bad_region"):
             raise HTTPException(422, detail=str(e)) from None
         # an index without stored maps whose archive image has gone
         raise HTTPException(500, detail=f"the archive is incomplete: {e}") from None
-    state.remember(query_id, res)
+    state.remember(refine.key(query_id), res)
     return res
 
 
-def _to_out(query_id: str, res: QueryResult, archive_id: str | None, where: str | None = None) -> QueryOut:
+def _to_out(
+    query_id: str, res: QueryResult, archive_id: str | None, where: str | None = None, refine: Refine = NO_REFINE
+) -> QueryOut:
     p = res.prediction
     q = quote(query_id, safe="")
+    extra = ("?" + urlencode(refine.params())) if refine else ""
     return QueryOut(
         query_id=query_id,
         positive_class=p.positive_class,
@@ -125,6 +186,9 @@ def _to_out(query_id: str, res: QueryResult, archive_id: str | None, where: str 
         summary=p.summary(),
         archive_id=archive_id,
         where=where or None,
+        region=refine.params().get("region"),
+        similar=list(refine.similar),
+        not_similar=list(refine.not_similar),
         k=p.k,
         query_image_url=f"/api/queries/{q}/image.png",
         neighbors=[
@@ -136,8 +200,8 @@ def _to_out(query_id: str, res: QueryResult, archive_id: str | None, where: str 
                 distance=n.distance,
                 metadata=n.metadata,
                 image_url=f"/api/images/{quote(n.image_id, safe='')}",
-                qam_url=f"/api/maps/{q}/{quote(n.image_id, safe='')}/qam.png",
-                ram_url=f"/api/maps/{q}/{quote(n.image_id, safe='')}/ram.png",
+                qam_url=f"/api/maps/{q}/{quote(n.image_id, safe='')}/qam.png{extra}",
+                ram_url=f"/api/maps/{q}/{quote(n.image_id, safe='')}/ram.png{extra}",
             )
             for n in p.neighbors
         ],
@@ -170,8 +234,10 @@ async def post_query(
     k: Annotated[int, Form()] = 10,
     archive_id: Annotated[str | None, Form(max_length=256)] = None,
     where: Annotated[str | None, Form(max_length=500)] = None,
+    region: Annotated[str | None, Form(max_length=400)] = None,
 ) -> QueryOut:
     _check_k(k)
+    refine = Refine.parse(region, None, None, state.predictor.cfg.model.load_size)
     if image is not None:
         data = await image.read(state.max_upload + 1)
         if len(data) > state.max_upload:
@@ -196,8 +262,8 @@ async def post_query(
     )
     exclude = archive_id if image is None else None
     await run_in_threadpool(audit, request, "query", query_id, f"archive case {exclude}" if exclude else None)
-    res = await run_in_threadpool(_predict, state, query_id, decoded, k, exclude, where)
-    return _to_out(query_id, res, exclude, where)
+    res = await run_in_threadpool(_predict, state, query_id, decoded, k, exclude, where, refine)
+    return _to_out(query_id, res, exclude, where, refine)
 
 
 def _stored(state: ViewerState, query_id: str) -> tuple[bytes, str | None]:
@@ -222,21 +288,27 @@ def get_query(
     user: Viewer,
     k: Annotated[int, Query()] = 10,
     where: Annotated[str | None, Query(max_length=500)] = None,
+    region: Annotated[str | None, Query(max_length=400)] = None,
+    similar: Annotated[str | None, Query(max_length=4000)] = None,
+    not_similar: Annotated[str | None, Query(max_length=4000)] = None,
 ) -> QueryOut:
-    """The same query with another k or filter, without uploading it again (an archive case still
-    excludes itself)."""
+    """The same query with another k, filter or refinement (regions of the query; cases marked similar or
+    not similar), without uploading it again (an archive case still excludes itself)."""
     _check_k(k)
+    refine = Refine.parse(region, similar, not_similar, state.predictor.cfg.model.load_size)
     data, archive_id = _stored(state, query_id)
-    audit(request, "view_query", query_id, f"k={k}")
-    res = _predict(state, query_id, _decode(state, data, f"stored query '{query_id}'"), k, archive_id, where)
-    return _to_out(query_id, res, archive_id, where)
+    audit(request, "view_query", query_id, f"k={k}" + (f" refined {refine.params()}" if refine else ""))
+    image = _decode(state, data, f"stored query '{query_id}'")
+    res = _predict(state, query_id, image, k, archive_id, where, refine)
+    return _to_out(query_id, res, archive_id, where, refine)
 
 
-def _result(state: ViewerState, query_id: str) -> QueryResult:
-    res = state.recall(query_id)
+def _result(state: ViewerState, query_id: str, refine: Refine = NO_REFINE) -> QueryResult:
+    res = state.recall(refine.key(query_id))
     if res is None:  # evicted from the cache: recompute from the stored image, excluding itself again
         data, archive_id = _stored(state, query_id)
-        res = _predict(state, query_id, _decode(state, data, f"stored query '{query_id}'"), 10, archive_id)
+        image = _decode(state, data, f"stored query '{query_id}'")
+        res = _predict(state, query_id, image, 10, archive_id, None, refine)
     return res
 
 
@@ -256,12 +328,15 @@ def evidence_map(
     request: Request,
     user: Viewer,
     style: Annotated[str, Query()] = "contour",
+    region: Annotated[str | None, Query(max_length=400)] = None,
+    similar: Annotated[str | None, Query(max_length=4000)] = None,
+    not_similar: Annotated[str | None, Query(max_length=4000)] = None,
 ) -> Response:
     if kind not in ("qam", "ram"):
         raise HTTPException(404, detail="map kind is qam or ram")
     if style not in MAP_STYLES:
         raise HTTPException(422, detail=f"style must be one of {', '.join(MAP_STYLES)}")
-    res = _result(state, query_id)
+    res = _result(state, query_id, Refine.parse(region, similar, not_similar, state.predictor.cfg.model.load_size))
     try:
         listed = state.predictor.listed_maps(res, image_id)
         if listed is not None:  # a listed neighbour: its pair was computed with the query, no slot needed
