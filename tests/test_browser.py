@@ -289,3 +289,39 @@ def test_sign_in_query_judge_sign_out(served, browser, synth_dir, tmp_path):
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def test_search_by_region_and_refine_by_example(server, browser, synth_dir, tmp_path):
+    """Draw a box on the query and search by it; mark neighbours and refine: the ranking changes each time
+    and the maps follow the refined query."""
+    url, _ = server
+    page = browser.new_page()
+    page.goto(url)
+    wait_until(lambda: "archive:" in page.inner_text("#about"), what="model details")
+    page.set_input_files("#file", str(synth_dir / "test" / "images" / "SYN_test_00004.png"))
+    wait_until(lambda: cards(page).count() == 10, what="10 neighbours")
+    ids = lambda: [cards(page).nth(i).get_attribute("data-image-id") for i in range(cards(page).count())]  # noqa: E731
+    first = ids()
+    box = page.locator("#qdraw").bounding_box()
+    page.mouse.move(box["x"] + 10, box["y"] + 10)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 140, box["y"] + 150, steps=5)
+    page.mouse.up()
+    page.click("#regionsearch")
+    wait_until(lambda: "boxed region" in page.inner_text("#refinestate") and cards(page).count() == 10, what="region")
+    by_region = ids()
+    assert by_region != first
+    assert "region=" in page.locator("#qam").get_attribute("src")  # the maps explain the region's search
+    wait_until(lambda: page.locator("#qam").evaluate("e => e.naturalWidth") > 0, what="region QAM")
+    page.screenshot(path=str(tmp_path / "region.png"), full_page=True)
+    cards(page).nth(0).locator("button.sim[data-rel='0']").click()
+    wait_until(lambda: cards(page).nth(0).get_attribute("data-judged") == "0", what="mark")
+    cards(page).nth(9).locator("button.sim[data-rel='1']").click()
+    wait_until(lambda: cards(page).nth(9).get_attribute("data-judged") == "1", what="mark")
+    page.click("#refine")
+    wait_until(lambda: "refined" in page.inner_text("#refinestate") and cards(page).count() == 10, what="refined")
+    refined = ids()
+    assert refined != by_region and refined.index(by_region[9]) < 9  # the similar one moved up
+    page.click("#refinereset")
+    wait_until(lambda: page.inner_text("#refinestate") == "" and cards(page).count() == 10, what="reset")
+    assert ids() == first

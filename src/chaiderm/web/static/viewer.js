@@ -7,6 +7,9 @@ let current = null;
 let info = {positive_class: "melanoma"};
 let me = {name: "local", role: "admin", sign_in: false};
 let generation = 0;  // answers to superseded requests are dropped
+// refinement of the current query: boxes drawn on it (pixels of the query image) and the marks applied
+let boxes = [];
+let applied = {region: "", similar: [], not_similar: []};
 
 const words = (s) => String(s).replaceAll("_", " ");
 
@@ -45,6 +48,7 @@ async function run(url, options, name) {
 }
 
 function send(form, name) {
+  boxes = []; applied = {region: "", similar: [], not_similar: []};
   form.append("k", $("k").value);
   if ($("where").value.trim()) form.append("where", $("where").value.trim());
   run("/api/query", {method: "POST", body: form}, name);
@@ -54,8 +58,74 @@ function reQuery() {
   if (!current) return;
   const name = current.name;
   const where = $("where").value.trim();
-  run(`/api/query/${encodeURIComponent(current.query_id)}?k=${encodeURIComponent($("k").value)}` +
-    (where ? `&where=${encodeURIComponent(where)}` : ""), undefined, name);
+  const params = new URLSearchParams({k: $("k").value});
+  if (where) params.set("where", where);
+  if (applied.region) params.set("region", applied.region);
+  if (applied.similar.length) params.set("similar", applied.similar.join(","));
+  if (applied.not_similar.length) params.set("not_similar", applied.not_similar.join(","));
+  run(`/api/query/${encodeURIComponent(current.query_id)}?${params}`, undefined, name);
+}
+
+// boxes: drawn on a canvas over the query, kept in the query image's own pixels
+function drawBoxes(extra) {
+  const cv = $("qdraw"), ctx = cv.getContext("2d");
+  ctx.clearRect(0, 0, cv.width, cv.height);
+  ctx.lineWidth = 2;
+  for (const b of extra ? [...boxes, extra] : boxes) {
+    const f = cv.width / ($("qthumb").naturalWidth || cv.width);
+    ctx.strokeStyle = "#00e5ff";
+    ctx.strokeRect(b[0] * f, b[1] * f, (b[2] - b[0]) * f, (b[3] - b[1]) * f);
+  }
+  $("regionsearch").disabled = !boxes.length;
+  $("regionclear").disabled = !boxes.length && !applied.region;
+}
+
+function boxFrom(a, b) {
+  const cv = $("qdraw"), scale = ($("qthumb").naturalWidth || cv.width) / cv.clientWidth;
+  const clamp = (v, hi) => Math.max(0, Math.min(hi, Math.round(v * scale)));
+  const hi = $("qthumb").naturalWidth || cv.width;
+  return [clamp(Math.min(a.x, b.x), hi), clamp(Math.min(a.y, b.y), hi), clamp(Math.max(a.x, b.x), hi), clamp(Math.max(a.y, b.y), hi)];
+}
+
+function setupDrawing() {
+  const cv = $("qdraw");
+  let start = null;
+  const at = (e) => { const r = cv.getBoundingClientRect(); return {x: e.clientX - r.left, y: e.clientY - r.top}; };
+  cv.addEventListener("mousedown", (e) => { if (current) start = at(e); });
+  cv.addEventListener("mousemove", (e) => { if (start) drawBoxes(boxFrom(start, at(e))); });
+  window.addEventListener("mouseup", (e) => {
+    if (!start) return;
+    const b = boxFrom(start, at(e));
+    start = null;
+    if (b[2] - b[0] >= 4 && b[3] - b[1] >= 4) boxes.push(b);
+    drawBoxes();
+  });
+}
+
+function showRefinement() {
+  const parts = [];
+  if (applied.region) parts.push(`searching ${applied.region.split(";").length} boxed region(s)`);
+  if (applied.similar.length || applied.not_similar.length) {
+    parts.push(`refined: toward ${applied.similar.length} similar, away from ${applied.not_similar.length} not similar`);
+  }
+  $("refinestate").textContent = parts.join("; ");
+  $("refinereset").disabled = !parts.length;
+}
+
+function refineWithMarks() {
+  if (!current) return;
+  const sim = [], dis = [];
+  for (const [key, rel] of Object.entries(judged)) {
+    const [qid, iid] = [key.slice(0, key.indexOf("/")), key.slice(key.indexOf("/") + 1)];
+    if (qid !== current.query_id) continue;
+    (rel === "1" ? sim : dis).push(iid);
+  }
+  if (!sim.length && !dis.length) {
+    showError("Mark some neighbours \"similar\" or \"not similar\" first; refining moves the search toward and away from them.");
+    return;
+  }
+  applied.similar = sim; applied.not_similar = dis;
+  reQuery();
 }
 
 function render(q, name) {
@@ -64,6 +134,9 @@ function render(q, name) {
   const pos = q.positive_class;
   $("result").hidden = false;
   $("qthumb").src = q.query_image_url;
+  applied = {region: q.region || "", similar: q.similar || [], not_similar: q.not_similar || []};
+  drawBoxes();
+  showRefinement();
   $("qname").textContent = "query: " + name;
   $("summary").textContent = q.summary + (q.where ? ` (among cases where ${q.where})` : "");
   $("prob").textContent = `${words(pos)} probability ${q.positive_probability.toFixed(2)} (k = ${q.k})`;
@@ -125,7 +198,7 @@ function zoom(n) {
   $("zoom").showModal();
 }
 
-function mapUrl(url) { return url + "?style=" + encodeURIComponent($("style").value); }
+function mapUrl(url) { return url + (url.includes("?") ? "&" : "?") + "style=" + encodeURIComponent($("style").value); }
 
 function select(n, c) {
   document.querySelectorAll(".card.sel").forEach((e) => e.classList.remove("sel"));
@@ -224,5 +297,10 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("zoomclose").addEventListener("click", () => $("zoom").close());
   $("signout").addEventListener("click", signOut);
+  setupDrawing();
+  $("regionsearch").addEventListener("click", () => { applied.region = boxes.map((b) => b.join(",")).join(";"); reQuery(); });
+  $("regionclear").addEventListener("click", () => { boxes = []; drawBoxes(); if (applied.region) { applied.region = ""; reQuery(); } });
+  $("refine").addEventListener("click", refineWithMarks);
+  $("refinereset").addEventListener("click", () => { boxes = []; applied = {region: "", similar: [], not_similar: []}; drawBoxes(); reQuery(); });
   loadMe().then(loadInfo);
 });
