@@ -13,8 +13,8 @@ from chaiderm.errors import DataError
 MAX_REGIONS = 8
 MAX_EXAMPLES = 40
 # Rocchio weights, chosen on the ISIC 2017 training split (bench/refine.py, `tune`), never on validation
-ROCCHIO_SIMILAR = 0.5
-ROCCHIO_NOT_SIMILAR = 0.25
+ROCCHIO_SIMILAR = 1.0
+ROCCHIO_NOT_SIMILAR = 0.5
 
 
 @dataclass(frozen=True)
