@@ -145,3 +145,4 @@ def test_reproduce_teach_maps_scores_only_untaught_images(synth_dir, tmp_path):
         assert t["variants"][v]["localisation_images"] == n - n // 4
         cfg = json.loads((out / "runs" / "seed0" / v / "config.json").read_text())
         assert bool(cfg["data"].get("masks")) == (v in TAUGHT), v
+        assert cfg["model"]["padding"] == ("replicate" if v in TAUGHT else "zeros"), v  # no imprint where taught

@@ -99,7 +99,7 @@ def train_cmd(
         Path | None,
         typer.Option(help="images with lesion masks (ham10000_dev layout): teach the evidence maps where lesions are"),
     ] = None,
-    mask_weight: float = 1.0,
+    mask_weight: float = 3.0,
     split: Annotated[str | None, typer.Option(help="training split (ISIC: train)")] = None,
     val_data: Annotated[Path | None, typer.Option(help="validation data (default: same folder, split val)")] = None,
     val_split: str | None = None,

@@ -87,7 +87,11 @@ class ReproduceSettings:
     # beyond the paper: the embedding variants also learn from the lesion masks of a seeded quarter of the
     # masks data (mask_weight of the training term); the localisation metrics then use the other images only
     teach_maps: bool = False
-    mask_weight: float = 1.0
+    mask_weight: float = 3.0
+    # padding of the taught variants: no zero-padding imprint, so a uniform image maps flat (round 6 of
+    # bench/map_localisation.py chose replicate-32-masks-w3 on half A2 of ham10000_dev)
+    teach_padding: str = "replicate"
+    teach_map_stride: int = 32
 
 
 TEACH_SEED = 0  # the quarter of the masks data taught on is the same for every training seed
@@ -150,6 +154,9 @@ def _train_variant(
     if (run / "done").exists():
         return
     mc = dict(backbone=s.backbone, image_size=s.image_size, load_size=s.load_size, colour=s.colour)
+    if s.teach_maps and name in TAUGHT:
+        mc["padding"] = s.teach_padding
+        mc["map_stride"] = s.teach_map_stride
     if name == "Baseline":
         torch.manual_seed(seed)
         cfg = RunConfig(model=ModelConfig(head="none", **mc), train=TrainConfig(logic="disease", epochs=0))
@@ -415,7 +422,9 @@ def _check_settings(out: Path, s: ReproduceSettings) -> None:
         saved.setdefault("colour", "none")  # and had no colour normalisation or jitter
         saved.setdefault("colour_jitter", 0.0)
         saved.setdefault("teach_maps", False)  # and no map learnt from masks
-        saved.setdefault("mask_weight", 1.0)
+        saved.setdefault("mask_weight", 3.0)
+        saved.setdefault("teach_padding", "replicate")
+        saved.setdefault("teach_map_stride", 32)
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if diff:
             raise ArtifactError(
