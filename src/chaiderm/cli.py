@@ -683,15 +683,12 @@ def users_list(users: Annotated[Path, typer.Option(help="users file")] = USERS_F
 
 
 def _when(option: str, value: str | None) -> float | None:
-    import datetime
+    from chaiderm.data.audit import parse_time
 
-    if value is None:
-        return None
     try:
-        t = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        raise _fail(f"{option} '{value}': give a date or time as YYYY-MM-DD[THH:MM] (UTC)") from None
-    return (t if t.tzinfo else t.replace(tzinfo=datetime.UTC)).timestamp()
+        return None if value is None else parse_time(value)
+    except ValueError as e:
+        raise _fail(f"{option} {e}") from None
 
 
 @app.command()

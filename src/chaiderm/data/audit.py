@@ -5,6 +5,7 @@ their content hash, never by the image."""
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import time
 from dataclasses import dataclass
@@ -114,6 +115,16 @@ class AuditLog:
             sql += f" LIMIT {int(limit)}"
         with self.store.connect() as con:
             return [Entry(*row) for row in con.execute(sql, args)]
+
+
+def parse_time(value: str) -> float:
+    """An ISO 8601 date or time (``2026-11-01``, ``2026-11-01T08:30``) as a Unix time; without a zone it
+    is UTC. Raises ValueError with a message that shows the form expected."""
+    try:
+        t = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"'{value}': give a date or time as YYYY-MM-DD[THH:MM[:SS]] (UTC)") from None
+    return (t if t.tzinfo else t.replace(tzinfo=datetime.UTC)).timestamp()
 
 
 def to_csv(entries: list[Entry]) -> str:

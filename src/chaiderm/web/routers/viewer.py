@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import mimetypes
 import re
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from chaiderm.data.audit import ACTIONS
+from chaiderm.data.audit import ACTIONS, parse_time
 from chaiderm.data.diagnoses import canonical
 from chaiderm.data.feedback import content_id
 from chaiderm.data.images import UPLOAD_FORMATS
@@ -463,14 +462,10 @@ def archive_remove(image_id: str, state: State, request: Request, user: Admin) -
 
 
 def _time_arg(name: str, value: str | None) -> float | None:
-    """An ISO 8601 date or time; without a zone it is UTC."""
-    if value is None:
-        return None
     try:
-        t = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        raise HTTPException(422, detail=f"{name}: a date or time as YYYY-MM-DD[THH:MM[:SS]] (UTC)") from None
-    return (t if t.tzinfo else t.replace(tzinfo=datetime.UTC)).timestamp()
+        return None if value is None else parse_time(value)
+    except ValueError as e:
+        raise HTTPException(422, detail=f"{name}: {e}") from None
 
 
 @router.get("/api/audit", response_model=list[AuditOut])
