@@ -366,3 +366,29 @@ def test_train_uses_experts_feedback_from_the_server_database(synth_dir, tmp_pat
     assert runner.invoke(app, [*args, "--out", str(without)]).exit_code == 0
     a, b = load_file(with_fb / "model.safetensors"), load_file(without / "model.safetensors")
     assert any(not np.allclose(a[k], b[k]) for k in a), "the clicks did not reach training"
+
+
+def test_train_with_mask_data_defaults_to_maps_without_imprint(synth_dir, tmp_path):
+    run = tmp_path / "taught"
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(synth_dir),
+            "--out",
+            str(run),
+            "--epochs",
+            "1",
+            "--mask-data",
+            str(synth_dir / "val"),
+            *TINY,
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["padding"] == "replicate" and cfg["train"]["mask_weight"] == 3.0 and cfg["data"]["masks"]
+    r = runner.invoke(
+        app, ["train", "--data", str(synth_dir), "--out", str(tmp_path / "x"), "--mask-data", str(tmp_path), *TINY]
+    )
+    assert r.exit_code == 2 and "Traceback" not in r.output

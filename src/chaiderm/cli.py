@@ -119,8 +119,12 @@ def train_cmd(
         float, typer.Option(help="random brightness/contrast/saturation factors in [1-x, 1+x] in training")
     ] = 0.0,
     padding: Annotated[
-        str, typer.Option(help="conv padding: zeros (ImageNet's); replicate or reflect: no padding frame in the maps")
-    ] = "zeros",
+        str | None,
+        typer.Option(
+            help="conv padding: zeros (ImageNet's; the default), replicate or reflect (no padding imprint in the "
+            "maps; the default with --mask-data)"
+        ),
+    ] = None,
     map_stride: Annotated[int, typer.Option(help="32, or 16 for evidence maps of twice the resolution")] = 32,
     epochs: int = 3,
     batch_size: int = 48,
@@ -171,7 +175,7 @@ def train_cmd(
                 freeze_stages=freeze_stages,
                 views=views,
                 colour=colour,
-                padding=padding,
+                padding=padding or ("replicate" if mask_data is not None else "zeros"),
                 map_stride=map_stride,
             ),
             train=TrainConfig(
