@@ -241,7 +241,7 @@ def test_script_in_a_group_name_does_not_run_in_the_annotator(browser, synth_dir
 
 def test_sign_in_query_judge_sign_out(served, browser, synth_dir, tmp_path):
     """A clinic's server: the page asks for sign-in, an expert queries and judges, signs out, and the
-    same browser is refused afterwards; a viewer sees no feedback buttons."""
+    same browser is refused afterwards; a viewer's marks refine but are not saved."""
     from chaiderm.web import routers
     from chaiderm.web.app import create_app
     from chaiderm.web.auth import Users
@@ -285,7 +285,13 @@ def test_sign_in_query_judge_sign_out(served, browser, synth_dir, tmp_path):
         wait_until(lambda: "nurse (viewer)" in page.inner_text("#whoami"), what="viewer signed in")
         page.set_input_files("#file", str(synth_dir / "test" / "images" / "SYN_test_00003.png"))
         wait_until(lambda: cards(page).count() == 10, what="10 neighbours for the viewer")
-        assert page.locator("button.sim").count() == 0
+        # a viewer's marks refine the search but are not saved as feedback (the server would refuse them)
+        assert "only experts' marks are saved" in page.inner_text("#markhint")
+        card = cards(page).first
+        card.locator("button.sim[data-rel='0']").click()
+        wait_until(lambda: card.get_attribute("data-judged") == "0", what="viewer's mark")
+        rows = sqlite3.connect(tmp_path / "fb.db").execute("SELECT user FROM feedback").fetchall()
+        assert rows == [("dr.ada",)]
     finally:
         srv.should_exit = True
         thread.join(timeout=10)

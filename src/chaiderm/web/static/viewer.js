@@ -165,9 +165,8 @@ function card(q, n, pos) {
   if (about) c.append(el("div", {class: "meta"}, about));
   if (n.metadata && n.metadata.attribution) c.append(el("div", {class: "attr"}, "\u00a9 " + n.metadata.attribution));
   c.append(enlarge, el("br"));
-  // only experts (and admins) record similarity: a viewer's page offers no buttons the server would refuse
-  const canJudge = me.role === "expert" || me.role === "admin";
-  for (const [rel, label] of canJudge ? [["1", "similar"], ["0", "not similar"]] : []) {
+  // everybody may mark cases to refine a search; only experts' (and admins') marks are recorded as feedback
+  for (const [rel, label] of [["1", "similar"], ["0", "not similar"]]) {
     const b = el("button", {class: "sim", type: "button"}, label);
     b.dataset.rel = rel;
     b.addEventListener("click", (ev) => { ev.stopPropagation(); judge(n, b, c); });
@@ -214,8 +213,9 @@ function select(n, c) {
 async function judge(n, button, c) {
   if (!current) return;
   const key = current.query_id + "/" + n.image_id;
+  const records = me.role === "expert" || me.role === "admin";
   try {
-    await request("/api/feedback", {method: "POST", headers: {"Content-Type": "application/json"},
+    if (records) await request("/api/feedback", {method: "POST", headers: {"Content-Type": "application/json"},
       body: JSON.stringify({query_id: current.query_id, image_id: n.image_id, relevant: button.dataset.rel === "1"})});
   } catch (err) {
     showError(err.message + " (this judgement was not saved)");
@@ -240,6 +240,9 @@ async function loadMe() {
   if (me.sign_in) {
     $("whoami").textContent = `${me.name} (${me.role})`;
     $("who").hidden = false;
+  }
+  if (me.role === "viewer") {
+    $("markhint").textContent = "Your similar / not similar marks refine your search; only experts' marks are saved.";
   }
 }
 
