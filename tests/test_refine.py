@@ -85,5 +85,8 @@ def test_cli_region(served, synth_dir, tmp_path):
     base = ["query", str(img), "--model", str(served / "run"), "--index", str(served / "ix"), "--out", str(tmp_path)]
     r = CliRunner().invoke(cli, [*base, "--region", "0,0,40,40"])
     assert r.exit_code == 0, r.output
+    import json
+
+    assert json.loads((tmp_path / "SYN_test_00004.json").read_text())["region"] == "0,0,40,40"  # 72 px image
     r = CliRunner().invoke(cli, [*base, "--region", "0,0,900,40"])
     assert r.exit_code == 2 and "outside" in r.output and "Traceback" not in r.output

@@ -486,6 +486,7 @@ def query(
                 neigh,
                 res.qams,
                 res.rams,
+                region=";".join(map(str, regions)) or None,
             )
             results.append((path.name, res.prediction))
         if csv is not None:

@@ -41,6 +41,7 @@ def write_query_report(
     rams: np.ndarray,
     *,
     true_diagnosis: str | None = None,
+    region: str | None = None,
 ) -> dict[str, Any]:
     """Write the report files; returns the JSON record (also written as ``<name>.json``)."""
     out = Path(out_dir)
@@ -72,6 +73,7 @@ def write_query_report(
         "class_probabilities": dict(prediction.class_probabilities),
         "summary": prediction.summary(),
         "k": prediction.k,
+        "region": region,  # boxes searched (pixels of the query's square), or None: the whole image
         "query_image": f"{assets.name}/query.png",
         "neighbors": neighbours,
     }
@@ -107,13 +109,18 @@ def render_html(record: dict[str, Any]) -> str:
     dist = "".join(
         f"<li>{e(d.replace('_', ' '))}: {p:.2f}</li>" for d, p in record.get("class_probabilities", {}).items()
     )
+    region = (
+        f"<p>Searched by the region(s) {e(record['region'])} of the query (pixels of its square), not the whole image.</p>"
+        if record.get("region")
+        else ""
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{REPORT_CSP}">
 <title>chaiderm: {e(record["image_id"])}</title>
 <style>{CSS}</style></head><body>
 <h1>Query {e(record["image_id"])}{truth}</h1>
 <div class="row"><figure><img src="{e(record["query_image"])}" alt="query"><figcaption>query</figcaption></figure>
-<div><p class="prob">{e(record.get("summary", ""))}</p>
+<div><p class="prob">{e(record.get("summary", ""))}</p>{region}
 <p>{e(pos)} probability: {record["positive_probability"]:.2f}, the share of {e(pos)} among the {record["k"]}
 nearest archive cases (kNN vote). All diagnoses among them:</p><ul>{dist}</ul></div></div>
 <h2>Nearest cases (red border: {e(pos)})</h2><div class="row">{"".join(cards)}</div>
