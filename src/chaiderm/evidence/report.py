@@ -110,7 +110,8 @@ def render_html(record: dict[str, Any]) -> str:
         f"<li>{e(d.replace('_', ' '))}: {p:.2f}</li>" for d, p in record.get("class_probabilities", {}).items()
     )
     region = (
-        f"<p>Searched by the region(s) {e(record['region'])} of the query (pixels of its square), not the whole image.</p>"
+        f"<p>Searched by the region(s) {e(record['region'])} of the query (pixels of its square), "
+        "not the whole image.</p>"
         if record.get("region")
         else ""
     )
