@@ -392,3 +392,57 @@ def test_train_with_mask_data_defaults_to_maps_without_imprint(synth_dir, tmp_pa
         app, ["train", "--data", str(synth_dir), "--out", str(tmp_path / "x"), "--mask-data", str(tmp_path), *TINY]
     )
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_evaluate_command(served, synth_dir, tmp_path):
+    out = tmp_path / "eval.json"
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            str(served / "run"),
+            "--index",
+            str(served / "ix"),
+            "--data",
+            str(synth_dir),
+            "--out",
+            str(out),
+            "--n-boot",
+            "50",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert res["n_queries"] == 90 and set(res["auc"]) == {"melanoma", "nevus", "seborrheic_keratosis"}
+    for c, row in res["auc"].items():
+        for k, v in row.items():
+            lo, hi = res["auc_ci"][c][k]
+            assert 0 <= lo <= v <= hi <= 1
+    assert set(res["balanced_accuracy"]) == {"3", "5", "10", "20", "40"} and "rel" in res
+    assert "balanced" in r.output and "AUC" in r.output
+    # the archive evaluated against itself: no query finds itself
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            str(served / "run"),
+            "--index",
+            str(served / "ix"),
+            "--data",
+            str(synth_dir),
+            "--split",
+            "train",
+            "--out",
+            str(out),
+            "--n-boot",
+            "20",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        app,
+        ["evaluate", "--model", str(served / "run"), "--index", str(served / "ix"), "--data", str(tmp_path / "none")],
+    )
+    assert r.exit_code == 2 and "Traceback" not in r.output

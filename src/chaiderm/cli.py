@@ -697,6 +697,53 @@ def _when(option: str, value: str | None) -> float | None:
 
 
 @app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="trained run folder")],
+    index: Annotated[Path, typer.Option(help="index folder (the archive that votes)")],
+    data: Annotated[Path, typer.Option(help="labelled queries (ISIC 2017 folder or generic folder)")],
+    split: Annotated[str | None, typer.Option(help="split of --data (ISIC default: test)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write every figure here as JSON")] = None,
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
+) -> None:
+    """Measure a model and its archive on a labelled split: kNN AUC@k per diagnosis with 95% intervals, the
+    vote's balanced accuracy, REL@k where the data has groups. A query never votes for itself or its lesion."""
+    from rich.table import Table
+
+    from chaiderm._io import write_json
+    from chaiderm.data.records import is_isic2017, load_table
+    from chaiderm.evaluation.evaluate import evaluate_index
+    from chaiderm.pipeline import Predictor
+
+    if not 10 <= n_boot <= 100_000:
+        raise _fail(f"--n-boot must be between 10 and 100000, not {n_boot}")
+    with _errors():
+        predictor = Predictor.load(model, index)
+        table = load_table(data, split or ("test" if is_isic2017(data) else _split_of(data, "test")))
+        try:
+            res = evaluate_index(predictor, table, n_boot=n_boot)
+        except ValueError as e:
+            raise _fail(f"{data}: {e}") from None
+    t = Table(title=f"{len(table)} queries against {res['n_archive']} archive cases")
+    ks = list(res["balanced_accuracy"])
+    t.add_column("measure")
+    for k in ks:
+        t.add_column(f"k={k}", justify="right")
+    for c, row in res["auc"].items():
+        t.add_row(
+            f"AUC {c}", *(f"{row[k]:.3f} ({res['auc_ci'][c][k][0]:.2f}-{res['auc_ci'][c][k][1]:.2f})" for k in ks)
+        )
+    t.add_row("balanced accuracy", *(f"{res['balanced_accuracy'][k]:.3f}" for k in ks))
+    if "rel" in res:
+        t.add_row("REL", *(f"{res['rel'][k]:.2f}" for k in ks))
+    console.print(t)
+    if res["not_in_archive"]:
+        console.print(f"note: diagnoses no archive case has (never predicted): {', '.join(res['not_in_archive'])}")
+    if out is not None:
+        write_json(out, {"model": str(model), "index": str(index), "data": str(data), "split": split, **res})
+        console.print(f"written to {out}")
+
+
+@app.command()
 def audit(
     db: Annotated[Path, typer.Option(help="the server's database (`serve --db`)")],
     since: Annotated[str | None, typer.Option(help="from this date/time, UTC (YYYY-MM-DD[THH:MM])")] = None,

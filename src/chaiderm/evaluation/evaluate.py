@@ -1,0 +1,103 @@
+"""``chaiderm evaluate``: a trained model and its index measured on a labelled split, as a user would
+measure their own: kNN AUC@k for every diagnosis against the rest, the vote's balanced accuracy, REL@k
+where the data has similarity groups, each with a 95% bootstrap interval over the queries."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from chaiderm.data.records import ImageTable
+from chaiderm.evaluation.metrics import bootstrap_auc_ci, calculate_rel_at_k
+from chaiderm.index.knn import knn_vote
+from chaiderm.losses.logic import encode_labels
+from chaiderm.pipeline import Predictor
+
+KS = (3, 5, 10, 20, 40)
+
+
+def _percentile_ci(values: np.ndarray, n_boot: int, seed: int) -> list[float]:
+    rng = np.random.default_rng(seed)
+    means = [values[rng.integers(0, len(values), len(values))].mean() for _ in range(n_boot)]
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def _neighbours(predictor: Predictor, queries: ImageTable, emb: np.ndarray, kmax: int) -> np.ndarray:
+    """Archive rows nearest to each query, never the query itself nor another image of its lesion (by id
+    or ``lesion_id``, where the archive holds them)."""
+    idx = predictor.index
+    lesion = [m.get("lesion_id", "") for m in idx.metadata]
+    extra = max(Counter(x for x in lesion if x).values(), default=0) + 1
+    _, rows = idx.search(emb, min(len(idx), kmax + extra))
+    out = []
+    for qi, row in enumerate(rows):
+        own = queries.image_ids[qi]
+        own_lesion = queries.metadata[qi].get("lesion_id", "")
+        keep = [j for j in row if j >= 0 and idx.image_ids[j] != own and not (own_lesion and lesion[j] == own_lesion)]
+        out.append(keep[:kmax])
+    if min(len(r) for r in out) < kmax:
+        raise ValueError(f"the archive has fewer than {kmax} cases left to vote after excluding queries' own")
+    return np.asarray(out)
+
+
+def evaluate_index(
+    predictor: Predictor, queries: ImageTable, *, ks: Sequence[int] = KS, n_boot: int = 1000, seed: int = 0
+) -> dict:
+    ks = sorted(k for k in ks if k <= len(predictor.index) - 1)
+    if not ks:
+        raise ValueError("the archive is too small for any k")
+    emb, ok = predictor.embed_table(queries)
+    queries = queries.subset(ok)
+    rows = _neighbours(predictor, queries, emb, max(ks))
+    arch_dx = np.asarray(predictor.index.diagnoses)
+    q_dx = np.asarray(queries.diagnoses)
+    classes = list(predictor.classes)
+    out: dict = {
+        "n_archive": len(predictor.index),
+        "n_queries": len(queries),
+        "queries_by_diagnosis": dict(Counter(queries.diagnoses).most_common()),
+        "not_in_archive": sorted(set(queries.diagnoses) - set(classes)),
+        "positive_class": predictor.positive_class,
+        "auc": {},
+        "auc_ci": {},
+        "balanced_accuracy": {},
+        "balanced_accuracy_ci": {},
+    }
+    for c in classes:
+        y = q_dx == c
+        if not 0 < y.sum() < len(y):
+            continue  # AUC needs queries of both kinds
+        votes = {k: knn_vote((arch_dx[rows] == c).astype(float), k) for k in ks}
+        out["auc"][c] = {str(k): float(_auc(y, v)) for k, v in votes.items()}
+        out["auc_ci"][c] = {str(k): list(bootstrap_auc_ci(y, v, n_boot=n_boot, seed=seed)) for k, v in votes.items()}
+    # a vote may name a diagnosis no query has: fine for balanced accuracy, not worth sklearn's warning
+    warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+    for k in ks:
+        shares = np.stack([(arch_dx[rows[:, :k]] == c).mean(axis=1) for c in classes], axis=1)
+        pred = np.asarray(classes)[shares.argmax(axis=1)]  # ties: the archive's more frequent diagnosis
+        out["balanced_accuracy"][str(k)] = float(balanced_accuracy_score(q_dx, pred))
+        # a balanced-accuracy interval: resample queries, recompute the mean per-class recall
+        rng = np.random.default_rng(seed)
+        boots = []
+        for _ in range(n_boot):
+            i = rng.integers(0, len(q_dx), len(q_dx))
+            boots.append(balanced_accuracy_score(q_dx[i], pred[i]))
+        out["balanced_accuracy_ci"][str(k)] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+    codes, _ = encode_labels(list(predictor.index.groups) + list(queries.groups))
+    a_g, q_g = codes[: len(predictor.index)], codes[len(predictor.index) :]
+    if (q_g >= 0).any():
+        out["rel"] = {str(k): v for k, v in calculate_rel_at_k(q_g, a_g[rows], ks).items()}
+        has = q_g >= 0
+        out["rel_ci"] = {
+            str(k): _percentile_ci((a_g[rows[has, :k]] == q_g[has, None]).sum(axis=1).astype(float), n_boot, seed)
+            for k in ks
+        }
+    return out
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float:
+    return roc_auc_score(y, score)
