@@ -396,22 +396,8 @@ def test_train_with_mask_data_defaults_to_maps_without_imprint(synth_dir, tmp_pa
 
 def test_evaluate_command(served, synth_dir, tmp_path):
     out = tmp_path / "eval.json"
-    r = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--model",
-            str(served / "run"),
-            "--index",
-            str(served / "ix"),
-            "--data",
-            str(synth_dir),
-            "--out",
-            str(out),
-            "--n-boot",
-            "50",
-        ],
-    )
+    base = ["evaluate", "--model", str(served / "run"), "--index", str(served / "ix"), "--out", str(out)]
+    r = runner.invoke(app, [*base, "--data", str(synth_dir), "--n-boot", "50"])
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert res["n_queries"] == 90 and set(res["auc"]) == {"melanoma", "nevus", "seborrheic_keratosis"}
@@ -421,28 +407,8 @@ def test_evaluate_command(served, synth_dir, tmp_path):
             assert 0 <= lo <= v <= hi <= 1
     assert set(res["balanced_accuracy"]) == {"3", "5", "10", "20", "40"} and "rel" in res
     assert "balanced" in r.output and "AUC" in r.output
-    # the archive evaluated against itself: no query finds itself
-    r = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--model",
-            str(served / "run"),
-            "--index",
-            str(served / "ix"),
-            "--data",
-            str(synth_dir),
-            "--split",
-            "train",
-            "--out",
-            str(out),
-            "--n-boot",
-            "20",
-        ],
-    )
+    # the archive's own images as queries: each excludes itself, so none is its own nearest case
+    r = runner.invoke(app, [*base, "--data", str(synth_dir), "--split", "train", "--n-boot", "20"])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(
-        app,
-        ["evaluate", "--model", str(served / "run"), "--index", str(served / "ix"), "--data", str(tmp_path / "none")],
-    )
+    r = runner.invoke(app, [*base, "--data", str(tmp_path / "none")])
     assert r.exit_code == 2 and "Traceback" not in r.output
