@@ -65,18 +65,6 @@ class CreateGroupIn(BaseModel):
     disease: str | None = None
 
 
-class AuditOut(BaseModel):
-    id: int
-    at: float
-    user: str | None
-    role: str | None
-    address: str | None
-    action: str
-    target: str | None
-    status: int | None
-    detail: str | None
-
-
 class ErrorOut(BaseModel):
     """Every refusal: one line a person can read."""
 

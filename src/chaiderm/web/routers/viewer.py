@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from chaiderm.data.audit import ACTIONS, parse_time
+from chaiderm.data.audit import ACTIONS, Entry, parse_time
 from chaiderm.data.diagnoses import canonical
 from chaiderm.data.feedback import content_id
 from chaiderm.data.images import UPLOAD_FORMATS
@@ -29,7 +29,7 @@ from chaiderm.pipeline import QueryResult, add_to_index, load_image, render_heat
 from chaiderm.web.access import Admin, Expert, Viewer, client_address, current_user
 from chaiderm.web.auth import LOCAL, LOCAL_ROLE
 from chaiderm.web.dependencies import ViewerState, get_state
-from chaiderm.web.schemas import ERRORS, AuditOut, FeedbackIn, FeedbackOut, NeighborOut, QueryOut
+from chaiderm.web.schemas import ERRORS, FeedbackIn, FeedbackOut, NeighborOut, QueryOut
 from chaiderm.web.security import page as static_page
 
 router = APIRouter(responses=ERRORS)
@@ -468,7 +468,7 @@ def _time_arg(name: str, value: str | None) -> float | None:
         raise HTTPException(422, detail=f"{name}: {e}") from None
 
 
-@router.get("/api/audit", response_model=list[AuditOut])
+@router.get("/api/audit", response_model=list[Entry])
 def audit_log(
     state: State,
     request: Request,
@@ -478,7 +478,7 @@ def audit_log(
     who: Annotated[str | None, Query(max_length=64)] = None,
     action: Annotated[str | None, Query(max_length=40)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> list[AuditOut]:
+) -> list[Entry]:
     if action is not None and action not in ACTIONS:
         raise HTTPException(422, detail=f"action must be one of {', '.join(ACTIONS)}")
     entries = _store(
@@ -490,7 +490,7 @@ def audit_log(
         limit=limit,
     )
     audit(request, "audit_read", None, f"{len(entries)} entries")
-    return [AuditOut(**e.__dict__) for e in entries]
+    return entries
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
