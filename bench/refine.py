@@ -36,7 +36,7 @@ from sklearn.metrics import roc_auc_score
 import chaiderm  # noqa: F401  (sets the OpenMP spin limit before torch loads)
 from chaiderm.data.records import load_table, read_folder
 from chaiderm.data.transforms import mask_as_seen, prepare
-from chaiderm.evaluation.metrics import bootstrap_auc_ci
+from chaiderm.evaluation.metrics import bootstrap_auc_ci, bootstrap_mean_ci
 from chaiderm.index.faiss_index import exact_search
 from chaiderm.index.knn import knn_vote
 from chaiderm.index.refine import Region, region_cells, rocchio
@@ -51,12 +51,6 @@ WRONG = (0.0, 0.2)
 HAM_TO_ISIC = {"melanoma": "melanoma", "nevus": "nevus", "benign_keratosis": "seborrheic_keratosis"}
 
 
-def _ci(values: np.ndarray, seed: int = 0, n: int = 1000) -> list[float]:
-    rng = np.random.default_rng(seed)
-    means = [values[rng.integers(0, len(values), len(values))].mean() for _ in range(n)]
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
 def _scores(idx: np.ndarray, arch_dx: np.ndarray, q_dx: np.ndarray, y: np.ndarray, mel: np.ndarray) -> dict:
     out = {}
     for k in KS:
@@ -66,7 +60,7 @@ def _scores(idx: np.ndarray, arch_dx: np.ndarray, q_dx: np.ndarray, y: np.ndarra
         known = q_dx != ""
         p = (arch_dx[idx[:, :k]] == q_dx[:, None])[known].mean(axis=1)
         out[f"p@{k}"] = float(p.mean())
-        out[f"p@{k}_ci"] = _ci(p)
+        out[f"p@{k}_ci"] = bootstrap_mean_ci(p)
     return out
 
 

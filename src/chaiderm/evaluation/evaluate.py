@@ -12,18 +12,12 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from chaiderm.data.records import ImageTable
-from chaiderm.evaluation.metrics import bootstrap_auc_ci, calculate_rel_at_k
+from chaiderm.evaluation.metrics import bootstrap_auc_ci, bootstrap_mean_ci, calculate_rel_at_k
 from chaiderm.index.knn import knn_vote
 from chaiderm.losses.logic import encode_labels
 from chaiderm.pipeline import Predictor
 
 KS = (3, 5, 10, 20, 40)
-
-
-def _percentile_ci(values: np.ndarray, n_boot: int, seed: int) -> list[float]:
-    rng = np.random.default_rng(seed)
-    means = [values[rng.integers(0, len(values), len(values))].mean() for _ in range(n_boot)]
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def _neighbours(predictor: Predictor, queries: ImageTable, emb: np.ndarray, kmax: int) -> np.ndarray:
@@ -93,7 +87,7 @@ def evaluate_index(
         out["rel"] = {str(k): v for k, v in calculate_rel_at_k(q_g, a_g[rows], ks).items()}
         has = q_g >= 0
         out["rel_ci"] = {
-            str(k): _percentile_ci((a_g[rows[has, :k]] == q_g[has, None]).sum(axis=1).astype(float), n_boot, seed)
+            str(k): bootstrap_mean_ci((a_g[rows[has, :k]] == q_g[has, None]).sum(axis=1), n_boot=n_boot, seed=seed)
             for k in ks
         }
     return out

@@ -66,6 +66,15 @@ def _resamples(y: np.ndarray, n_boot: int, seed: int):
             yield i
 
 
+def bootstrap_mean_ci(values: np.ndarray, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> list[float]:
+    """Percentile bootstrap confidence interval of a mean over queries (P@k, REL@k)."""
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = [values[rng.integers(0, len(values), len(values))].mean() for _ in range(n_boot)]
+    lo, hi = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return [float(lo), float(hi)]
+
+
 def bootstrap_auc_ci(
     y: np.ndarray, score: np.ndarray, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> tuple[float, float]:

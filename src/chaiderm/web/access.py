@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chaiderm.data.audit import AuditLog
@@ -148,7 +148,3 @@ def need(role: str):
 Viewer = Annotated[User, Depends(need("viewer"))]
 Expert = Annotated[User, Depends(need("expert"))]
 Admin = Annotated[User, Depends(need("admin"))]
-
-
-def login_page() -> HTMLResponse:
-    return page("login.html")

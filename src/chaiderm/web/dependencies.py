@@ -109,8 +109,25 @@ class ViewerState:
 
     def replace_index(self, index: ArchiveIndex) -> None:
         """Answer from ``index`` from now on; requests under way finish on the predictor they started with."""
+        self._swap(self._predictor_for(index))
+
+    def adopt(self, index: ArchiveIndex) -> None:
+        """An archive changed by this server (under ``reload_lock``): checked (it must still hold the positive
+        class), saved atomically over the index folder, then served; the watcher does not reload it again."""
+        fresh = self._predictor_for(index)
+        index.save(self.index_dir)
+        self._swap(fresh)
+        self.stamp = self._stamp() or self.stamp
+
+    def check(self, index: ArchiveIndex) -> None:
+        """Raise the Predictor's own error if ``index`` could not be served (its positive class gone)."""
+        self._predictor_for(index)
+
+    def _predictor_for(self, index: ArchiveIndex) -> Predictor:
         old = self.predictor
-        fresh = type(old)(old.model, old.cfg, index)
+        return type(old)(old.model, old.cfg, index)
+
+    def _swap(self, fresh: Predictor) -> None:
         with self.lock:
             self.predictor = fresh
             self.cache.clear()

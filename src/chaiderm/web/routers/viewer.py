@@ -114,8 +114,7 @@ class Refine:
             regions = tuple(parse_regions(region, side))
         except DataError as e:
             raise HTTPException(422, detail=str(e)) from None
-        split = lambda v: tuple(dict.fromkeys(i for i in (v or "").split(",") if i))  # noqa: E731
-        sim, dis = split(similar), split(not_similar)
+        sim, dis = _id_list(similar), _id_list(not_similar)
         if set(sim) & set(dis):
             raise HTTPException(422, detail="a case cannot be marked both similar and not similar")
         return cls(regions, sim, dis)
@@ -138,6 +137,11 @@ class Refine:
 
 
 NO_REFINE = Refine()
+
+
+def _id_list(value: str | None) -> tuple[str, ...]:
+    """``"a,b,a"`` -> ``("a", "b")``: comma-separated archive ids, first occurrence kept."""
+    return tuple(dict.fromkeys(i for i in (value or "").split(",") if i))
 
 
 def _predict(
@@ -427,15 +431,13 @@ def _add_case(state: ViewerState, request: Request, decoded: np.ndarray, image_i
                 new, messages = add_to_index(index, predictor.model, predictor.cfg, table)
             if new is index:
                 raise HTTPException(409, detail="; ".join(messages) or "nothing was added")
-            new.save(state.index_dir)
+            state.adopt(new)
         except ChaidermError as e:
             path.unlink(missing_ok=True)
             raise HTTPException(422, detail=str(e)) from None
         except HTTPException:
             path.unlink(missing_ok=True)
             raise
-        state.replace_index(new)
-        state.stamp = state._stamp() or state.stamp
     return {"image_id": image_id, "diagnosis": diagnosis, "archive_size": len(new)}
 
 
@@ -451,13 +453,11 @@ def archive_remove(image_id: str, state: State, request: Request, user: Admin) -
             raise HTTPException(409, detail="the archive's last case cannot be removed")
         try:
             new = index.remove([image_id])
-            state.predictor.__class__(state.predictor.model, state.predictor.cfg, new)  # refuses a lost positive class
+            state.check(new)  # refused if it would leave no case of the positive class
         except ChaidermError as e:
             raise HTTPException(409, detail=str(e)) from None
         audit(request, "archive_remove", image_id)
-        new.save(state.index_dir)
-        state.replace_index(new)
-        state.stamp = state._stamp() or state.stamp
+        state.adopt(new)
     return {"removed": image_id, "archive_size": len(new)}
 
 
