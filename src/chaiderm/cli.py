@@ -968,6 +968,10 @@ def reproduce(
             "--masks-data; localisation is then scored on the other three quarters"
         ),
     ] = False,
+    mask_terms: Annotated[
+        str | None,
+        typer.Option(help="with --teach-maps, what the mask term asks of a map: mass+dice, or dice alone"),
+    ] = None,
 ) -> None:
     """The paper's Table 1: six embeddings, AUC@k, REL@k, map localisation, statistics and figures.
 
@@ -983,7 +987,10 @@ def reproduce(
         colour=colour,
         colour_jitter=colour_jitter,
         teach_maps=teach_maps or None,
+        mask_terms=mask_terms,
     )
+    if mask_terms not in (None, "mass+dice", "dice"):
+        raise _fail(f"--mask-terms: '{mask_terms}' is not one of mass+dice, dice")
     s = ReproduceSettings(seeds=seeds, n_boot=n_boot, **{k: v for k, v in given.items() if v is not None})
     if not paper_groups:
         from chaiderm.data.enhance import HALF_GROUPS

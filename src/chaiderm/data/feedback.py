@@ -81,9 +81,7 @@ class FeedbackStore:
                 con.execute("PRAGMA synchronous=FULL")
                 con.execute("PRAGMA foreign_keys=ON")
             except sqlite3.Error as e:
-                raise DataError(
-                    self.path, f"cannot open the feedback database ({e})", code="unavailable"
-                ) from None
+                raise DataError(self.path, f"cannot open the feedback database ({e})", code="unavailable") from None
             self._local.con = con
         try:
             yield con
@@ -207,9 +205,7 @@ def read_feedback_triplets(path: str | Path, known_ids: set[str] | None = None) 
     images: list[bytes] = []
     triplets: list[tuple[int, str, str]] = []
     unknown = purged = 0
-    other = store.count_feedback() - sum(
-        n for r, n in store.count_by_role().items() if r in (*TRAINING_ROLES, "None")
-    )
+    other = store.count_feedback() - sum(n for r, n in store.count_by_role().items() if r in (*TRAINING_ROLES, "None"))
     for qid, judged in store.judgements(TRAINING_ROLES).items():
         if known_ids is not None:
             unknown += sum(1 for i in judged if i not in known_ids)
