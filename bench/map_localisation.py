@@ -147,9 +147,7 @@ def main() -> None:
                 map_background=background,
                 freeze_stages=freeze[0] if freeze else None,
             ),
-            train=TrainConfig(
-                logic="disease", epochs=a.epochs, seed=a.seed, val_k=20, mask_weight=mask_weight or 1.0
-            ),
+            train=TrainConfig(logic="disease", epochs=a.epochs, seed=a.seed, val_k=20, mask_weight=mask_weight or 1.0),
         )
         run = a.runs / name
         if not (a.reuse and (run / "model.safetensors").exists()):

@@ -290,7 +290,9 @@ def index_cmd(
     out: Annotated[Path, typer.Option(help="index folder to write")],
     split: Annotated[str | None, typer.Option(help="ISIC split (default train)")] = None,
     groups: Path | None = None,
-    kind: Annotated[str, typer.Option(help="flat (exact), ivf or hnsw (approximate)")] = "flat",
+    kind: Annotated[
+        str, typer.Option(help="flat (exact), ivf or hnsw (approximate), ivf_ondisk (larger than memory)")
+    ] = "flat",
     nlist: int | None = None,
     nprobe: int = 128,
     store_maps: Annotated[bool, typer.Option(help="keep archive evidence maps for fast QAM/RAM")] = True,
@@ -305,12 +307,14 @@ def index_cmd(
     """Embed an archive and build its search index."""
     from chaiderm.data.records import is_isic2017, load_table
     from chaiderm.index.faiss_index import INDEX_TYPES
+    from chaiderm.index.ondisk import KIND as ONDISK
     from chaiderm.models.embedding import load_model
     from chaiderm.pipeline import build_index
     from chaiderm.training.checkpoint import training_progress
 
-    if kind not in INDEX_TYPES:
-        raise _fail(f"--kind: unknown index type '{kind}'; use one of {', '.join(INDEX_TYPES)}")
+    kinds = (*INDEX_TYPES, ONDISK)
+    if kind not in kinds:
+        raise _fail(f"--kind: unknown index type '{kind}'; use one of {', '.join(kinds)}")
     with _errors(skip_bad_hint=True):
         net, cfg = load_model(model)
         progress = training_progress(model)
@@ -336,7 +340,7 @@ def index_cmd(
                 store_maps=store_maps,
                 skip_bad=skip_bad,
                 progress=lambda n: p.advance(task, max(n, 1)),
-                **({"nlist": nlist, "nprobe": nprobe} if kind == "ivf" else {}),
+                **({"nlist": nlist, "nprobe": nprobe} if kind in ("ivf", ONDISK) else {}),
             )
         index.save(out)
     if errors:

@@ -5,6 +5,11 @@ computes its QAM/RAM pairs without re-running the network on its neighbours.
 Folder layout (written atomically: a killed ``index`` command leaves the old folder intact)::
 
     index.faiss  cases.json  embeddings.npy  [maps.npy]  info.json
+
+The ``ivf_ondisk`` kind (archives larger than memory, ``index.ondisk``) keeps its lists and its float16
+vectors on disk instead of ``index.faiss`` and ``embeddings.npy``::
+
+    trained.faiss  lists.faiss  lists.ivfdata  vectors.npy  cases.json  [maps.npy]  info.json
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ import numpy as np
 from chaiderm._io import atomic_dir
 from chaiderm.data.diagnoses import VOCABULARY, canonical_all
 from chaiderm.errors import ArtifactError
+from chaiderm.index import ondisk
 from chaiderm.index.faiss_index import build_faiss, set_search_params
+
+
+def _ondisk_params(params: dict[str, Any], search_only: bool = False) -> dict[str, Any]:
+    """The settings ``ivf_ondisk`` takes, from the in-memory kinds' keyword arguments."""
+    names = ("nprobe", "k_factor") if search_only else ("nlist", "pca_dim", "nprobe", "k_factor", "seed")
+    return {k: v for k, v in params.items() if k in names and v is not None}
 
 
 def _relative_to(paths: list[str], home: Path) -> list[str]:
@@ -38,7 +50,7 @@ def _relative_to(paths: list[str], home: Path) -> list[str]:
 
 @dataclass
 class ArchiveIndex:
-    index: faiss.Index
+    index: faiss.Index | ondisk.OnDiskIVF
     embeddings: np.ndarray
     image_ids: list[str]
     diagnoses: list[str]
@@ -80,12 +92,25 @@ class ArchiveIndex:
             raise ValueError("maps and embeddings differ in length")
         if n == 0:
             raise ArtifactError("cannot index an empty archive")
-        index = build_faiss(embeddings, kind, **index_params)
         meta = dict(info or {})
         meta.update(index_type=kind, n=n, dim=int(embeddings.shape[1]), vocabulary=VOCABULARY)
+        if kind == ondisk.KIND:
+            try:
+                index = ondisk.build_from_array(embeddings, **_ondisk_params(index_params))
+            except ValueError as e:
+                raise ArtifactError(f"--kind {kind}: {e}; use --kind flat (exact, and fast at this size)") from None
+            vectors = index.vectors
+            meta.update(
+                maps_storage="stored" if maps is not None else "recomputed",
+                vectors="float16 on disk",
+                search={"k_factor": index.k_factor},
+            )
+        else:
+            index = build_faiss(embeddings, kind, **index_params)
+            vectors = np.ascontiguousarray(embeddings, np.float32)
         return cls(
             index,
-            np.ascontiguousarray(embeddings, np.float32),
+            vectors,
             list(image_ids),
             canonical_all(diagnoses),
             list(groups),
@@ -113,12 +138,19 @@ class ArchiveIndex:
         if isinstance(self.index, faiss.IndexFlat):
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(rows))
             return self.index.search(q, k, params=params)
-        sub = self.embeddings[rows]
-        d = (q * q).sum(1)[:, None] - 2 * q @ sub.T + (sub * sub).sum(1)[None]
+        sub = np.asarray(self.embeddings[rows], np.float64)  # float64: no cancellation near distance 0
+        q64 = q.astype(np.float64)
+        d = (q64 * q64).sum(1)[:, None] - 2 * q64 @ sub.T + (sub * sub).sum(1)[None]
         order = np.argsort(d, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(d, order, 1).clip(min=0).astype(np.float32), rows[order]
 
     def set_search_params(self, **kw: Any) -> None:
+        if isinstance(self.index, ondisk.OnDiskIVF):
+            if kw.get("nprobe") is not None:
+                self.index.nprobe = kw["nprobe"]
+            if kw.get("k_factor") is not None:
+                self.index.k_factor = kw["k_factor"]
+            return
         set_search_params(self.index, **kw)
 
     def row_of(self, image_id: str) -> int | None:
@@ -148,16 +180,21 @@ class ArchiveIndex:
             raise ArtifactError(f"image ids already in the archive (or repeated): {(clash or image_ids)[:5]}")
         if (self.maps is None) != (maps is None):
             raise ArtifactError("this index stores evidence maps for every case or for none: give them for all")
-        index = faiss.clone_index(self.index)
         emb = np.ascontiguousarray(embeddings, np.float32)
-        index.add(emb)
+        if isinstance(self.index, ondisk.OnDiskIVF):  # new lists in a staging folder; this index untouched
+            index = ondisk.grow(self.index, emb)
+            all_emb = index.vectors
+        else:
+            index = faiss.clone_index(self.index)
+            index.add(emb)
+            all_emb = np.concatenate([self.embeddings, emb])
         all_maps = None
         if maps is not None:
             all_maps = np.concatenate([np.asarray(self.maps, np.float16), np.asarray(maps, np.float16)])
         info = dict(self.info, n=len(self) + n)
         return ArchiveIndex(
             index,
-            np.concatenate([self.embeddings, emb]),
+            all_emb,
             self.image_ids + list(image_ids),
             self.diagnoses + canonical_all(diagnoses),
             self.groups + list(groups),
@@ -178,10 +215,14 @@ class ArchiveIndex:
         keep = np.array([i for i, iid in enumerate(self.image_ids) if iid not in gone], dtype=np.int64)
         if len(keep) == 0:
             raise ArtifactError("removing every case would leave an empty archive")
-        emb = self.embeddings[keep]
-        if isinstance(self.index, faiss.IndexHNSW):  # a graph cannot drop nodes: build it again
+        if isinstance(self.index, ondisk.OnDiskIVF):
+            index = ondisk.keep_rows(self.index, keep)
+            emb = index.vectors
+        elif isinstance(self.index, faiss.IndexHNSW):  # a graph cannot drop nodes: build it again
+            emb = self.embeddings[keep]
             index = build_faiss(emb, "hnsw")
         else:
+            emb = self.embeddings[keep]
             index = faiss.clone_index(self.index)
             index.reset()
             index.add(emb)
@@ -204,8 +245,12 @@ class ArchiveIndex:
         # after the index and its archive move together
         rel = _relative_to(self.paths, Path(path).resolve())
         with atomic_dir(path) as tmp:
-            faiss.write_index(self.index, str(tmp / "index.faiss"))
-            np.save(tmp / "embeddings.npy", self.embeddings)
+            if isinstance(self.index, ondisk.OnDiskIVF):
+                staged = self.index.folder.name.startswith("chaiderm-ondisk-")
+                (ondisk.move_into if staged else ondisk.copy_into)(self.index, tmp)
+            else:
+                faiss.write_index(self.index, str(tmp / "index.faiss"))
+                np.save(tmp / "embeddings.npy", self.embeddings)
             if self.maps is not None:
                 np.save(tmp / "maps.npy", np.asarray(self.maps, dtype=np.float16))
             cases = {
@@ -219,19 +264,29 @@ class ArchiveIndex:
             }
             (tmp / "cases.json").write_text(json.dumps(cases))
             (tmp / "info.json").write_text(json.dumps(self.info, indent=2))
+        if isinstance(self.index, ondisk.OnDiskIVF):
+            self.index.folder = Path(path).absolute()  # where its files now are (their maps followed them)
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, *, mmap: bool = True) -> ArchiveIndex:
         path = Path(path)
-        for name in ("index.faiss", "cases.json", "embeddings.npy", "info.json"):
+        for name in ("cases.json", "info.json"):
             if not (path / name).exists():
                 raise ArtifactError(f"{path}: not an index folder ({name} missing)")
         try:
-            index = faiss.read_index(str(path / "index.faiss"))
-            cases = json.loads((path / "cases.json").read_text())
             info = json.loads((path / "info.json").read_text())
-            emb = np.load(path / "embeddings.npy")
+            on_disk = info.get("index_type") == ondisk.KIND
+            for name in ondisk.LAYOUT if on_disk else ("index.faiss", "embeddings.npy"):
+                if not (path / name).exists():
+                    raise ArtifactError(f"{path}: not an index folder ({name} missing)")
+            cases = json.loads((path / "cases.json").read_text())
+            if on_disk:
+                index = ondisk.OnDiskIVF(path, **_ondisk_params(info.get("search", {}), search_only=True))
+                emb = index.vectors
+            else:
+                index = faiss.read_index(str(path / "index.faiss"))
+                emb = np.load(path / "embeddings.npy")
             maps = np.load(path / "maps.npy", mmap_mode="r" if mmap else None) if (path / "maps.npy").exists() else None
         except (RuntimeError, ValueError, OSError) as e:
             raise ArtifactError(f"{path}: index folder is corrupt ({e})") from None

@@ -1,0 +1,233 @@
+"""An IVF index for archives larger than memory: inverted lists on disk, vectors on disk.
+
+Built shard by shard, so peak memory is one shard, not the archive: a coarse quantizer (random-rotation
+PCA, IVF lists found by an HNSW graph over the centroids, 8-bit codes) is trained once on a sample; each
+shard's codes go to its own small IVF file; FAISS's ``OnDiskInvertedLists`` merges the shards into one
+``lists.ivfdata`` that searches memory-map. The full vectors are kept as a float16 ``.npy`` on disk and
+re-rank the ``k_factor * k`` best candidates exactly (distances to float16 precision), so results are
+those of an exact search on the candidates, as the in-memory ``ivf`` kind's are.
+
+Folder layout::
+
+    trained.faiss  lists.faiss  lists.ivfdata  vectors.npy
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+KIND = "ivf_ondisk"
+LAYOUT = ("trained.faiss", "lists.faiss", "lists.ivfdata", "vectors.npy")
+
+
+def default_nlist(n: int) -> int:
+    """About sqrt(n) lists, a power of two, at least 39 training points each."""
+    return int(max(1, min(2 ** round(math.log2(max(1.0, math.sqrt(n)))), n // 39 or 1)))
+
+
+def staging_dir() -> Path:
+    """Where a build writes before ``save`` moves it: ``$CHAIDERM_TMPDIR`` (put it on the disk the index
+    will live on, so the move is a rename) or the system's temporary folder."""
+    return Path(tempfile.mkdtemp(prefix="chaiderm-ondisk-", dir=os.environ.get("CHAIDERM_TMPDIR") or None))
+
+
+def train_quantizer(
+    sample: np.ndarray, *, nlist: int, pca_dim: int = 256, seed: int = 0, niter: int = 10
+) -> faiss.Index:
+    """An empty, trained IVF index: the part every shard shares."""
+    sample = np.ascontiguousarray(sample, np.float32)
+    d = sample.shape[1]
+    if len(sample) < 39 * nlist:
+        raise ValueError(f"{len(sample)} training vectors for {nlist} lists; need at least {39 * nlist}")
+    prefix = f"PCAR{pca_dim}," if pca_dim < d else ""
+    # an HNSW graph over the centroids assigns millions of vectors without a full scan of every centroid
+    index = faiss.index_factory(d, f"{prefix}IVF{nlist}_HNSW32,SQ8", faiss.METRIC_L2)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.seed = seed
+    ivf.cp.niter = niter
+    index.train(sample)
+    return index
+
+
+class OnDiskIVF:
+    """The search structure of an ``ivf_ondisk`` archive; ``search`` returns exact squared-L2 distances
+    of the re-ranked candidates and their rows, like a FAISS index."""
+
+    def __init__(self, folder: Path, *, nprobe: int | None = None, k_factor: int = 8):
+        self.folder = Path(folder)
+        for name in LAYOUT:
+            if not (self.folder / name).exists():
+                raise FileNotFoundError(f"{self.folder / name}: missing")
+        # the lists file is found beside the index file, wherever the folder has moved
+        self.index = faiss.read_index(str(self.folder / "lists.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        self.vectors = np.load(self.folder / "vectors.npy", mmap_mode="r")
+        self.k_factor = k_factor
+        if nprobe is not None:  # else the one saved with the lists
+            self.nprobe = nprobe
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def nprobe(self) -> int:
+        return int(faiss.extract_index_ivf(self.index).nprobe)
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        ivf = faiss.extract_index_ivf(self.index)
+        ivf.nprobe = min(int(value), ivf.nlist)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, np.float32)
+        k = min(k, self.ntotal)
+        _, cand = self.index.search(q, min(self.ntotal, k * self.k_factor))
+        dist = np.full((len(q), k), np.inf, np.float32)
+        rows = np.full((len(q), k), -1, np.int64)
+        for i, c in enumerate(cand):
+            c = c[c >= 0]
+            order = np.argsort(c)  # ascending rows: sequential reads of the memory-mapped vectors
+            v = np.asarray(self.vectors[c[order]], np.float32)
+            d = ((v - q[i]) ** 2).sum(1)
+            best = np.argsort(d, kind="stable")[:k]
+            dist[i, : len(best)] = d[best]
+            rows[i, : len(best)] = c[order][best]
+        return dist, rows
+
+    def disk_bytes(self) -> int:
+        return sum((self.folder / n).stat().st_size for n in LAYOUT)
+
+
+def build(
+    shards: Iterable[np.ndarray],
+    *,
+    trained: faiss.Index,
+    n: int,
+    folder: Path | None = None,
+    nprobe: int = 64,
+    k_factor: int = 8,
+    existing: OnDiskIVF | None = None,
+) -> OnDiskIVF:
+    """Write an on-disk index of ``n`` vectors that ``shards`` yields in row order (one shard in memory at
+    a time). With ``existing``, its rows come first and its lists are merged, not recomputed: adding
+    cases costs the new cases, plus one sequential copy of the lists."""
+    folder = Path(folder) if folder is not None else staging_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    d = trained.d
+    start = existing.ntotal if existing is not None else 0
+    header = np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float16, shape=(start + n, d))
+    offset = header.offset
+    del header
+    faiss.write_index(trained, str(folder / "trained.faiss"))
+    shard_files: list[Path] = []
+    row = start
+    # plain writes, not a writable memory map: written pages belong to the page cache, not to this process
+    with open(folder / "vectors.npy", "r+b") as f_vec:
+        f_vec.seek(offset)
+        for a in range(0, start, 100_000):
+            f_vec.write(np.ascontiguousarray(existing.vectors[a : min(a + 100_000, start)]).tobytes())
+        for s, x in enumerate(shards):
+            x = np.ascontiguousarray(x, np.float32)
+            if x.ndim != 2 or x.shape[1] != d:
+                raise ValueError(f"shard {s}: expected (m, {d}) vectors, got {x.shape}")
+            if row + len(x) > start + n:
+                raise ValueError(f"shards hold more than the {n} vectors announced")
+            f_vec.write(x.astype(np.float16).tobytes())
+            part = faiss.clone_index(trained)
+            part.add_with_ids(x, np.arange(row, row + len(x), dtype=np.int64))
+            f = folder / f"shard_{s:05d}.faiss"
+            faiss.write_index(part, str(f))
+            shard_files.append(f)
+            row += len(x)
+            del part
+    if row != start + n:
+        raise ValueError(f"shards held {row - start} vectors, {n} announced")
+    lists: list = []
+    keep: list = []  # the shard indexes own their lists: keep them alive until the merge is done
+    if existing is not None:
+        lists.append(faiss.extract_index_ivf(existing.index).invlists)
+    for f in shard_files:
+        part = faiss.read_index(str(f), faiss.IO_FLAG_MMAP)
+        keep.append(part)
+        lists.append(faiss.extract_index_ivf(part).invlists)
+    out = faiss.clone_index(trained)
+    ivf = faiss.extract_index_ivf(out)
+    merged = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(folder / "lists.ivfdata"))
+    vec = faiss.InvertedListsPtrVector()
+    for inv in lists:
+        vec.push_back(inv)
+    total = merged.merge_from_multiple(vec.data(), vec.size(), False)
+    out.ntotal = ivf.ntotal = total
+    ivf.nprobe = min(nprobe, ivf.nlist)  # saved with the lists
+    ivf.replace_invlists(merged, True)
+    merged.this.disown()
+    faiss.write_index(out, str(folder / "lists.faiss"))
+    del out, keep, lists
+    for f in shard_files:
+        f.unlink()
+    return OnDiskIVF(folder, nprobe=nprobe, k_factor=k_factor)
+
+
+def build_from_array(
+    emb: np.ndarray,
+    *,
+    nlist: int | None = None,
+    pca_dim: int = 256,
+    nprobe: int = 64,
+    k_factor: int = 8,
+    shard_size: int = 100_000,
+    seed: int = 0,
+    folder: Path | None = None,
+) -> OnDiskIVF:
+    """The on-disk index of vectors that are at hand (a memory map is fine: read a shard at a time)."""
+    n, d = emb.shape
+    nlist = nlist or default_nlist(n)
+    need = max(pca_dim if pca_dim < d else 0, 39 * nlist)
+    if n < need:
+        raise ValueError(f"needs at least {need} vectors to train its lists and projection, got {n}")
+    rng = np.random.default_rng(seed)
+    sample_rows = np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))
+    trained = train_quantizer(np.asarray(emb[sample_rows], np.float32), nlist=nlist, pca_dim=pca_dim, seed=seed)
+    shards = (emb[a : a + shard_size] for a in range(0, n, shard_size))
+    return build(shards, trained=trained, n=n, folder=folder, nprobe=nprobe, k_factor=k_factor)
+
+
+def grow(ix: OnDiskIVF, new: np.ndarray) -> OnDiskIVF:
+    """A new on-disk index (in a fresh staging folder) with ``new`` rows appended; ``ix`` is untouched."""
+    trained = faiss.read_index(str(ix.folder / "trained.faiss"))
+    return build([new], trained=trained, n=len(new), existing=ix, nprobe=ix.nprobe, k_factor=ix.k_factor)
+
+
+def keep_rows(ix: OnDiskIVF, rows: np.ndarray, shard_size: int = 100_000) -> OnDiskIVF:
+    """A new on-disk index of ``rows`` only (in that order), coded with the same trained quantizer."""
+    trained = faiss.read_index(str(ix.folder / "trained.faiss"))
+    rows = np.asarray(rows, np.int64)
+    shards = (np.asarray(ix.vectors[rows[a : a + shard_size]], np.float32) for a in range(0, len(rows), shard_size))
+    return build(shards, trained=trained, n=len(rows), nprobe=ix.nprobe, k_factor=ix.k_factor)
+
+
+def move_into(ix: OnDiskIVF, dest: Path) -> None:
+    """Move the index's files into ``dest`` (a rename on the same disk). The open memory maps follow the
+    files, so ``ix`` keeps working; ``ix.folder`` becomes ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    src = ix.folder
+    for name in LAYOUT:
+        shutil.move(str(src / name), str(dest / name))
+    ix.folder = dest
+    if src.name.startswith("chaiderm-ondisk-"):
+        shutil.rmtree(src, ignore_errors=True)
+
+
+def copy_into(ix: OnDiskIVF, dest: Path) -> None:
+    """Copy the index's files into ``dest`` (saving an index that was loaded from another folder)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in LAYOUT:
+        shutil.copyfile(ix.folder / name, dest / name)
