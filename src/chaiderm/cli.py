@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -57,6 +58,22 @@ def _errors(skip_bad_hint: bool = False):
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)
+
+
+def _torchrun(nproc: int) -> int:
+    """``chaiderm train --nproc N ...`` is ``torchrun --nproc-per-node N -m chaiderm.train ...``."""
+    import subprocess
+
+    args, skip = [], False
+    for a in sys.argv[2:]:  # the options after `chaiderm train`, less --nproc
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "-m", "chaiderm.train"]
+    return subprocess.call([*cmd, *args])
 
 
 @app.command()
@@ -145,10 +162,22 @@ def train_cmd(
     force: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
     skip_bad: Annotated[bool, typer.Option(help="skip unreadable images with a counted warning")] = False,
     device: Annotated[str, typer.Option(help="where to compute: cpu, cuda, cuda:1 (not saved as a setting)")] = "cpu",
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="data-parallel processes on this machine (torchrun; gloo on CPU, nccl with --device cuda); "
+            "every batch is split between them and the loss sees the whole batch"
+        ),
+    ] = 1,
 ) -> None:
     """Train an embedding (triplet logics) or a multiclass classifier (BaselineFT)."""
     from chaiderm.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from chaiderm.data.records import is_isic2017, load_table
+
+    if nproc < 1:
+        raise _fail(f"--nproc: must be at least 1, got {nproc}")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_torchrun(nproc))
 
     with _errors(skip_bad_hint=True):
         table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")), groups)

@@ -47,6 +47,7 @@ from chaiderm.losses.miners import sample_triplets
 from chaiderm.losses.triplet import ChaiTripletLoss, chai_triplet_loss
 from chaiderm.models.embedding import EmbeddingNet, build_model, load_model, save_model
 from chaiderm.models.inference import resolve_device
+from chaiderm.training import distributed
 from chaiderm.training.checkpoint import load_checkpoint, save_checkpoint
 
 StepCallback = Callable[[int, int, int, float], None]  # epoch, step, n_steps, loss
@@ -261,6 +262,11 @@ def train(
     """
     run_dir = Path(out)
     t = cfg.train
+    # under torchrun: one share of every batch per process, the whole batch's loss (training.distributed)
+    dd = distributed.from_env()
+    if dd is not None:
+        device = distributed.init(dd, device)
+    main = dd is None or dd.main  # only the first process writes, validates and reports
     dev = resolve_device(device)
     if t.logic not in ("disease", "joint", "hierarchical", "nonhierarchical", "classifier"):
         raise DataError(None, f"unknown logic '{t.logic}'")
@@ -271,6 +277,7 @@ def train(
     ckpt = load_checkpoint(run_dir) if resume else None
     if not resume and not force and (run_dir / "checkpoints").exists():
         raise ArtifactError(f"{run_dir}: a run already exists here; pass --resume to continue or --force to replace")
+    distributed.barrier()  # every process has looked before the first one writes
     if ckpt is not None:
         saved = RunConfig.from_dict(json.loads(ckpt["config"]), str(run_dir))
         if saved.train != cfg.train:
@@ -301,6 +308,8 @@ def train(
         model.classifier = torch.nn.Linear(model.dim, len(diseases))
     cfg.version = chaiderm.__version__
     model.to(dev)
+    if dd is not None:
+        distributed.broadcast_state(model)
 
     archive_p, skipped = _prepare(train_table, cfg.model.load_size, skip_bad, on_prepare)
     train_p = archive_p
@@ -340,8 +349,9 @@ def train(
             ema.load_state_dict(ckpt["ema"])
         history = json.loads(ckpt["history"])
         best, best_epoch, start_epoch = ckpt["best"], ckpt["best_epoch"], ckpt["epoch"] + 1
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
 
     for epoch in range(start_epoch, t.epochs):
         rng = np.random.default_rng([t.seed, epoch])
@@ -353,28 +363,46 @@ def train(
         n_images = 0
         batches = list(_batches(cfg, dis, grp, rng))
         for step, (idx, triplets) in enumerate(batches):
+            # every process augments the whole batch (the generators stay in step) and runs its share
             x = _train_input(model, train_p.images[idx], cfg, rng).to(dev)
+            lo, hi = (0, len(x)) if dd is None else distributed.share(len(x), t.chunk_size, dd)
             if t.logic == "classifier":
-                logits = _forward_chunks(
-                    model, x, t.chunk_size, lambda c: model.classifier(model.pool(model.forward_features(c)))
-                )
-                loss = F.cross_entropy(logits, torch.from_numpy(dis[idx]).to(dev))
+                head = lambda c: model.classifier(model.pool(model.forward_features(c)))  # noqa: E731
+                out = _forward_chunks(model, x[lo:hi], t.chunk_size, head)
             else:
-                emb = _forward_chunks(model, x, t.chunk_size, model)
-                loss = loss_fn(emb, dis[idx], grp[idx], indices_tuple=triplets)
+                out = _forward_chunks(model, x[lo:hi], t.chunk_size, model)
+            if dd is not None:
+                out = distributed.gather(out, len(x), t.chunk_size, dd)
+            if t.logic == "classifier":
+                loss = F.cross_entropy(out, torch.from_numpy(dis[idx]).to(dev))
+            else:
+                loss = loss_fn(out, dis[idx], grp[idx], indices_tuple=triplets)
+            extra = torch.zeros((), device=dev)
             if fb is not None:
-                loss = loss + t.feedback_weight * _feedback_loss(model, fb, train_p, cfg, rng)
+                extra = extra + t.feedback_weight * _feedback_loss(model, fb, train_p, cfg, rng)
             if ms is not None:
-                loss = loss + t.mask_weight * _mask_loss(model, ms, cfg, rng)
+                extra = extra + t.mask_weight * _mask_loss(model, ms, cfg, rng)
             opt.zero_grad(set_to_none=True)
-            if loss.requires_grad:
-                loss.backward()
+            # each process computes the extra terms whole: a 1/world share of each keeps the gradients' sum exact
+            objective = loss + (extra if dd is None else extra / dd.world)
+            loss = loss + extra
+            if dd is not None:
+                if distributed.any_true(objective.requires_grad):
+                    if objective.requires_grad:
+                        objective.backward()
+                    distributed.sum_gradients(model)
+                    opt.step()
+                    if ema is not None:
+                        ema.update_parameters(model)
+                distributed.broadcast_buffers(model)
+            elif objective.requires_grad:
+                objective.backward()
                 opt.step()
                 if ema is not None:
                     ema.update_parameters(model)
             losses.append(float(loss.detach()))
             n_images += len(idx)
-            if on_step is not None:
+            if on_step is not None and main:
                 on_step(epoch, step + 1, len(batches), losses[-1])
         elapsed = time.perf_counter() - t0
         rec: dict[str, Any] = {
@@ -385,6 +413,9 @@ def train(
             "device": str(dev),
         }
         kept = model if ema is None else ema.module  # the weights that are validated and saved
+        if not main:  # the others wait for the first process to validate and write
+            distributed.barrier()
+            continue
         if val_p is not None:
             rec.update(validate(kept, archive_p, val_p, cfg.model.image_size, t.val_k, t.positive_class))
         score = {"auc": rec.get("val_auc", -rec["loss"]), "loss": -rec["loss"], "last": epoch}[t.select_metric]
@@ -409,6 +440,9 @@ def train(
         )
         if on_epoch is not None:
             on_epoch(epoch, rec)
-    if not (run_dir / "model.safetensors").exists():  # zero epochs asked: save the initial weights
+        if dd is not None:
+            distributed.barrier()
+    if main and not (run_dir / "model.safetensors").exists():  # zero epochs asked: save the initial weights
         save_model(model if ema is None else ema.module, run_dir, cfg)
+    distributed.barrier()
     return TrainResult(run_dir, history, best_epoch, skipped)
