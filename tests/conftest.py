@@ -54,3 +54,12 @@ def tiny_cfg(logic: str = "disease", epochs: int = 2, **train_kw):
         model=ModelConfig(backbone="tiny", image_size=64, load_size=72, embedding_dim=64),
         train=TrainConfig(logic=logic, epochs=epochs, batch_size=32, lr_backbone=1e-3, lr_head=1e-3, **train_kw),
     )
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) for the whole test session: its start-up costs seconds."""
+    ray = pytest.importorskip("ray", reason="the distributed extra is not installed")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

@@ -332,6 +332,14 @@ def index_cmd(
     allow_incomplete: Annotated[
         bool, typer.Option(help="index a model whose training stopped before its last epoch")
     ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="embed on a Ray cluster: its address (e.g. ray://head:10001), or local for one on this machine "
+            "(needs pip install -e '.[distributed]')"
+        ),
+    ] = None,
+    ray_workers: Annotated[int | None, typer.Option(help="with --ray: embedding actors (default: the CPUs)")] = None,
 ) -> None:
     """Embed an archive and build its search index."""
     from chaiderm.data.records import is_isic2017, load_table
@@ -344,6 +352,8 @@ def index_cmd(
     kinds = (*INDEX_TYPES, ONDISK)
     if kind not in kinds:
         raise _fail(f"--kind: unknown index type '{kind}'; use one of {', '.join(kinds)}")
+    if ray_workers is not None and (ray is None or ray_workers < 1):
+        raise _fail("--ray-workers: needs --ray and at least 1 worker")
     with _errors(skip_bad_hint=True):
         net, cfg = load_model(model)
         progress = training_progress(model)
@@ -369,6 +379,8 @@ def index_cmd(
                 store_maps=store_maps,
                 skip_bad=skip_bad,
                 progress=lambda n: p.advance(task, max(n, 1)),
+                ray=ray,
+                ray_workers=ray_workers,
                 **({"nlist": nlist, "nprobe": nprobe} if kind in ("ivf", ONDISK) else {}),
             )
         index.save(out)

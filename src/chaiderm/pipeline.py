@@ -81,15 +81,32 @@ def build_index(
     store_maps: bool = True,
     skip_bad: bool = False,
     progress: Callable[[int], None] | None = None,
+    ray: str | None = None,
+    ray_workers: int | None = None,
     **index_params,
 ) -> tuple[ArchiveIndex, list[str]]:
-    """Embed every archive image and index it; returns the index and messages for skipped files."""
+    """Embed every archive image and index it; returns the index and messages for skipped files.
+    ``ray`` (a cluster address, or ``local``) embeds on a Ray cluster instead of in this process."""
     check_views(cfg.model.views)
     # an archive without the model's positive class would vote 0 for every query: refuse it up front
     positive = require_class(cfg.train.positive_class, table.diagnoses, table.source or "archive")
-    emb, maps, table, content, errors = embed_archive(
-        model, cfg, table, store_maps=store_maps, skip_bad=skip_bad, progress=progress
-    )
+    if ray is not None:
+        from chaiderm.index.ray_embed import embed_archive_ray
+
+        emb, maps, table, content, errors = embed_archive_ray(
+            model_dir,
+            cfg,
+            table,
+            address=ray,
+            workers=ray_workers,
+            store_maps=store_maps,
+            skip_bad=skip_bad,
+            progress=progress,
+        )
+    else:
+        emb, maps, table, content, errors = embed_archive(
+            model, cfg, table, store_maps=store_maps, skip_bad=skip_bad, progress=progress
+        )
     info = {
         "model_dir": str(Path(model_dir).resolve()),
         "model_digest": weights_digest(model_dir),
