@@ -1013,9 +1013,9 @@ def reproduce(
             "--masks-data; localisation is then scored on the other three quarters"
         ),
     ] = False,
-    mask_terms: Annotated[
-        str | None,
-        typer.Option(help="with --teach-maps, what the mask term asks of a map: mass+dice, or dice alone"),
+    mask_dice_share: Annotated[
+        float | None,
+        typer.Option(help="with --teach-maps: the Dice term's share of the mask term (0.5: mass and Dice alike)"),
     ] = None,
 ) -> None:
     """The paper's Table 1: six embeddings, AUC@k, REL@k, map localisation, statistics and figures.
@@ -1032,10 +1032,10 @@ def reproduce(
         colour=colour,
         colour_jitter=colour_jitter,
         teach_maps=teach_maps or None,
-        mask_terms=mask_terms,
+        mask_dice_share=mask_dice_share,
     )
-    if mask_terms not in (None, "mass+dice", "dice"):
-        raise _fail(f"--mask-terms: '{mask_terms}' is not one of mass+dice, dice")
+    if mask_dice_share is not None and not 0.0 <= mask_dice_share <= 1.0:
+        raise _fail(f"--mask-dice-share: must be in [0, 1], got {mask_dice_share}")
     s = ReproduceSettings(seeds=seeds, n_boot=n_boot, **{k: v for k, v in given.items() if v is not None})
     if not paper_groups:
         from chaiderm.data.enhance import HALF_GROUPS

@@ -72,9 +72,10 @@ class TrainConfig:
     # weight of the lesion-mask term (training.loop._mask_loss), used when mask data is given; 3 was chosen
     # over 1 on held-out masks (bench/map_localisation_round5.json, _round6.json)
     mask_weight: float = 3.0
-    # what the mask term asks of a map: "mass+dice" (its mass inside the lesion and its overlap with it)
-    # or "dice" alone (mass alone rewards a peak inside the lesion, which the 0.5-threshold Jaccard scores low)
-    mask_terms: Literal["mass+dice", "dice"] = "mass+dice"
+    # what the mask term asks of a map: 2 * ((1 - s) * (1 - mass in lesion) + s * (1 - soft Dice)). Mass
+    # alone rewards a peak inside the lesion, which the 0.5-threshold Jaccard scores low; Dice alone, a map
+    # that spreads past the lesion's edge (rounds 7-8 of docs/reproduction.md)
+    mask_dice_share: float = 0.5
     # >0: validate and save an exponential moving average of the weights (per step) instead of the
     # raw weights; smooths the step-to-step drift of short, noisy fine-tuning runs
     ema_decay: float = 0.0

@@ -92,8 +92,8 @@ class ReproduceSettings:
     # bench/map_localisation.py chose replicate-32-masks-w3 on half A2 of ham10000_dev)
     teach_padding: str = "replicate"
     teach_map_stride: int = 32
-    # round 7 (docs/reproduction.md): what the mask term asks of a map (TrainConfig.mask_terms)
-    mask_terms: str = "mass+dice"
+    # rounds 7-8 (docs/reproduction.md): the Dice term's share of the mask term (TrainConfig.mask_dice_share)
+    mask_dice_share: float = 0.5
 
 
 TEACH_SEED = 0  # the quarter of the masks data taught on is the same for every training seed
@@ -196,7 +196,7 @@ def _train_variant(
                 val_k=20,
                 colour_jitter=s.colour_jitter,
                 mask_weight=s.mask_weight,
-                mask_terms=s.mask_terms,
+                mask_dice_share=s.mask_dice_share,
             ),
         )
         masks = d.ham.subset(d.taught) if s.teach_maps and name in TAUGHT else None
@@ -440,7 +440,7 @@ def _check_settings(out: Path, s: ReproduceSettings) -> None:
         saved.setdefault("mask_weight", 3.0)
         saved.setdefault("teach_padding", "replicate")
         saved.setdefault("teach_map_stride", 32)
-        saved.setdefault("mask_terms", "mass+dice")
+        saved.setdefault("mask_dice_share", 0.5)
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if diff:
             raise ArtifactError(

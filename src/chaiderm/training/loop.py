@@ -197,8 +197,8 @@ def _prepare_masks(table: ImageTable, cfg: RunConfig) -> _Masks:
         )
     if len(table) < 2:
         raise DataError(table.source, "mask supervision needs at least 2 images with masks")
-    if cfg.train.mask_terms not in ("mass+dice", "dice"):
-        raise ValueError(f"mask_terms: '{cfg.train.mask_terms}' is not one of mass+dice, dice")
+    if not 0.0 <= cfg.train.mask_dice_share <= 1.0:
+        raise DataError(None, f"mask_dice_share: must be in [0, 1], got {cfg.train.mask_dice_share}")
     images = prepare(table.paths, cfg.model.load_size)[0]
     masks = np.stack([mask_as_seen(p, cfg.model.load_size, cfg.model.image_size) for p in table.mask_paths])
     return _Masks(images, masks)
@@ -233,9 +233,8 @@ def _mask_loss(model: EmbeddingNet, ms: _Masks, cfg: RunConfig, rng: np.random.G
     mass = (up * mask).sum(dim=(1, 2)) / up.sum(dim=(1, 2)).clamp_min(eps)
     scaled = up / up.amax(dim=(1, 2), keepdim=True).clamp_min(eps)
     dice = 2 * (scaled * mask).sum(dim=(1, 2)) / (scaled.sum(dim=(1, 2)) + mask.sum(dim=(1, 2))).clamp_min(eps)
-    if cfg.train.mask_terms == "dice":
-        return (2 * (1 - dice)).mean()  # the same scale as the two terms together
-    return ((1 - mass) + (1 - dice)).mean()
+    s = cfg.train.mask_dice_share
+    return (2 * ((1 - s) * (1 - mass) + s * (1 - dice))).mean()  # s = 0.5: the two terms, summed
 
 
 def train(
