@@ -6,6 +6,7 @@ Sections (figures merged into ``bench/results.json`` with the machine and date):
 - ``ann``: IVF search over 1,000,000 synthetic 1024-d embeddings, k=10, recall@10 against exact search;
 - ``normalise``: L2-normalised vs raw embeddings, Disease logic on ISIC 2017 train, val AUC per epoch
   (needs the ISIC data);
+- ``ray``: archive embedding in one process and on a local Ray cluster with 1 and 2 actors (images/s);
 - ``serve``: 8 concurrent clients against ``chaiderm serve`` for a minute: query p50/p95 with 10
   evidence pairs, errors, and feedback rows written vs clicks sent.
 ISIC images are used where ``--isic`` (default ``../shared/data/isic2017``) exists; otherwise
@@ -373,8 +374,37 @@ def bench_serve(isic: Path, tmp: Path, clients: int = 8, seconds: float = 45.0) 
     }
 
 
+def bench_ray(isic: Path, tmp: Path, n: int = 1000) -> dict:
+    """Embedding an archive (Lite0, evidence maps kept, image hashing) in one process, and on a local Ray
+    cluster with 1 and 2 actors; each number is the embedding step alone (Ray started beforehand)."""
+    from chaiderm.index.ray_embed import connect, embed_archive_ray
+    from chaiderm.models.embedding import load_model
+    from chaiderm.pipeline import embed_archive
+
+    table, source, _ = _model_and_index(isic, tmp)
+    table = table.subset(range(min(n, len(table))))
+    model, cfg = load_model(tmp / "qmodel")
+    t = time.perf_counter()
+    ray = connect("local")
+    start_s = time.perf_counter() - t
+    embed_archive_ray(tmp / "qmodel", cfg, table.subset(range(8)), workers=1)  # actors' first start-up
+    out = {"images": len(table), "data": source, "ray": ray.__version__, "ray_start_s": start_s}
+    t = time.perf_counter()
+    ref = embed_archive(model, cfg, table)
+    out["one_process_images_per_s"] = len(table) / (time.perf_counter() - t)
+    for workers in (1, 2):
+        t = time.perf_counter()
+        got = embed_archive_ray(tmp / "qmodel", cfg, table, workers=workers)
+        out[f"ray_{workers}_workers_images_per_s"] = len(table) / (time.perf_counter() - t)
+        out[f"ray_{workers}_workers_max_abs_diff"] = float(np.abs(got[0] - ref[0]).max())
+        assert got[2].image_ids == ref[2].image_ids
+    ray.shutdown()
+    return out
+
+
 SECTIONS = {
     "train": bench_train,
+    "ray": bench_ray,
     "query": bench_query,
     "ann": bench_ann,
     "normalise": bench_normalise,

@@ -49,3 +49,34 @@ def test_two_gloo_processes_match_one_process(synth_dir, tmp_path):
     # only the first process wrote and reported
     assert two.stderr.count("model written to") == 1
     assert not list((tmp_path / "two").glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_two_processes_resume_a_killed_run(synth_dir, tmp_path):
+    """Stopped after epoch 1 of 2 and resumed on 2 processes: the weights of an unbroken 2-epoch run."""
+    whole = _train(synth_dir, tmp_path / "whole", 2, 96, epochs=2)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    first = _train(synth_dir, tmp_path / "cut", 2, 96, epochs=1)
+    assert first.returncode == 0, first.stderr[-2000:]
+    cfg = json.loads((tmp_path / "cut" / "config.json").read_text())
+    assert cfg["train"]["epochs"] == 1
+    # the checkpoint of epoch 1, resumed with the 2-epoch settings (as a run killed after epoch 1 would be)
+    cfg["train"]["epochs"] = 2
+    import torch
+
+    ck = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)
+    saved = json.loads(ck["config"])
+    saved["train"]["epochs"] = 2
+    ck["config"] = json.dumps(saved)
+    torch.save(ck, tmp_path / "cut" / "checkpoints" / "last.pt")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "chaiderm.cli", "train", "--data", str(synth_dir), "--out", str(tmp_path / "cut")]
+    cmd += [*ARGS, "--batch-size", "96", "--nproc", "2", "--epochs", "2", "--resume"]
+    cmd.remove("--force")
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    for k in a:
+        if "running" not in k and "num_batches" not in k:
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    assert len(json.loads((tmp_path / "cut" / "history.json").read_text())) == 2

@@ -77,3 +77,29 @@ def test_missing_lists_file_is_a_clear_error(rng, tmp_path):
     (tmp_path / "ix" / "lists.ivfdata").unlink()
     with pytest.raises(ArtifactError, match="lists.ivfdata missing"):
         ArchiveIndex.load(tmp_path / "ix")
+
+
+def test_cli_builds_grows_and_shrinks_an_on_disk_index(served, synth_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from chaiderm.cli import app
+    from chaiderm.data.records import load_table
+    from chaiderm.pipeline import Predictor
+
+    run, ix = served / "run", tmp_path / "ix"
+    r = CliRunner().invoke(
+        app, ["index", "--model", str(run), "--data", str(synth_dir), "--out", str(ix), "--kind", "ivf_ondisk",
+              "--nlist", "4", "--nprobe", "4"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert ArchiveIndex.load(ix).info["index_type"] == "ivf_ondisk"
+    r = CliRunner().invoke(app, ["archive", "add", "--index", str(ix), "--data", str(synth_dir), "--split", "val"])
+    assert r.exit_code == 0 and "added 60 case(s)" in r.output, r.output
+    val = load_table(synth_dir, "val")
+    (tmp_path / "gone.txt").write_text(val.image_ids[0] + "\n")
+    r = CliRunner().invoke(app, ["archive", "remove", "--index", str(ix), "--ids", str(tmp_path / "gone.txt")])
+    assert r.exit_code == 0 and "removed 1" in r.output, r.output
+    pred = Predictor.load(run, ix)
+    assert len(pred.index) == 240 + 59
+    res = pred.predict(np.asarray(__import__("PIL.Image").Image.open(val.paths[1]).convert("RGB")), k=5)
+    assert res.prediction.neighbors[0].image_id == val.image_ids[1]  # an added case, found through the on-disk lists

@@ -84,7 +84,6 @@ def test_cli_index_on_ray(ray_cluster, model_run, synth_dir, tmp_path):
     assert r.exit_code == 0, r.output
     ix = ArchiveIndex.load(tmp_path / "ix")
     assert len(ix) == len(load_table(synth_dir, "train"))
-    r = CliRunner().invoke(
-        app, ["index", "--model", str(run), "--data", str(synth_dir), "--out", str(tmp_path / "x2"), "--ray-workers", "2"]
-    )
+    args = ["index", "--model", str(run), "--data", str(synth_dir), "--out", str(tmp_path / "x2")]
+    r = CliRunner().invoke(app, [*args, "--ray-workers", "2"])
     assert r.exit_code == 2 and "--ray-workers: needs --ray" in r.output

@@ -14,9 +14,11 @@ Folder layout::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +28,21 @@ import numpy as np
 
 KIND = "ivf_ondisk"
 LAYOUT = ("trained.faiss", "lists.faiss", "lists.ivfdata", "vectors.npy")
+
+
+@contextlib.contextmanager
+def _quiet_faiss():
+    """FAISS's on-disk lists print progress lines ("resizing ...", "updating ondisk filename ...") from C++
+    straight to the process's standard output; a user of the CLI should not see them."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def default_nlist(n: int) -> int:
@@ -67,7 +84,8 @@ class OnDiskIVF:
             if not (self.folder / name).exists():
                 raise FileNotFoundError(f"{self.folder / name}: missing")
         # the lists file is found beside the index file, wherever the folder has moved
-        self.index = faiss.read_index(str(self.folder / "lists.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        with _quiet_faiss():
+            self.index = faiss.read_index(str(self.folder / "lists.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
         self.vectors = np.load(self.folder / "vectors.npy", mmap_mode="r")
         self.k_factor = k_factor
         if nprobe is not None:  # else the one saved with the lists
@@ -160,11 +178,12 @@ def build(
         lists.append(faiss.extract_index_ivf(part).invlists)
     out = faiss.clone_index(trained)
     ivf = faiss.extract_index_ivf(out)
-    merged = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(folder / "lists.ivfdata"))
     vec = faiss.InvertedListsPtrVector()
     for inv in lists:
         vec.push_back(inv)
-    total = merged.merge_from_multiple(vec.data(), vec.size(), False)
+    with _quiet_faiss():
+        merged = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(folder / "lists.ivfdata"))
+        total = merged.merge_from_multiple(vec.data(), vec.size(), False)
     out.ntotal = ivf.ntotal = total
     ivf.nprobe = min(nprobe, ivf.nlist)  # saved with the lists
     ivf.replace_invlists(merged, True)
