@@ -77,6 +77,28 @@ def _torchrun(nproc: int) -> int:
 
 
 @app.command()
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="trained run folders (two or more)")],
+    out: Annotated[Path, typer.Option(help="run folder to write: index, query, evaluate and serve use it")],
+    views: Annotated[str | None, typer.Option(help="test-time views (default: the first member's)")] = None,
+    force: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
+) -> None:
+    """Several trained embeddings as one model: their embeddings side by side, their maps stacked."""
+    from chaiderm.models.ensemble import combine
+
+    if out.exists() and any(out.iterdir()) and not force:
+        raise _fail(f"{out}: exists; choose another --out or pass --force")
+    if views is not None:
+        from chaiderm.models.embedding import VIEWS
+
+        if views not in VIEWS:
+            raise _fail(f"--views: '{views}' is not one of {', '.join(VIEWS)}")
+    with _errors():
+        net, cfg = combine([str(r) for r in runs], out, views=views)
+    console.print(f"ensemble of {len(runs)} runs ({net.dim}-d embedding) written to {out}")
+
+
+@app.command()
 def synth(
     out: Annotated[Path, typer.Option(help="output folder (train/val/test sub-folders)")] = Path("synthetic"),
     n_train: int = 300,
@@ -162,6 +184,13 @@ def train_cmd(
     force: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
     skip_bad: Annotated[bool, typer.Option(help="skip unreadable images with a counted warning")] = False,
     device: Annotated[str, typer.Option(help="where to compute: cpu, cuda, cuda:1 (not saved as a setting)")] = "cpu",
+    ensemble: Annotated[
+        int,
+        typer.Option(
+            help="train this many members (seeds seed, seed+1, ...) into OUT/members/ and write their "
+            "ensemble to OUT (chaiderm ensemble)"
+        ),
+    ] = 1,
     nproc: Annotated[
         int,
         typer.Option(
@@ -176,6 +205,8 @@ def train_cmd(
 
     if nproc < 1:
         raise _fail(f"--nproc: must be at least 1, got {nproc}")
+    if ensemble < 1:
+        raise _fail(f"--ensemble: must be at least 1, got {ensemble}")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_torchrun(nproc))
 
@@ -239,10 +270,7 @@ def train_cmd(
         )
         fb = _read_feedback(feedback, table) if feedback is not None else None
         masks = _read_masks(mask_data) if mask_data is not None else None
-        result = _run_training(
-            cfg,
-            table,
-            out,
+        kw = dict(
             val_table=val_table,
             init=init,
             resume=resume,
@@ -252,6 +280,29 @@ def train_cmd(
             feedback=fb,
             masks=masks,
         )
+        if ensemble > 1:
+            import copy
+
+            from chaiderm.models.ensemble import combine
+            from chaiderm.training.checkpoint import training_progress
+
+            members = []
+            for i in range(ensemble):
+                mcfg = copy.deepcopy(cfg)
+                mcfg.train.seed = seed + i
+                member = out / "members" / f"seed{seed + i}"
+                done = training_progress(member) if resume and member.exists() else None
+                if done is not None and done[0] >= done[1]:
+                    members.append(member)  # finished before the run was stopped
+                    continue
+                console.print(f"member {i + 1} of {ensemble} (seed {seed + i})")
+                result = _run_training(mcfg, table, member, **{**kw, "resume": resume and member.exists()})
+                members.append(member)
+            if int(os.environ.get("RANK", "0")) == 0:
+                net, _ = combine([str(m) for m in members], out)
+                console.print(f"ensemble of {ensemble} members ({net.dim}-d embedding) written to {out}")
+            return
+        result = _run_training(cfg, table, out, **kw)
     if result.skipped:
         console.print(
             f"[yellow]warning:[/yellow] skipped {len(result.skipped)} unreadable image(s), e.g. {result.skipped[0]}"

@@ -45,6 +45,11 @@ class ModelConfig:
     # is subtracted before ReLU and pooling, so the embedding and its maps describe the lesion against
     # its own skin; "none": the paper's maps
     map_background: str = "none"
+    # backbone "ensemble" (models.ensemble): each member's own ModelConfig, as a dict
+    members: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -98,6 +103,7 @@ class DataConfig:
     n_val: int = 0
     diagnoses: dict[str, int] = field(default_factory=dict)  # training rows per canonical diagnosis
     vocabulary: str = ""  # data.diagnoses.VOCABULARY the labels were read with ("" before it existed)
+    members: list[str] | None = None  # an ensemble's member run folders, as they were combined
 
 
 @dataclass

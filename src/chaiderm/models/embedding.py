@@ -141,6 +141,10 @@ class EmbeddingNet(nn.Module):
 
 def build_model(cfg: ModelConfig, *, load_pretrained: bool = True) -> EmbeddingNet:
     check_views(cfg.views)
+    if cfg.backbone == "ensemble":  # trained members only: nothing pretrained to load
+        from chaiderm.models.ensemble import build_ensemble
+
+        return build_ensemble(cfg).to(memory_format=torch.channels_last)
     check_colour(cfg.colour)
     if cfg.map_background not in MAP_BACKGROUNDS:
         raise DataError(None, f"map_background: '{cfg.map_background}' is not one of {', '.join(MAP_BACKGROUNDS)}")

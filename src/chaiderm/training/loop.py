@@ -294,9 +294,13 @@ def train(
     cfg.data.diagnoses = dict(sorted(Counter(train_table.diagnoses).items()))
     cfg.data.vocabulary = VOCABULARY
 
+    if cfg.model.backbone == "ensemble":
+        raise ArtifactError("an ensemble is not trained as one: train its members, then `chaiderm ensemble`")
     torch.manual_seed(t.seed)
     if init is not None and ckpt is None:
         model, init_cfg = load_model(init)
+        if init_cfg.model.backbone == "ensemble":
+            raise ArtifactError(f"{init}: is an ensemble; fine-tune one of its members instead")
         cfg.model = init_cfg.model
         cfg.data.init = str(init)
     else:

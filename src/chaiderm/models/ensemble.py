@@ -1,0 +1,130 @@
+"""Several trained embeddings used as one model (``chaiderm ensemble RUN... --out RUN``).
+
+The ensemble's embedding is its members' embeddings side by side, so its squared distance is the sum of
+the members' squared distances (Eq. 1's D for each), and its activation maps are the members' maps stacked
+along the channel axis. A QAM/RAM pair (Eq. 2) over the stack is then the sum of the members' pairs, each
+weighted by its own distance terms: the maps still explain, cell by cell, the distance that ranked the
+neighbour. Members must see the same input (size, crop, colour normalisation, mean/std) and give maps of
+the same size; the ensemble run folder holds every member's weights in one ``model.safetensors`` and
+their settings in its ``config.json``, so ``index``, ``query``, ``evaluate`` and ``serve`` use it as any run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from chaiderm.config import ModelConfig, RunConfig, TrainConfig
+from chaiderm.errors import ArtifactError
+
+ENSEMBLE = "ensemble"  # ModelConfig.backbone of an ensemble; ModelConfig.members holds its members
+
+
+class EnsembleNet(nn.Module):
+    def __init__(self, members: list[nn.Module], cfg: ModelConfig):
+        super().__init__()
+        if len(members) < 2:
+            raise ArtifactError("an ensemble needs at least two members")
+        self.members = nn.ModuleList(members)
+        self.cfg = cfg
+        self.dim = sum(m.dim for m in members)
+        self.classifier = None
+        self.freeze_stages = 0
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.members[0].mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.members[0].std
+
+    @property
+    def colour(self) -> str:
+        return self.cfg.colour
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' evidence maps stacked: ``(B, sum of D, h, w)``; each member's part averages to
+        its own embedding (L2-normalised where that member normalises)."""
+        return torch.cat([m.evidence_maps(x)[0] for m in self.members], dim=1)
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        return fmap.mean(dim=(2, 3))
+
+    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.pool(fmap)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_features(x))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise ArtifactError("an ensemble has no classifier head")
+
+    def evidence_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.forward_features(x)
+        return g, self.pool(g)
+
+
+def build_ensemble(cfg: ModelConfig) -> EnsembleNet:
+    from chaiderm.models.embedding import build_model
+
+    members = [build_model(ModelConfig(**m), load_pretrained=False) for m in cfg.members or []]
+    return EnsembleNet(members, cfg)
+
+
+SAME_INPUT = ("image_size", "load_size", "colour", "map_stride")
+
+
+def combine(runs: list[str | Path], out: str | Path, *, views: str | None = None) -> tuple[EnsembleNet, RunConfig]:
+    """Write the ensemble of trained ``runs`` to the run folder ``out``; refuses members that would not
+    see the same input or whose maps could not be stacked."""
+    from chaiderm.models.embedding import load_model, save_model
+
+    if len(runs) < 2:
+        raise ArtifactError("an ensemble needs at least two trained runs")
+    loaded = [load_model(r) for r in runs]
+    first_model, first = loaded[0]
+    for (model, cfg), run in zip(loaded, runs, strict=True):
+        if cfg.model.backbone == ENSEMBLE:
+            raise ArtifactError(f"{run}: is an ensemble already; list its members instead")
+        for f in SAME_INPUT:
+            if getattr(cfg.model, f) != getattr(first.model, f):
+                raise ArtifactError(
+                    f"{run}: {f} is {getattr(cfg.model, f)}, {runs[0]} has {getattr(first.model, f)}; "
+                    "an ensemble's members must see the same input"
+                )
+        if model.mean != first_model.mean or model.std != first_model.std:
+            raise ArtifactError(f"{run}: its backbone scales inputs differently from {runs[0]}'s")
+        if cfg.train.positive_class != first.train.positive_class:
+            raise ArtifactError(
+                f"{run}: positive class '{cfg.train.positive_class}', {runs[0]} has '{first.train.positive_class}'"
+            )
+    with torch.no_grad():  # every member must give maps of the same size at this input
+        x = torch.zeros(1, 3, first.model.image_size, first.model.image_size)
+        sizes = {tuple(m.forward_features(x).shape[2:]) for m, _ in loaded}
+    if len(sizes) > 1:
+        raise ArtifactError(f"the members' evidence maps differ in size ({sorted(sizes)}); use one map stride")
+    mc = ModelConfig(
+        backbone=ENSEMBLE,
+        pretrained=False,
+        head="conv",
+        embedding_dim=sum(m.dim for m, _ in loaded),
+        image_size=first.model.image_size,
+        load_size=first.model.load_size,
+        views=views or first.model.views,
+        colour=first.model.colour,
+        map_stride=first.model.map_stride,
+        members=[c.model.to_dict() for _, c in loaded],
+    )
+    cfg = RunConfig(
+        model=mc,
+        train=TrainConfig(logic="none", epochs=0, positive_class=first.train.positive_class),
+    )
+    cfg.data.members = [str(Path(r).resolve()) for r in runs]
+    cfg.data.diagnoses = first.data.diagnoses
+    cfg.data.vocabulary = first.data.vocabulary
+    net = EnsembleNet([m for m, _ in loaded], mc).eval()
+    save_model(net, out, cfg)
+    return net, cfg

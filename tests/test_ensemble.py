@@ -1,0 +1,105 @@
+"""Ensembles as one model: embeddings side by side, maps stacked, one run folder every command uses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from chaiderm.cli import app
+from chaiderm.evidence.maps import activation_map_pairs
+from chaiderm.models import build_model, save_model
+from chaiderm.models.embedding import load_model
+from chaiderm.models.inference import embed
+from tests.conftest import tiny_cfg
+
+runner = CliRunner()
+
+
+def _member(path, seed, **model_kw):
+    torch.manual_seed(seed)
+    cfg = tiny_cfg()
+    for k, v in model_kw.items():
+        setattr(cfg.model, k, v)
+    save_model(build_model(cfg.model).eval(), path, cfg)
+    return path
+
+
+def test_ensemble_distance_and_maps_are_the_members_summed(tmp_path, rng):
+    runs = [_member(tmp_path / f"m{s}", s) for s in range(3)]
+    r = runner.invoke(app, ["ensemble", *map(str, runs), "--out", str(tmp_path / "ens")])
+    assert r.exit_code == 0 and "ensemble of 3 runs (192-d embedding)" in r.output, r.output
+    ens, cfg = load_model(tmp_path / "ens")
+    assert cfg.model.backbone == "ensemble" and cfg.data.members == [str(p.resolve()) for p in runs]
+    images = rng.integers(0, 255, size=(5, 72, 72, 3), dtype=np.uint8)
+    e, maps = embed(ens, images, 64, with_maps=True, maps_dtype=np.float32)
+    parts = [embed(load_model(p)[0], images, 64, with_maps=True, maps_dtype=np.float32) for p in runs]
+    np.testing.assert_allclose(e, np.concatenate([p[0] for p in parts], 1), rtol=1e-5, atol=1e-6)
+    d = ((e[0] - e[1:]) ** 2).sum(1)
+    np.testing.assert_allclose(d, sum(((p[0][0] - p[0][1:]) ** 2).sum(1) for p in parts), rtol=1e-4)
+    qam, ram = activation_map_pairs(maps[0], maps[1:])
+    member_pairs = [activation_map_pairs(p[1][0], p[1][1:]) for p in parts]
+    np.testing.assert_allclose(qam, sum(q for q, _ in member_pairs), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ram, sum(r for _, r in member_pairs), rtol=1e-4, atol=1e-6)
+
+
+def test_an_ensemble_indexes_queries_and_evaluates_like_a_run(tmp_path, synth_dir):
+    runs = [_member(tmp_path / f"m{s}", s) for s in range(2)]
+    ens, ix = tmp_path / "ens", tmp_path / "ix"
+    assert runner.invoke(app, ["ensemble", *map(str, runs), "--out", str(ens)]).exit_code == 0
+    r = runner.invoke(app, ["index", "--model", str(ens), "--data", str(synth_dir), "--out", str(ix)])
+    assert r.exit_code == 0, r.output
+    from chaiderm.data.records import load_table
+
+    q = load_table(synth_dir, "test").paths[0]
+    r = runner.invoke(app, ["query", str(q), "--model", str(ens), "--index", str(ix), "--k", "5",
+                            "--out", str(tmp_path / "rep")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", "--model", str(ens), "--index", str(ix), "--data", str(synth_dir),
+                            "--split", "test", "--n-boot", "20", "--out", str(tmp_path / "ev.json")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+
+
+def test_members_that_cannot_be_combined_are_refused(tmp_path, synth_dir):
+    a = _member(tmp_path / "a", 0)
+    b = _member(tmp_path / "b", 1, image_size=56)
+    r = runner.invoke(app, ["ensemble", str(a), str(b), "--out", str(tmp_path / "e")])
+    assert r.exit_code != 0 and "image_size is 56" in r.output and "same input" in r.output
+    r = runner.invoke(app, ["ensemble", str(a), "--out", str(tmp_path / "e")])
+    assert r.exit_code != 0 and "at least two" in r.output
+    r = runner.invoke(app, ["ensemble", str(a), str(tmp_path / "nowhere"), "--out", str(tmp_path / "e")])
+    assert r.exit_code != 0 and "nowhere" in r.output and "Traceback" not in r.output
+    c = _member(tmp_path / "c", 2)
+    assert runner.invoke(app, ["ensemble", str(a), str(c), "--out", str(tmp_path / "e")]).exit_code == 0
+    r = runner.invoke(app, ["ensemble", str(a), str(c), "--out", str(tmp_path / "e")])
+    assert r.exit_code == 2 and "--force" in r.output
+    r = runner.invoke(app, ["train", "--data", str(synth_dir), "--out", str(tmp_path / "t"), "--init",
+                            str(tmp_path / "e"), "--backbone", "tiny", "--epochs", "1"])  # fmt: skip
+    assert r.exit_code != 0 and "is an ensemble" in r.output
+
+
+@pytest.mark.parametrize("views", ["flip"])
+def test_ensemble_views_option(tmp_path, views):
+    runs = [_member(tmp_path / f"m{s}", s) for s in range(2)]
+    r = runner.invoke(app, ["ensemble", *map(str, runs), "--out", str(tmp_path / "e"), "--views", views])
+    assert r.exit_code == 0
+    assert load_model(tmp_path / "e")[1].model.views == views
+    r = runner.invoke(app, ["ensemble", *map(str, runs), "--out", str(tmp_path / "f"), "--views", "sideways"])
+    assert r.exit_code == 2 and "sideways" in r.output
+
+
+def test_train_ensemble_trains_its_members_and_combines_them(tmp_path, synth_dir):
+    out = tmp_path / "ens"
+    args = ["train", "--data", str(synth_dir), "--out", str(out), "--backbone", "tiny", "--no-pretrained",
+            "--image-size", "64", "--load-size", "72", "--epochs", "1", "--ensemble", "2", "--seed", "3"]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0 and "ensemble of 2 members" in r.output, r.output
+    model, cfg = load_model(out)
+    assert cfg.data.members == [str((out / "members" / s).resolve()) for s in ("seed3", "seed4")]
+    assert [m["backbone"] for m in cfg.model.members] == ["tiny", "tiny"]
+    w = [load_model(out / "members" / s)[0].state_dict() for s in ("seed3", "seed4")]
+    k = next(iter(w[0]))
+    assert not torch.equal(w[0][k], w[1][k])  # two seeds, two members
+    r = runner.invoke(app, [*args, "--resume"])  # both members finished: combined again, nothing retrained
+    assert r.exit_code == 0 and "member 1 of 2" not in r.output, r.output
