@@ -6,6 +6,7 @@ Sections (figures merged into ``bench/results.json`` with the machine and date):
 - ``ann``: IVF search over 1,000,000 synthetic 1024-d embeddings, k=10, recall@10 against exact search;
 - ``normalise``: L2-normalised vs raw embeddings, Disease logic on ISIC 2017 train, val AUC per epoch
   (needs the ISIC data);
+- ``ensemble_query``: the ``query`` measurement through ensembles of 2, 3 and 5 Lite0 members;
 - ``ray``: archive embedding in one process and on a local Ray cluster with 1 and 2 actors (images/s);
 - ``serve``: 8 concurrent clients against ``chaiderm serve`` for a minute: query p50/p95 with 10
   evidence pairs, errors, and feedback rows written vs clicks sent.
@@ -20,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -374,6 +376,52 @@ def bench_serve(isic: Path, tmp: Path, clients: int = 8, seconds: float = 45.0) 
     }
 
 
+def bench_ensemble_query(isic: Path, tmp: Path, n_queries: int = 30, archive: int = 500) -> dict:
+    """One query with 10 evidence pairs through ensembles of 2, 3 and 5 Lite0 members (seeded heads:
+    latency does not depend on training), each over its own index of the same 500 archive images (the
+    search itself is a small share of a query; bench `query` measures it over 2000)."""
+    from chaiderm.config import ModelConfig, RunConfig
+    from chaiderm.data.images import load_image
+    from chaiderm.models.embedding import build_model, save_model
+    from chaiderm.models.ensemble import combine
+    from chaiderm.pipeline import Predictor, build_index
+
+    table, source, _ = _model_and_index(isic, tmp)
+    table = table.subset(range(min(archive, len(table))))
+    images = [load_image(p) for p in table.paths[:n_queries]]
+    out: dict = {"data": source, "archive": len(table), "k": 10, "evidence_pairs": 10, "queries": n_queries}
+    members = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        cfg = RunConfig(model=ModelConfig())
+        save_model(build_model(cfg.model).eval(), tmp / f"member{seed}", cfg)
+        members.append(str(tmp / f"member{seed}"))
+    for n in (2, 3, 5):
+        net, cfg = combine(members[:n], tmp / f"ens{n}")
+        t = time.perf_counter()
+        index, _ = build_index(net, cfg, table, model_dir=tmp / f"ens{n}")
+        index.save(tmp / f"ens{n}_index")
+        build_s = time.perf_counter() - t
+        pred = Predictor.load(tmp / f"ens{n}", tmp / f"ens{n}_index")
+        pred.predict(images[0], k=10)  # warm-up
+        times = []
+        for img in images:
+            t0 = time.perf_counter()
+            res = pred.predict(img, k=10, evidence=True)
+            times.append(time.perf_counter() - t0)
+            assert len(res.qams) == 10
+        ms = np.array(times) * 1000
+        out[f"members_{n}"] = {
+            "dim": net.dim,
+            "median_ms": float(np.median(ms)),
+            "p95_ms": float(np.percentile(ms, 95)),
+            "index_build_s": build_s,
+            "maps_gb": float(index.maps.nbytes / 2**30) if index.maps is not None else 0.0,
+        }
+        shutil.rmtree(tmp / f"ens{n}_index")
+    return out
+
+
 def bench_ray(isic: Path, tmp: Path, n: int = 1000) -> dict:
     """Embedding an archive (Lite0, evidence maps kept, image hashing) in one process, and on a local Ray
     cluster with 1 and 2 actors; each number is the embedding step alone (Ray started beforehand)."""
@@ -405,6 +453,7 @@ def bench_ray(isic: Path, tmp: Path, n: int = 1000) -> dict:
 SECTIONS = {
     "train": bench_train,
     "ray": bench_ray,
+    "ensemble_query": bench_ensemble_query,
     "query": bench_query,
     "ann": bench_ann,
     "normalise": bench_normalise,
