@@ -391,6 +391,10 @@ def index_cmd(
         ),
     ] = None,
     ray_workers: Annotated[int | None, typer.Option(help="with --ray: embedding actors (default: the CPUs)")] = None,
+    ray_shards: Annotated[
+        Path | None,
+        typer.Option(help="with --ray: a folder every worker can write (shared storage on a real cluster); kept"),
+    ] = None,
 ) -> None:
     """Embed an archive and build its search index."""
     from chaiderm.data.records import is_isic2017, load_table
@@ -405,6 +409,8 @@ def index_cmd(
         raise _fail(f"--kind: unknown index type '{kind}'; use one of {', '.join(kinds)}")
     if ray_workers is not None and (ray is None or ray_workers < 1):
         raise _fail("--ray-workers: needs --ray and at least 1 worker")
+    if ray_shards is not None and ray is None:
+        raise _fail("--ray-shards: needs --ray")
     with _errors(skip_bad_hint=True):
         net, cfg = load_model(model)
         progress = training_progress(model)
@@ -432,6 +438,7 @@ def index_cmd(
                 progress=lambda n: p.advance(task, max(n, 1)),
                 ray=ray,
                 ray_workers=ray_workers,
+                ray_shards=ray_shards,
                 **({"nlist": nlist, "nprobe": nprobe} if kind in ("ivf", ONDISK) else {}),
             )
         index.save(out)

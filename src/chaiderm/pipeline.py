@@ -83,6 +83,7 @@ def build_index(
     progress: Callable[[int], None] | None = None,
     ray: str | None = None,
     ray_workers: int | None = None,
+    ray_shards: str | Path | None = None,
     **index_params,
 ) -> tuple[ArchiveIndex, list[str]]:
     """Embed every archive image and index it; returns the index and messages for skipped files.
@@ -98,6 +99,7 @@ def build_index(
             cfg,
             table,
             address=ray,
+            shard_dir=ray_shards,
             workers=ray_workers,
             store_maps=store_maps,
             skip_bad=skip_bad,

@@ -135,8 +135,10 @@ def embed_archive_ray(
     n_cpus = int(ray.cluster_resources().get("CPU", 1))
     workers = workers or max(1, n_cpus)
     own = shard_dir is None
-    shards = Path(shard_dir or tempfile.mkdtemp(prefix="chaiderm-shards-"))
-    shards.mkdir(parents=True, exist_ok=True)
+    # a folder of this run's own: shards of an earlier run in the same place are never read
+    base = Path(shard_dir) if shard_dir is not None else Path(tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    shards = Path(tempfile.mkdtemp(prefix="chaiderm-shards-", dir=base))
     try:
         items = [{"row": i, "path": str(Path(p).resolve())} for i, p in enumerate(table.paths)]
         ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // block_size)))
