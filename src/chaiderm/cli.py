@@ -1071,6 +1071,9 @@ def reproduce(
             "--masks-data; localisation is then scored on the other three quarters"
         ),
     ] = False,
+    teach_map_stride: Annotated[
+        int | None, typer.Option(help="with --teach-maps: map stride of the taught variants, 32 or 16 (finer maps)")
+    ] = None,
     mask_dice_share: Annotated[
         float | None,
         typer.Option(help="with --teach-maps: the Dice term's share of the mask term (0.5: mass and Dice alike)"),
@@ -1091,7 +1094,10 @@ def reproduce(
         colour_jitter=colour_jitter,
         teach_maps=teach_maps or None,
         mask_dice_share=mask_dice_share,
+        teach_map_stride=teach_map_stride,
     )
+    if teach_map_stride not in (None, 16, 32):
+        raise _fail(f"--teach-map-stride: 32 or 16, got {teach_map_stride}")
     if mask_dice_share is not None and not 0.0 <= mask_dice_share <= 1.0:
         raise _fail(f"--mask-dice-share: must be in [0, 1], got {mask_dice_share}")
     s = ReproduceSettings(seeds=seeds, n_boot=n_boot, **{k: v for k, v in given.items() if v is not None})
