@@ -3,7 +3,7 @@
     python bench/cv_select.py [--device cuda] [--workers 5] [--budget-s 420] [--out bench/cv_selection.json]
 
 Why: the 150-image validation split (30 melanomas) cannot rank settings: a seed change moves its AUC
-more than any setting tried (docs/reproduction.md). Here every candidate is scored on all 2000
+more than any setting tried (docs/experiments/cross_validation.md). Here every candidate is scored on all 2000
 *training* images instead, by 5-fold cross-validation, and on five training seeds at once.
 
 Protocol. The training images are split into 5 folds, stratified by disease (seed 0). For fold f
@@ -47,7 +47,7 @@ models of that split are not retrained: CPU training is deterministic, so round 
 variant if ``h_colour``'s pooled mean AUC beats round 5's ``h_default`` by more than 0.01, wins at least 4
 of 5 folds, and ``d_colour``'s pooled mean AUC is not below ``d_default``'s (a colour change that is real
 should not hurt the model the group fine-tuning starts from) (:func:`decide_pair`).
-Outcome: +0.007, 3 of 5 folds, Disease -0.0003: not adopted (docs/reproduction.md).
+Outcome: +0.007, 3 of 5 folds, Disease -0.0003: not adopted (docs/experiments/cross_validation.md).
 
 Round 7 (CPU, third split again: ``--fold-seed 2 --only h_lite1 --baseline <round 5>``): capacity.
 ``d_lite1`` / ``h_lite1`` use EfficientNet-Lite1 at its native 240 input (from the 256 image), all else

@@ -37,7 +37,7 @@ class ModelConfig:
     # how convolutions pad (models.registry.PADDINGS). "replicate" repeats edge pixels: the maps carry no
     # frame from the padding and a uniform image has a flat map. "zeros" (the ImageNet weights' own) stays
     # the default: on ISIC it scored 0.07 higher validation AUC@20 and located ham10000_dev lesions
-    # better (bench/map_localisation_round1.json, docs/reproduction.md)
+    # better (bench/map_localisation_round1.json, docs/experiments/maps.md)
     padding: str = "zeros"
     # 32: the backbone's own final map; 16: its last downsampling removed, maps of twice the resolution
     map_stride: int = 32
@@ -79,7 +79,7 @@ class TrainConfig:
     mask_weight: float = 3.0
     # what the mask term asks of a map: 2 * ((1 - s) * (1 - mass in lesion) + s * (1 - soft Dice)). Mass
     # alone rewards a peak inside the lesion, which the 0.5-threshold Jaccard scores low; Dice alone, a map
-    # that spreads past the lesion's edge (rounds 7-8 of docs/reproduction.md)
+    # that spreads past the lesion's edge (rounds 7-8 of docs/experiments/maps.md)
     mask_dice_share: float = 0.5
     # >0: validate and save an exponential moving average of the weights (per step) instead of the
     # raw weights; smooths the step-to-step drift of short, noisy fine-tuning runs

@@ -92,7 +92,7 @@ class ReproduceSettings:
     # bench/map_localisation.py chose replicate-32-masks-w3 on half A2 of ham10000_dev)
     teach_padding: str = "replicate"
     teach_map_stride: int = 32
-    # rounds 7-8 (docs/reproduction.md): the Dice term's share of the mask term (TrainConfig.mask_dice_share)
+    # rounds 7-8 (docs/experiments/maps.md): the Dice term's share of the mask term (TrainConfig.mask_dice_share)
     mask_dice_share: float = 0.5
 
 
