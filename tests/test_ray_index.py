@@ -87,3 +87,5 @@ def test_cli_index_on_ray(ray_cluster, model_run, synth_dir, tmp_path):
     args = ["index", "--model", str(run), "--data", str(synth_dir), "--out", str(tmp_path / "x2")]
     r = CliRunner().invoke(app, [*args, "--ray-workers", "2"])
     assert r.exit_code == 2 and "--ray-workers: needs --ray" in r.output
+    r = CliRunner().invoke(app, [*args, "--ray", "127.0.0.1:9"])  # nobody there: an answer in seconds
+    assert r.exit_code == 2 and "no Ray cluster answers at '127.0.0.1:9'" in r.output, r.output

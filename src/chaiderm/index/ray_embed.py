@@ -44,10 +44,29 @@ def _ray():
     return ray
 
 
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Ray waits minutes for a head that is not there; a TCP connection says within seconds."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailableError(f"'{address}' is not local, auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise RayUnavailableError(
+            f"no Ray cluster answers at '{address}' ({e}); start one or use --ray local"
+        ) from None
+
+
 def connect(address: str, num_cpus: int | None = None):
     """Join the cluster at ``address``, or start a local one (``local``); an already connected driver
     (a test session's cluster) is reused."""
     ray = _ray()
+    if address != "local":
+        _reachable(address)
     if ray.is_initialized():
         return ray
     kw = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
