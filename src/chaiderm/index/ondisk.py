@@ -137,8 +137,18 @@ def build(
     """Write an on-disk index of ``n`` vectors that ``shards`` yields in row order (one shard in memory at
     a time). With ``existing``, its rows come first and its lists are merged, not recomputed: adding
     cases costs the new cases, plus one sequential copy of the lists."""
+    staged = folder is None
     folder = Path(folder) if folder is not None else staging_dir()
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _build(shards, trained, n, folder, nprobe, k_factor, existing)
+    except BaseException:
+        if staged:  # a failed build leaves nothing behind
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _build(shards, trained, n, folder, nprobe, k_factor, existing) -> OnDiskIVF:
     d = trained.d
     start = existing.ntotal if existing is not None else 0
     header = np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float16, shape=(start + n, d))
