@@ -164,7 +164,10 @@ def train_cmd(
             "maps; the default with --mask-data)"
         ),
     ] = None,
-    map_stride: Annotated[int, typer.Option(help="32, or 16 for evidence maps of twice the resolution")] = 32,
+    map_stride: Annotated[
+        int | None,
+        typer.Option(help="32, or 16 for evidence maps of twice the resolution (the default with --mask-data)"),
+    ] = None,
     epochs: int = 3,
     batch_size: int = 48,
     m_per_class: int = 4,
@@ -236,7 +239,7 @@ def train_cmd(
                 views=views,
                 colour=colour,
                 padding=padding or ("replicate" if mask_data is not None else "zeros"),
-                map_stride=map_stride,
+                map_stride=map_stride or (16 if mask_data is not None else 32),
             ),
             train=TrainConfig(
                 logic=logic,
