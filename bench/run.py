@@ -422,9 +422,10 @@ def bench_ensemble_query(isic: Path, tmp: Path, n_queries: int = 30, archive: in
     return out
 
 
-def bench_ray(isic: Path, tmp: Path, n: int = 1000) -> dict:
+def bench_ray(isic: Path, tmp: Path, n: int = 2000) -> dict:
     """Embedding an archive (Lite0, evidence maps kept, image hashing) in one process, and on a local Ray
-    cluster with 1 and 2 actors; each number is the embedding step alone (Ray started beforehand)."""
+    cluster with 1 and 2 actors. Ray is started beforehand; each Ray figure includes starting its actors
+    (a process each, loading torch and the model: seconds), as every `index --ray` pays it."""
     from chaiderm.index.ray_embed import connect, embed_archive_ray
     from chaiderm.models.embedding import load_model
     from chaiderm.pipeline import embed_archive
