@@ -109,6 +109,7 @@ def main() -> None:
         import faiss
 
         from chaiderm.index import ondisk
+        from run import timed_recall
 
         faiss.omp_set_num_threads(2)
         ix = ondisk.OnDiskIVF(tmp / "ix")
@@ -118,13 +119,7 @@ def main() -> None:
             for nprobe in a.nprobes:
                 ix.nprobe, ix.k_factor = nprobe, kf
                 ix.search(xq[:5], 10)  # warm the quantizer's graph
-                lat, found = [], []
-                for v in xq:
-                    t = time.perf_counter()
-                    _, i = ix.search(v[None], 10)
-                    lat.append(time.perf_counter() - t)
-                    found.append(i[0])
-                recall = float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(truth, found, strict=True)]))
+                lat, recall = timed_recall(ix, xq, truth)
                 row = {
                     "nprobe": nprobe,
                     "k_factor": kf,

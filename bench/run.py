@@ -133,6 +133,17 @@ def _embeddings_like(real: np.ndarray, n: int, seed: int, rank: int = 256) -> np
     return out
 
 
+def timed_recall(index, xq: np.ndarray, truth: np.ndarray, k: int = 10) -> tuple[list[float], float]:
+    """Each query searched alone: its latency in seconds, and the mean recall@k against ``truth``."""
+    lat, found = [], []
+    for q in xq:
+        t0 = time.perf_counter()
+        _, i = index.search(q[None], k)
+        lat.append(time.perf_counter() - t0)
+        found.append(i[0])
+    return lat, float(np.mean([len(set(a) & set(b)) / k for a, b in zip(truth, found, strict=True)]))
+
+
 def bench_ann(isic: Path, tmp: Path, n: int = 1_000_000, n_queries: int = 200) -> dict:
     """1M synthetic 1024-d embeddings with the statistics of real archive embeddings (no million real
     images exist here): mean and covariance spectrum taken from the 2000-image archive's embeddings."""
@@ -159,13 +170,7 @@ def bench_ann(isic: Path, tmp: Path, n: int = 1_000_000, n_queries: int = 200) -
     sweep = []
     for nprobe in (32, 64, 96, 128, 192):
         set_search_params(index, nprobe=nprobe)
-        lat, found = [], []
-        for q in xq:
-            t0 = time.perf_counter()
-            _, i = index.search(q[None], 10)
-            lat.append(time.perf_counter() - t0)
-            found.append(i[0])
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, found, strict=True)]))
+        lat, recall = timed_recall(index, xq, exact)
         sweep.append(
             {
                 "nprobe": nprobe,
