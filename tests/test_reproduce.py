@@ -25,17 +25,26 @@ def _isic_from_synthetic(synth_dir, root):
         (root / f"ISIC-2017_{name}_Part3_GroundTruth.csv").write_text("\n".join(lines) + "\n")
 
 
-def test_reproduce_end_to_end_and_resume(synth_dir, tmp_path):
-    _isic_from_synthetic(synth_dir, tmp_path / "isic")
-    _fake_enhance(tmp_path / "enh", n=200)
-    per = {"melanoma": 3, "seborrheic_keratosis": 2, "nevus": 4}
-    s = ReproduceSettings(
+def _tiny_settings(**kw) -> ReproduceSettings:
+    """The whole reproduction at toy scale: tiny backbone, one epoch, small groups."""
+    base = dict(
         backbone="tiny",
         epochs=1,
         finetune_epochs=1,
         image_size=64,
         load_size=72,
         n_finetune=100,
+        n_boot=20,
+        groups_per_disease={"melanoma": 3, "seborrheic_keratosis": 2, "nevus": 4},
+    )
+    return ReproduceSettings(**{**base, **kw})
+
+
+def test_reproduce_end_to_end_and_resume(synth_dir, tmp_path):
+    _isic_from_synthetic(synth_dir, tmp_path / "isic")
+    _fake_enhance(tmp_path / "enh", n=200)
+    per = {"melanoma": 3, "seborrheic_keratosis": 2, "nevus": 4}
+    s = _tiny_settings(
         n_boot=50,
         seeds=2,
         groups_per_disease=per,
@@ -124,17 +133,7 @@ def test_reproduce_teach_maps_scores_only_untaught_images(synth_dir, tmp_path):
 
     _isic_from_synthetic(synth_dir, tmp_path / "isic")
     _fake_enhance(tmp_path / "enh", n=200)
-    s = ReproduceSettings(
-        backbone="tiny",
-        epochs=1,
-        finetune_epochs=1,
-        image_size=64,
-        load_size=72,
-        n_finetune=100,
-        n_boot=20,
-        groups_per_disease={"melanoma": 3, "seborrheic_keratosis": 2, "nevus": 4},
-        teach_maps=True,
-    )
+    s = _tiny_settings(teach_maps=True)
     out = tmp_path / "out"
     run_reproduce(tmp_path / "isic", tmp_path / "enh", synth_dir / "test", out, s, log=lambda m: None)
     n = len(load_table(synth_dir, "test"))

@@ -246,8 +246,7 @@ class ArchiveIndex:
         rel = _relative_to(self.paths, Path(path).resolve())
         with atomic_dir(path) as tmp:
             if isinstance(self.index, ondisk.OnDiskIVF):
-                staged = self.index.folder.name.startswith("chaiderm-ondisk-")
-                (ondisk.move_into if staged else ondisk.copy_into)(self.index, tmp)
+                ondisk.store(self.index, tmp)
             else:
                 faiss.write_index(self.index, str(tmp / "index.faiss"))
                 np.save(tmp / "embeddings.npy", self.embeddings)

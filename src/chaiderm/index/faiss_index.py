@@ -20,6 +20,16 @@ def _f32(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def ivf_prefix(d: int, pca_dim: int) -> str:
+    """The random-rotation PCA that precedes the IVF lists, where it reduces the dimension."""
+    return f"PCAR{pca_dim}," if pca_dim < d else ""
+
+
+def ivf_min_size(d: int, nlist: int, pca_dim: int) -> int:
+    """Vectors needed to train ``nlist`` lists (39 each, FAISS's minimum) and the projection."""
+    return max(pca_dim if pca_dim < d else 0, 39 * nlist)
+
+
 def build_faiss(
     emb: np.ndarray,
     kind: str = "flat",
@@ -41,7 +51,7 @@ def build_faiss(
     if kind not in INDEX_TYPES:
         raise DataError(None, f"--kind: unknown index type '{kind}'; use one of {', '.join(INDEX_TYPES)}")
     if kind == "ivf":
-        need = max(pca_dim if pca_dim < d else 0, 39 * (nlist or 1))
+        need = ivf_min_size(d, nlist or 1, pca_dim)
         if n < need:
             raise DataError(
                 None,
@@ -52,8 +62,7 @@ def build_faiss(
         index = faiss.IndexFlatL2(d)
     elif kind == "ivf":
         nlist = nlist or max(1, min(4 * int(math.sqrt(n)), n // 39 or 1))
-        prefix = f"PCAR{pca_dim}," if pca_dim < d else ""
-        base = faiss.index_factory(d, f"{prefix}IVF{nlist},SQ8", faiss.METRIC_L2)
+        base = faiss.index_factory(d, f"{ivf_prefix(d, pca_dim)}IVF{nlist},SQ8", faiss.METRIC_L2)
         ivf = faiss.extract_index_ivf(base)
         ivf.cp.seed = seed  # k-means seed: a rebuilt index is the same index
         train = emb

@@ -26,6 +26,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from chaiderm.index.faiss_index import ivf_min_size, ivf_prefix
+
 KIND = "ivf_ondisk"
 LAYOUT = ("trained.faiss", "lists.faiss", "lists.ivfdata", "vectors.npy")
 
@@ -50,10 +52,13 @@ def default_nlist(n: int) -> int:
     return int(max(1, min(2 ** round(math.log2(max(1.0, math.sqrt(n)))), n // 39 or 1)))
 
 
+STAGING_PREFIX = "chaiderm-ondisk-"
+
+
 def staging_dir() -> Path:
     """Where a build writes before ``save`` moves it: ``$CHAIDERM_TMPDIR`` (put it on the disk the index
     will live on, so the move is a rename) or the system's temporary folder."""
-    return Path(tempfile.mkdtemp(prefix="chaiderm-ondisk-", dir=os.environ.get("CHAIDERM_TMPDIR") or None))
+    return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=os.environ.get("CHAIDERM_TMPDIR") or None))
 
 
 def train_quantizer(
@@ -64,9 +69,8 @@ def train_quantizer(
     d = sample.shape[1]
     if len(sample) < 39 * nlist:
         raise ValueError(f"{len(sample)} training vectors for {nlist} lists; need at least {39 * nlist}")
-    prefix = f"PCAR{pca_dim}," if pca_dim < d else ""
     # an HNSW graph over the centroids assigns millions of vectors without a full scan of every centroid
-    index = faiss.index_factory(d, f"{prefix}IVF{nlist}_HNSW32,SQ8", faiss.METRIC_L2)
+    index = faiss.index_factory(d, f"{ivf_prefix(d, pca_dim)}IVF{nlist}_HNSW32,SQ8", faiss.METRIC_L2)
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed = seed
     ivf.cp.niter = niter
@@ -219,7 +223,7 @@ def build_from_array(
     """The on-disk index of vectors that are at hand (a memory map is fine: read a shard at a time)."""
     n, d = emb.shape
     nlist = nlist or default_nlist(n)
-    need = max(pca_dim if pca_dim < d else 0, 39 * nlist)
+    need = ivf_min_size(d, nlist, pca_dim)
     if n < need:
         raise ValueError(f"needs at least {need} vectors to train its lists and projection, got {n}")
     rng = np.random.default_rng(seed)
@@ -243,20 +247,18 @@ def keep_rows(ix: OnDiskIVF, rows: np.ndarray, shard_size: int = 100_000) -> OnD
     return build(shards, trained=trained, n=len(rows), nprobe=ix.nprobe, k_factor=ix.k_factor)
 
 
-def move_into(ix: OnDiskIVF, dest: Path) -> None:
-    """Move the index's files into ``dest`` (a rename on the same disk). The open memory maps follow the
-    files, so ``ix`` keeps working; ``ix.folder`` becomes ``dest``."""
+def store(ix: OnDiskIVF, dest: Path) -> None:
+    """Put the index's files into ``dest``: moved from a build's staging folder (a rename on the same disk;
+    the open memory maps follow the files), copied from a folder it was loaded from. ``ix.folder``
+    becomes ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
     src = ix.folder
+    staged = src.name.startswith(STAGING_PREFIX)
     for name in LAYOUT:
-        shutil.move(str(src / name), str(dest / name))
+        if staged:
+            shutil.move(str(src / name), str(dest / name))
+        else:
+            shutil.copyfile(src / name, dest / name)
     ix.folder = dest
-    if src.name.startswith("chaiderm-ondisk-"):
+    if staged:
         shutil.rmtree(src, ignore_errors=True)
-
-
-def copy_into(ix: OnDiskIVF, dest: Path) -> None:
-    """Copy the index's files into ``dest`` (saving an index that was loaded from another folder)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in LAYOUT:
-        shutil.copyfile(ix.folder / name, dest / name)

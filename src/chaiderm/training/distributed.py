@@ -94,8 +94,9 @@ def sum_gradients(model: torch.nn.Module) -> None:
 def broadcast_state(model: torch.nn.Module) -> None:
     """Every process starts from rank 0's weights, and keeps rank 0's BatchNorm running statistics
     (each process updates them from its own share, as DistributedDataParallel's default does)."""
-    for t in [*model.parameters(), *model.buffers()]:
-        dist.broadcast(t.data, 0)
+    for p in model.parameters():
+        dist.broadcast(p.data, 0)
+    broadcast_buffers(model)
 
 
 def broadcast_buffers(model: torch.nn.Module) -> None:

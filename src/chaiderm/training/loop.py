@@ -389,20 +389,17 @@ def train(
             # each process computes the extra terms whole: a 1/world share of each keeps the gradients' sum exact
             objective = loss + (extra if dd is None else extra / dd.world)
             loss = loss + extra
-            if dd is not None:
-                if distributed.any_true(objective.requires_grad):
-                    if objective.requires_grad:
-                        objective.backward()
+            # a step when some process has a gradient (one without triplets still joins the sum)
+            if objective.requires_grad if dd is None else distributed.any_true(objective.requires_grad):
+                if objective.requires_grad:
+                    objective.backward()
+                if dd is not None:
                     distributed.sum_gradients(model)
-                    opt.step()
-                    if ema is not None:
-                        ema.update_parameters(model)
-                distributed.broadcast_buffers(model)
-            elif objective.requires_grad:
-                objective.backward()
                 opt.step()
                 if ema is not None:
                     ema.update_parameters(model)
+            if dd is not None:
+                distributed.broadcast_buffers(model)
             losses.append(float(loss.detach()))
             n_images += len(idx)
             if on_step is not None and main:
