@@ -85,8 +85,8 @@ def main() -> None:
     ap.add_argument("--shard", type=int, default=500_000)
     ap.add_argument("--nlist", type=int, default=8192)
     ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--nprobes", type=int, nargs="*", default=[32, 64, 128, 256, 512])
-    ap.add_argument("--k-factors", type=int, nargs="*", default=[8, 16])
+    ap.add_argument("--nprobes", type=int, nargs="*", default=[64, 128, 192, 256, 384, 512])
+    ap.add_argument("--k-factors", type=int, nargs="*", default=[2, 8])
     ap.add_argument("--isic", type=Path, default=HERE.parent.parent / "shared" / "data" / "isic2017")
     ap.add_argument("--workdir", type=Path, default=None, help="where the index is written (default: a tmp dir)")
     ap.add_argument("--out", type=Path, default=HERE / "ondisk.json")
@@ -134,7 +134,9 @@ def main() -> None:
             "n": a.n,
             "dim": int(real.shape[1]),
             "queries": a.queries,
-            "index": f"PCAR256,IVF{a.nlist}_HNSW32,SQ8 lists on disk + exact re-ranking on float16 vectors on disk",
+            "index": f"IVF{a.nlist} (lists chosen by HNSW32 over k-means centroids in a 256-d random-rotation PCA), "
+            "SQ8 codes of all 1024 dimensions in lists on disk, exact re-ranking on float16 vectors on disk",
+            "parallel_mode": 1,
             "data": f"Gaussian with the mean and covariance spectrum of real embeddings ({source})",
             "shard": a.shard,
             **res,

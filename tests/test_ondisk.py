@@ -42,6 +42,19 @@ def test_shards_merge_into_one_index_that_searches_like_exact(rng, tmp_path):
     assert ix.vectors.dtype == np.float16 and isinstance(ix.vectors, np.memmap)
 
 
+def test_codes_keep_the_dimensions_the_projection_drops(rng, tmp_path):
+    # 20 points repeated 200 times in the 8 loud dimensions; only the 56 quiet ones tell the copies apart.
+    # A 8-d projection chooses the lists, but if it also made the codes, the 200 copies would tie and a
+    # case could not be found among them (the 10M benchmark's failure, in miniature)
+    loud = np.repeat(rng.normal(size=(20, 8)).astype(np.float32) * 10, 200, axis=0)
+    x = np.concatenate([loud, rng.normal(size=(len(loud), 56)).astype(np.float32)], axis=1)
+    ix = ondisk.build_from_array(x, nlist=16, pca_dim=8, nprobe=16, k_factor=2, folder=tmp_path / "o")
+    assert faiss.extract_index_ivf(ix.index).code_size == 64  # one byte per dimension, all of them
+    rows = rng.choice(len(x), 100, replace=False)
+    _, i = ix.search(x[rows] + 0.01 * rng.normal(size=(100, 64)).astype(np.float32), 1)
+    assert (i[:, 0] == rows).mean() > 0.95
+
+
 def test_archive_index_on_disk_saves_moves_grows_and_shrinks(rng, tmp_path):
     x = _clustered(rng, n=3000)
     a = ArchiveIndex.build(x, kind="ivf_ondisk", nlist=16, nprobe=16, **_columns(len(x)))
