@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import mmap
 import os
 import shutil
 import sys
@@ -54,8 +55,10 @@ def _quiet_faiss():
 
 
 def default_nlist(n: int) -> int:
-    """About sqrt(n) lists, a power of two, at least 39 training points each."""
-    return int(max(1, min(2 ** round(math.log2(max(1.0, math.sqrt(n)))), n // 39 or 1)))
+    """About 4 sqrt(n) lists, a power of two, at least 39 training points each. Finer lists than the
+    usual sqrt(n) find more neighbours per code scanned, and scanning is what a query pays for: 2M
+    synthetic cases, 120k codes scanned, recall@10 0.941 with 1024 lists, 0.974 with 4096."""
+    return int(max(1, min(2 ** round(math.log2(max(1.0, 4 * math.sqrt(n)))), n // 39 or 1)))
 
 
 STAGING_PREFIX = "chaiderm-ondisk-"
@@ -113,6 +116,9 @@ class OnDiskIVF:
         with _quiet_faiss():
             self.index = faiss.read_index(str(self.folder / "lists.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
         self.vectors = np.load(self.folder / "vectors.npy", mmap_mode="r")
+        # re-ranking reads a few scattered rows: without this hint each one faults in a read-ahead window
+        # of neighbouring rows, which pushes the lists out of the page cache when the vectors outgrow it
+        self.vectors._mmap.madvise(mmap.MADV_RANDOM)
         self.k_factor = k_factor
         # one query at a time is the clinic's case: split its lists over the threads, not the queries
         faiss.extract_index_ivf(self.index).parallel_mode = 1
