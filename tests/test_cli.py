@@ -1,9 +1,11 @@
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from chaiderm.cli import app
+from chaiderm.data.records import load_table
 
 runner = CliRunner()
 TINY = ["--backbone", "tiny", "--image-size", "64", "--load-size", "72", "--batch-size", "32", "--lr-backbone", "1e-3"]
@@ -413,3 +415,25 @@ def test_evaluate_command(served, synth_dir, tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, [*base, "--data", str(tmp_path / "none")])
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_evaluate_weighs_votes_by_distance(served, synth_dir, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from chaiderm.evaluation.evaluate import evaluate_index
+    from chaiderm.index.knn import knn_vote
+    from chaiderm.pipeline import Predictor
+
+    p = Predictor.load(served / "run", served / "ix")
+    table = load_table(synth_dir, "test")
+    res = evaluate_index(p, table, ks=(5,), n_boot=20, vote="distance")
+    emb, _ = p.embed_table(table)
+    d, rows = p.index.search(emb, 5)  # test images are not in the archive: nothing is excluded
+    y = np.asarray(table.diagnoses) == "melanoma"
+    pos = (np.asarray(p.index.diagnoses)[rows] == "melanoma").astype(float)
+    assert res["vote"] == "distance"
+    assert res["auc"]["melanoma"]["5"] == pytest.approx(roc_auc_score(y, knn_vote(pos, 5, d, "distance")))
+    assert res["auc"]["melanoma"]["5"] != pytest.approx(roc_auc_score(y, pos.mean(1)))  # not the plain vote
+    base = ["evaluate", "--model", str(served / "run"), "--index", str(served / "ix"), "--data", str(synth_dir)]
+    r = runner.invoke(app, [*base, "--vote", "nearest"])
+    assert r.exit_code == 2 and "--vote" in r.output and "Traceback" not in r.output

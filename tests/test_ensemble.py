@@ -101,3 +101,23 @@ def test_train_ensemble_trains_its_members_and_combines_them(tmp_path, synth_dir
     assert not torch.equal(w[0][k], w[1][k])  # two seeds, two members
     r = runner.invoke(app, [*args, "--resume"])  # both members finished: combined again, nothing retrained
     assert r.exit_code == 0 and "member 1 of 2" not in r.output, r.output
+
+
+def test_the_recommended_recipe_is_three_disease_seeds_by_name(tmp_path, synth_dir):
+    from chaiderm.training.recipes import RECIPES
+
+    out = tmp_path / "rec"
+    args = ["train", "--data", str(synth_dir), "--out", str(out), "--backbone", "tiny", "--no-pretrained",
+            "--image-size", "64", "--load-size", "72", "--epochs", "1", "--recipe", "recommended"]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0 and "ensemble of 3 members" in r.output, r.output
+    _, cfg = load_model(out)
+    assert cfg.train.recipe == "recommended" and len(cfg.model.members) == RECIPES["recommended"].ensemble
+    for s in ("seed0", "seed1", "seed2"):
+        _, m = load_model(out / "members" / s)
+        assert m.train.logic == "disease" and m.train.recipe == "recommended"
+    for extra in (["--logic", "joint"], ["--ensemble", "5"]):  # the recipe's own settings are not overridden
+        r = runner.invoke(app, [*args, *extra, "--force"])
+        assert r.exit_code == 2 and "--recipe recommended sets" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, [*args[:-1], "best", "--force"])
+    assert r.exit_code == 2 and "known: recommended" in r.output

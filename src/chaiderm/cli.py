@@ -194,6 +194,13 @@ def train_cmd(
             "ensemble to OUT (chaiderm ensemble)"
         ),
     ] = 1,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="a named recipe: 'recommended' (the model we recommend, docs/accuracy.md) sets --logic and "
+            "--ensemble; leave those out"
+        ),
+    ] = None,
     nproc: Annotated[
         int,
         typer.Option(
@@ -210,6 +217,19 @@ def train_cmd(
         raise _fail(f"--nproc: must be at least 1, got {nproc}")
     if ensemble < 1:
         raise _fail(f"--ensemble: must be at least 1, got {ensemble}")
+    if recipe is not None:
+        from chaiderm.training.recipes import get_recipe
+
+        try:
+            r = get_recipe(recipe)
+        except ValueError as e:
+            raise _fail(f"--recipe: {e}") from None
+        if logic != "disease" or ensemble != 1:
+            raise _fail(
+                f"--recipe {r.name} sets --logic {r.logic} and --ensemble {r.ensemble}; leave those out "
+                "(every other setting is still yours)"
+            )
+        logic, ensemble = r.logic, r.ensemble
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_torchrun(nproc))
 
@@ -261,6 +281,7 @@ def train_cmd(
                 positive_class=positive_class,
                 feedback_weight=feedback_weight,
                 mask_weight=mask_weight,
+                recipe=recipe or "",
             ),
             data=DataConfig(
                 train=str(data),
@@ -810,6 +831,9 @@ def evaluate(
     split: Annotated[str | None, typer.Option(help="split of --data (ISIC default: test)")] = None,
     out: Annotated[Path | None, typer.Option(help="write every figure here as JSON")] = None,
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
+    vote: Annotated[
+        str, typer.Option(help="uniform (each of the k neighbours one vote) or distance (weighed by 1/distance)")
+    ] = "uniform",
 ) -> None:
     """Measure a model and its archive on a labelled split: kNN AUC@k per diagnosis with 95% intervals, the
     vote's balanced accuracy, REL@k where the data has groups. A query never votes for itself or its lesion."""
@@ -817,16 +841,18 @@ def evaluate(
 
     from chaiderm._io import write_json
     from chaiderm.data.records import is_isic2017, load_table
-    from chaiderm.evaluation.evaluate import evaluate_index
+    from chaiderm.evaluation.evaluate import VOTES, evaluate_index
     from chaiderm.pipeline import Predictor
 
     if not 10 <= n_boot <= 100_000:
         raise _fail(f"--n-boot must be between 10 and 100000, not {n_boot}")
+    if vote not in VOTES:
+        raise _fail(f"--vote: one of {', '.join(VOTES)}, not '{vote}'")
     with _errors():
         predictor = Predictor.load(model, index)
         table = load_table(data, split or ("test" if is_isic2017(data) else _split_of(data, "test")))
         try:
-            res = evaluate_index(predictor, table, n_boot=n_boot)
+            res = evaluate_index(predictor, table, n_boot=n_boot, vote=vote)
         except ValueError as e:
             raise _fail(f"{data}: {e}") from None
     t = Table(title=f"{len(table)} queries against {res['n_archive']} archive cases")

@@ -86,6 +86,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     # >0: random brightness / contrast / saturation factors in [1 - x, 1 + x] on training inputs
     colour_jitter: float = 0.0
+    recipe: str = ""  # the named recipe (training.recipes) that fixed some of these settings, if any
 
 
 @dataclass

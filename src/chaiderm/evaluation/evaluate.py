@@ -18,35 +18,51 @@ from chaiderm.losses.logic import encode_labels
 from chaiderm.pipeline import Predictor
 
 KS = (3, 5, 10, 20, 40)
+VOTES = ("uniform", "distance")
 
 
-def _neighbours(predictor: Predictor, queries: ImageTable, emb: np.ndarray, kmax: int) -> np.ndarray:
-    """Archive rows nearest to each query, never the query itself nor another image of its lesion (by id
-    or ``lesion_id``, where the archive holds them)."""
+def _neighbours(predictor: Predictor, queries: ImageTable, emb: np.ndarray, kmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Archive rows nearest to each query and their squared distances, never the query itself nor another
+    image of its lesion (by id or ``lesion_id``, where the archive holds them)."""
     idx = predictor.index
     lesion = [m.get("lesion_id", "") for m in idx.metadata]
     extra = max(Counter(x for x in lesion if x).values(), default=0) + 1
-    _, rows = idx.search(emb, min(len(idx), kmax + extra))
-    out = []
+    dist, rows = idx.search(emb, min(len(idx), kmax + extra))
+    out, out_d = [], []
     for qi, row in enumerate(rows):
         own = queries.image_ids[qi]
         own_lesion = queries.metadata[qi].get("lesion_id", "")
-        keep = [j for j in row if j >= 0 and idx.image_ids[j] != own and not (own_lesion and lesion[j] == own_lesion)]
-        out.append(keep[:kmax])
+        keep = [
+            c
+            for c, j in enumerate(row)
+            if j >= 0 and idx.image_ids[j] != own and not (own_lesion and lesion[j] == own_lesion)
+        ][:kmax]
+        out.append(row[keep])
+        out_d.append(dist[qi][keep])
     if min(len(r) for r in out) < kmax:
         raise ValueError(f"the archive has fewer than {kmax} cases left to vote after excluding queries' own")
-    return np.asarray(out)
+    return np.asarray(out), np.asarray(out_d)
 
 
 def evaluate_index(
-    predictor: Predictor, queries: ImageTable, *, ks: Sequence[int] = KS, n_boot: int = 1000, seed: int = 0
+    predictor: Predictor,
+    queries: ImageTable,
+    *,
+    ks: Sequence[int] = KS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    vote: str = "uniform",
 ) -> dict:
+    """``vote="distance"`` weighs each neighbour by 1 / squared distance (index.knn.knn_vote): the scores
+    become continuous, so they also break the ties a k-vote leaves."""
+    if vote not in VOTES:
+        raise ValueError(f"vote: one of {', '.join(VOTES)}, not '{vote}'")
     ks = sorted(k for k in ks if k <= len(predictor.index) - 1)
     if not ks:
         raise ValueError("the archive is too small for any k")
     emb, ok = predictor.embed_table(queries)
     queries = queries.subset(ok)
-    rows = _neighbours(predictor, queries, emb, max(ks))
+    rows, dist = _neighbours(predictor, queries, emb, max(ks))
     arch_dx = np.asarray(predictor.index.diagnoses)
     q_dx = np.asarray(queries.diagnoses)
     classes = list(predictor.classes)
@@ -56,6 +72,7 @@ def evaluate_index(
         "queries_by_diagnosis": dict(Counter(queries.diagnoses).most_common()),
         "not_in_archive": sorted(set(queries.diagnoses) - set(classes)),
         "positive_class": predictor.positive_class,
+        "vote": vote,
         "auc": {},
         "auc_ci": {},
         "balanced_accuracy": {},
@@ -65,13 +82,13 @@ def evaluate_index(
         y = q_dx == c
         if not 0 < y.sum() < len(y):
             continue  # AUC needs queries of both kinds
-        votes = {k: knn_vote((arch_dx[rows] == c).astype(float), k) for k in ks}
+        votes = {k: knn_vote((arch_dx[rows] == c).astype(float), k, dist, vote) for k in ks}
         out["auc"][c] = {str(k): float(_auc(y, v)) for k, v in votes.items()}
         out["auc_ci"][c] = {str(k): list(bootstrap_auc_ci(y, v, n_boot=n_boot, seed=seed)) for k, v in votes.items()}
     # a vote may name a diagnosis no query has: fine for balanced accuracy, not worth sklearn's warning
     warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
     for k in ks:
-        shares = np.stack([(arch_dx[rows[:, :k]] == c).mean(axis=1) for c in classes], axis=1)
+        shares = np.stack([knn_vote((arch_dx[rows] == c).astype(float), k, dist, vote) for c in classes], axis=1)
         pred = np.asarray(classes)[shares.argmax(axis=1)]  # ties: the archive's more frequent diagnosis
         out["balanced_accuracy"][str(k)] = float(balanced_accuracy_score(q_dx, pred))
         # a balanced-accuracy interval: resample queries, recompute the mean per-class recall

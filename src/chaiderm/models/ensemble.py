@@ -120,7 +120,13 @@ def combine(runs: list[str | Path], out: str | Path, *, views: str | None = None
     )
     cfg = RunConfig(
         model=mc,
-        train=TrainConfig(logic="none", epochs=0, positive_class=first.train.positive_class),
+        train=TrainConfig(
+            logic="none",
+            epochs=0,
+            positive_class=first.train.positive_class,
+            # the members' recipe, where they share one: `chaiderm train --recipe` ends in this ensemble
+            recipe=first.train.recipe if len({c.train.recipe for _, c in loaded}) == 1 else "",
+        ),
     )
     cfg.data.members = [str(Path(r).resolve()) for r in runs]
     cfg.data.diagnoses = first.data.diagnoses
