@@ -40,6 +40,15 @@ def test_shards_merge_into_one_index_that_searches_like_exact(rng, tmp_path):
     _, i4 = ix.search(q, 10)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i4, i_ex, strict=True)]) > 0.9
     assert ix.vectors.dtype == np.float16 and isinstance(ix.vectors, np.memmap)
+    ix.warm_lists()  # a hint to the kernel, and a read that waits: neither changes an answer
+    ix.warm_lists(wait=True)
+    assert (ix.search(q, 10)[1] == i4).all()
+
+
+def test_default_lists_and_probes_grow_with_the_archive():
+    assert ondisk.default_nlist(10_000_000) == 16384 and ondisk.default_nprobe(16384) == 512
+    assert ondisk.default_nlist(3000) == 76  # 39 training vectors a list at least
+    assert ondisk.default_nprobe(40) == 40  # never more than the lists
 
 
 def test_codes_keep_the_dimensions_the_projection_drops(rng, tmp_path):

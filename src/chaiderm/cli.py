@@ -398,7 +398,9 @@ def index_cmd(
         str, typer.Option(help="flat (exact), ivf or hnsw (approximate), ivf_ondisk (larger than memory)")
     ] = "flat",
     nlist: int | None = None,
-    nprobe: int = 128,
+    nprobe: Annotated[
+        int | None, typer.Option(help="lists searched per query (ivf: 128; ivf_ondisk: a 32nd of them, at least 64)")
+    ] = None,
     store_maps: Annotated[bool, typer.Option(help="keep archive evidence maps for fast QAM/RAM")] = True,
     skip_bad: bool = False,
     views: Annotated[
@@ -463,7 +465,11 @@ def index_cmd(
                 ray=ray,
                 ray_workers=ray_workers,
                 ray_shards=ray_shards,
-                **({"nlist": nlist, "nprobe": nprobe} if kind in ("ivf", ONDISK) else {}),
+                **(
+                    {"nlist": nlist, "nprobe": nprobe or (128 if kind == "ivf" else None)}
+                    if kind in ("ivf", ONDISK)
+                    else {}
+                ),
             )
         index.save(out)
     if errors:

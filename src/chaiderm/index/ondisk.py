@@ -61,6 +61,12 @@ def default_nlist(n: int) -> int:
     return int(max(1, min(2 ** round(math.log2(max(1.0, 4 * math.sqrt(n)))), n // 39 or 1)))
 
 
+def default_nprobe(nlist: int) -> int:
+    """A 32nd of the lists, at least 64: 10M synthetic cases in 16384 lists, 512 probed, recall@10 0.968
+    (docs/distributed.md)."""
+    return int(min(nlist, max(64, nlist // 32)))
+
+
 STAGING_PREFIX = "chaiderm-ondisk-"
 
 
@@ -158,6 +164,18 @@ class OnDiskIVF:
             rows[i, : len(best)] = c[order][best]
         return dist, rows
 
+    def warm_lists(self, *, wait: bool = False) -> None:
+        """Ask the kernel to read the lists into the page cache, so the first queries of a server do not
+        each wait on the disk for the lists they scan (the float16 vectors stay cold: a query reads a few
+        of their rows). ``wait``: read them now, sequentially, and return when they are in memory."""
+        path = self.folder / "lists.ivfdata"
+        with open(path, "rb") as f:
+            if not wait:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+                return
+            while f.read(1 << 24):
+                pass
+
     def disk_bytes(self) -> int:
         return sum((self.folder / n).stat().st_size for n in LAYOUT)
 
@@ -248,7 +266,7 @@ def build_from_array(
     *,
     nlist: int | None = None,
     pca_dim: int = 256,
-    nprobe: int = 64,
+    nprobe: int | None = None,
     k_factor: int = 8,
     shard_size: int = 100_000,
     seed: int = 0,
@@ -264,6 +282,7 @@ def build_from_array(
     sample_rows = np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))
     trained = train_quantizer(np.asarray(emb[sample_rows], np.float32), nlist=nlist, pca_dim=pca_dim, seed=seed)
     shards = (emb[a : a + shard_size] for a in range(0, n, shard_size))
+    nprobe = nprobe or default_nprobe(nlist)
     return build(shards, trained=trained, n=n, folder=folder, nprobe=nprobe, k_factor=k_factor)
 
 
