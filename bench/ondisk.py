@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--nlist", type=int, default=None, help="default: the index's own (ondisk.default_nlist)")
     ap.add_argument("--queries", type=int, default=200, help="per configuration, each its own")
     ap.add_argument(
-        "--configs", nargs="*", default=["384:2", "512:2", "640:2", "512:8", "512:1"], help="NPROBE:K_FACTOR"
+        "--configs", nargs="*", default=["384:2", "448:2", "512:2", "512:8", "512:1"], help="NPROBE:K_FACTOR"
     )
     ap.add_argument("--isic", type=Path, default=HERE.parent.parent / "shared" / "data" / "isic2017")
     ap.add_argument("--workdir", type=Path, default=None, help="where the index is written (default: a tmp dir)")

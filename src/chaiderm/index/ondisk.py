@@ -128,6 +128,12 @@ class OnDiskIVF:
         self.k_factor = k_factor
         # one query at a time is the clinic's case: split its lists over the threads, not the queries
         faiss.extract_index_ivf(self.index).parallel_mode = 1
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(self.index).invlists)
+        if isinstance(lists, faiss.OnDiskInvertedLists):
+            # FAISS starts 32 threads per query to touch the lists' pages before the scan; on 2 cores with
+            # the lists in the page cache they cost more than they save: 1M cases, 512 of 2048 lists
+            # probed, median query 17.8 ms with them, 10.5 ms without
+            lists.prefetch_nthread = 0
         self.nprobe = nprobe if nprobe is not None else self.nprobe  # else the one saved with the lists
 
     @property
