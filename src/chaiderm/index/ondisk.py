@@ -113,7 +113,10 @@ class OnDiskIVF:
     """The search structure of an ``ivf_ondisk`` archive; ``search`` returns exact squared-L2 distances
     of the re-ranked candidates and their rows, like a FAISS index."""
 
-    def __init__(self, folder: Path, *, nprobe: int | None = None, k_factor: int = 8):
+    def __init__(self, folder: Path, *, nprobe: int | None = None, k_factor: int = 2):
+        # k_factor 2: with 8-bit codes of every dimension the candidates are nearly in order already, and each
+        # re-ranked row is a read from the cold vectors file (10M cases, 512 lists probed: recall@10 0.963
+        # in a median 17.2 ms at 2, 0.975 in 23.8 ms at 8)
         self.folder = Path(folder)
         for name in LAYOUT:
             if not (self.folder / name).exists():
@@ -193,7 +196,7 @@ def build(
     n: int,
     folder: Path | None = None,
     nprobe: int = 64,
-    k_factor: int = 8,
+    k_factor: int = 2,
     existing: OnDiskIVF | None = None,
 ) -> OnDiskIVF:
     """Write an on-disk index of ``n`` vectors that ``shards`` yields in row order (one shard in memory at
@@ -273,7 +276,7 @@ def build_from_array(
     nlist: int | None = None,
     pca_dim: int = 256,
     nprobe: int | None = None,
-    k_factor: int = 8,
+    k_factor: int = 2,
     shard_size: int = 100_000,
     seed: int = 0,
     folder: Path | None = None,
