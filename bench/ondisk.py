@@ -85,7 +85,7 @@ def _build(real: np.ndarray, folder: str, n: int, shard: int, nlist: int, n_quer
             print(f"[ondisk] shard {s + 1}/{-(-n // shard)} at {time.perf_counter() - t0:.0f} s", flush=True)
             yield x
 
-    ondisk.build(shards(), trained=trained, n=n, folder=Path(folder), nprobe=64, k_factor=8)
+    ondisk.build(shards(), trained=trained, n=n, folder=Path(folder), nprobe=ondisk.default_nprobe(nlist))
     build_s = time.perf_counter() - t0
     stop.set()
     sampler.join()
@@ -139,10 +139,9 @@ def main() -> None:
         import faiss
 
         from chaiderm.index import ondisk
-        from run import timed_recall
+        from run import _embeddings_like, timed_recall
 
         faiss.omp_set_num_threads(2)
-        from run import _embeddings_like
 
         ix = ondisk.OnDiskIVF(tmp / "ix")
         t_warm = time.perf_counter()

@@ -74,6 +74,8 @@ def test_archive_index_on_disk_saves_moves_grows_and_shrinks(rng, tmp_path):
     shutil.move(tmp_path / "ix", tmp_path / "moved")  # the index and its lists move together
     b = ArchiveIndex.load(tmp_path / "moved")
     assert b.index.nprobe == 16 and len(b) == 3000
+    b.warm_cache()  # what a server does on load: a background read, no change to any answer
+    assert b.search(x[:1], 1)[1][0, 0] == 0
     new = x[:5] + 100.0
     c = b.add(new, **_columns(5, "new"))
     assert len(c) == 3005 and len(b) == 3000  # the loaded index is untouched

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,12 @@ class ArchiveIndex:
         d = (q64 * q64).sum(1)[:, None] - 2 * q64 @ sub.T + (sub * sub).sum(1)[None]
         order = np.argsort(d, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(d, order, 1).clip(min=0).astype(np.float32), rows[order]
+
+    def warm_cache(self) -> None:
+        """For a server: an on-disk index's lists start loading into the page cache in the background, so
+        its first queries do not each wait on the disk. In-memory kinds have nothing to load."""
+        if isinstance(self.index, ondisk.OnDiskIVF):
+            threading.Thread(target=self.index.warm_lists, daemon=True).start()
 
     def set_search_params(self, **kw: Any) -> None:
         if isinstance(self.index, ondisk.OnDiskIVF):

@@ -15,7 +15,6 @@ class Recipe:
     name: str
     logic: str  # triplet logic of every member
     ensemble: int  # members, trained from seeds seed, seed+1, ...
-    summary: str
 
 
 RECIPES: dict[str, Recipe] = {
@@ -26,7 +25,6 @@ RECIPES: dict[str, Recipe] = {
         name="recommended",
         logic="disease",
         ensemble=3,
-        summary="an ensemble of three Disease-logic seeds (docs/accuracy.md)",
     ),
 }
 

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -69,8 +68,7 @@ def create_app(
         torch.set_num_threads(1)
         faiss.omp_set_num_threads(1)
     predictor = Predictor.load(model_dir, index_dir)
-    if hasattr(predictor.index.index, "warm_lists"):  # an on-disk archive: its lists read in while we start
-        threading.Thread(target=predictor.index.index.warm_lists, daemon=True).start()
+    predictor.index.warm_cache()
     store = FeedbackStore(db_path)
     user_file = Users(users) if users is not None else None
     access = Access(user_file, Sessions(store), AuditLog(store), secure_cookies=secure_cookies)

@@ -104,6 +104,7 @@ class ViewerState:
                 index = ArchiveIndex.load(self.index_dir)
             except ChaidermError:
                 return  # caught mid-swap: the next request tries again
+            index.warm_cache()
             self.replace_index(index)
             self.stamp = stamp
 
