@@ -55,6 +55,23 @@ default. Rule, fixed before it ran: the round-6 rule with ``h_lite1`` / ``d_lite
 pair (Hierarchical pooled mean AUC > default + 0.01, at least 4 of 5 folds won, Disease not lower)
 (:func:`decide_pair`); Lite1 becomes the reproduction's backbone if it passes.
 Outcome: Hierarchical +0.002, 2 of 5 folds (Disease +0.008): not adopted.
+
+Round 8 (CPU, third split again: ``--fold-seed 2 --disease d_ham --baseline <round 5>``), for the
+recommended model (issue 16), which is an ensemble of Disease models, so Disease models are compared.
+``d_ham`` trains on the four folds *plus all of ham10000_dev* (``--ham``; 1108 images of other clinics,
+seven diagnoses in the shared vocabulary), all else default; its fold-f queries still search the same
+four ISIC folds as ``d_default``'s, so only the embedding differs. Three more scorings of the same
+``d_ham`` models (paired, no training noise): ``d_ham+distance`` (each neighbour's vote weighed by 1 /
+squared distance), ``d_ham+archive_ham`` (ham10000_dev added to the searched archive) and both. Rules,
+fixed before it ran (:func:`decide_round8`):
+- *Training data.* ISIC 2017 plus ham10000_dev becomes the recipe's training data if ``d_ham``'s pooled
+  mean AUC beats round 5's ``d_default`` by more than 0.01 and wins at least 4 of 5 folds.
+- *Vote.* Distance-weighted votes become the recipe's vote if ``d_ham+distance`` beats ``d_ham`` by more
+  than 0.005 pooled and wins at least 4 of 5 folds.
+- *Archive.* ham10000_dev joins the recipe's archive if ``d_ham+archive_ham`` beats ``d_ham`` by more than
+  0.005 pooled and wins at least 4 of 5 folds (and with distance votes, if those are adopted, the same
+  against ``d_ham+distance``).
+The test split is not read; a model trained with ham10000_dev can no longer be measured on it as external.
 """
 
 from __future__ import annotations
@@ -84,7 +101,11 @@ DISEASE: dict[str, tuple[dict, dict]] = {
     "d_norm_e5": ({"normalize": True}, {"epochs": 5}),
     "d_colour": ({"colour": "shades_of_gray"}, {"colour_jitter": 0.2}),
     "d_lite1": ({"backbone": "efficientnet_lite1", "image_size": 240}, {}),
+    "d_ham": ({}, {}),  # + ham10000_dev in training (EXTRA_DATA)
 }
+# Disease candidates trained on more than the four ISIC folds: the extra source (a --ham folder)
+EXTRA_DATA = {"d_ham": "ham"}
+# scorings of a Disease candidate's models beside the plain one (round 8): "+distance", "+archive_ham"
 # Hierarchical candidates: (Disease candidate fine-tuned, training settings); priority order
 HIER: dict[str, tuple[str, dict]] = {
     "h_default": ("d_default", {}),
@@ -143,6 +164,20 @@ def _neighbour_labels(model, archive_img, query_img, y_archive, size: int, views
     return y_archive[nearest_images(model, archive_img, query_img, size, max(KS), views=views)]
 
 
+def _embedded(model, images: np.ndarray, size: int) -> np.ndarray:
+    from chaiderm.models.inference import embed
+
+    return embed(model, images, size)[0]
+
+
+def _neighbours_of(archive: np.ndarray, queries: np.ndarray, y_archive: np.ndarray) -> tuple[list, list]:
+    """Melanoma labels and squared distances of each query's nearest archive rows (embeddings in)."""
+    from chaiderm.index.faiss_index import exact_search
+
+    dist, rows = exact_search(archive, queries, max(KS))
+    return y_archive[rows].tolist(), dist.astype(float).round(6).tolist()
+
+
 def run_fold(
     fold: int,
     isic: Path,
@@ -156,8 +191,12 @@ def run_fold(
     only: tuple[str, ...] = (),
     workers: int = N_FOLDS,
     views: tuple[str, ...] = (),
+    disease: tuple[str, ...] = (),
+    ham: Path | None = None,
 ) -> None:
-    """Train and score every candidate on one fold; results go to ``out/fold<f>.json`` as they finish."""
+    """Train and score every candidate on one fold; results go to ``out/fold<f>.json`` as they finish.
+
+    ``disease``: train and score only these Disease candidates (no Hierarchical ones; round 8)."""
     import torch
 
     from chaiderm._io import write_json
@@ -197,6 +236,71 @@ def run_fold(
     result: dict = {"fold": fold, "held": held.tolist(), "candidates": {}}
     chunk = 48 if device.startswith("cuda") else 16
     cap = {"epochs": 1} if limit else {}  # a smoke run only checks that everything runs
+
+    ham_t = ham_img = None
+    if ham is not None:
+        ham_t = load_table(ham)
+        ham_img = prepare(ham_t.paths, 256)[0]
+
+    def score_round8(name: str, run: Path, t0: float, **extra) -> None:
+        """Plain, distance-weighted and archive+ham scorings of one Disease model, with distances."""
+        model, cfg = load_model(run)
+        model.to(device)
+        size = cfg.model.image_size
+        arch, q, va = (_embedded(model, x, size) for x in (imgs[keep], imgs[held], va_img))
+        lab, dist = _neighbours_of(arch, q, y[keep])
+        va_lab, va_dist = _neighbours_of(arch, va, y[keep])
+        base = {"history": json.loads((run / "history.json").read_text()), **extra}
+        result["candidates"][name] = {
+            **base,
+            "neighbour_melanoma": lab,
+            "neighbour_distance": dist,
+            "val_neighbour_melanoma": va_lab,
+            "val_neighbour_distance": va_dist,
+            "seconds": time.perf_counter() - t0,
+        }
+        result["candidates"][f"{name}+distance"] = {**result["candidates"][name], "vote": "distance"}
+        if ham_img is not None:
+            arch2 = np.concatenate([arch, _embedded(model, ham_img, size)])
+            y2 = np.concatenate([y[keep], ham_t.is_positive("melanoma")])
+            lab2, dist2 = _neighbours_of(arch2, q, y2)
+            va_lab2, va_dist2 = _neighbours_of(arch2, va, y2)
+            entry = {
+                **base,
+                "neighbour_melanoma": lab2,
+                "neighbour_distance": dist2,
+                "val_neighbour_melanoma": va_lab2,
+                "val_neighbour_distance": va_dist2,
+                "seconds": time.perf_counter() - t0,
+            }
+            result["candidates"][f"{name}+archive_ham"] = entry
+            result["candidates"][f"{name}+archive_ham+distance"] = {**entry, "vote": "distance"}
+        write_json(out / f"fold{fold}.json", result)
+        print(f"fold {fold} {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    if disease:
+        from chaiderm.data.records import concat_tables
+
+        for d_name in disease:
+            if time.time() > deadline:
+                break
+            t0 = time.perf_counter()
+            m_set, t_set = DISEASE[d_name]
+            table = tr_t.subset(keep)
+            if EXTRA_DATA.get(d_name) == "ham":
+                if ham_t is None:
+                    raise SystemExit(f"{d_name} needs --ham")
+                table = concat_tables(table, ham_t)
+            cfg = RunConfig(
+                model=ModelConfig(load_size=256, **m_set),
+                train=TrainConfig(
+                    **{"logic": "disease", "epochs": 3, "seed": seed, "val_k": 20, "chunk_size": chunk, **t_set, **cap}
+                ),
+            )
+            d_run = work / f"{d_name}_f{fold}"
+            train(cfg, table, d_run, val_table=va_t, force=True, device=device)
+            score_round8(d_name, d_run, t0, model=m_set, train=t_set, n_train=len(table))
+        return
 
     def score(name: str, run: Path, t0: float, **extra) -> None:
         model, cfg = load_model(run)
@@ -254,10 +358,21 @@ def run_fold(
         score(h_name, h_run, t0, init=d_name, train=HIER[h_name][1])
 
 
-def _auc(neigh: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def _auc(neigh: np.ndarray, y: np.ndarray, dist: np.ndarray | None = None, vote: str = "uniform") -> dict[str, float]:
     from chaiderm.evaluation.metrics import calculate_auc_at_k
 
-    return {str(k): float(v) for k, v in calculate_auc_at_k(neigh, y, KS).items()}
+    return {str(k): float(v) for k, v in calculate_auc_at_k(neigh, y, KS, dist, vote).items()}
+
+
+def _scored(c: dict, val: bool = False) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """A candidate's neighbour labels, distances (None before round 8) and vote, for test or validation."""
+    pre = "val_" if val else ""
+    dist = c.get(f"{pre}neighbour_distance")
+    return (
+        np.asarray(c[f"{pre}neighbour_melanoma"]),
+        None if dist is None else np.asarray(dist),
+        c.get("vote", "uniform"),
+    )
 
 
 def summarise(out: Path, isic: Path, limit: int = 0) -> dict:
@@ -286,19 +401,21 @@ def summarise_folds(folds: list[dict], y: np.ndarray, y_va: np.ndarray) -> dict:
         per_fold = {}
         for f in got:
             c = f["candidates"][name]
-            auc = _auc(np.asarray(c["neighbour_melanoma"]), y[f["held"]])
+            auc = _auc(*_split(_scored(c), y[f["held"]]))
             per_fold[f["fold"]] = {
                 "auc": auc,
                 "mean": float(np.mean(list(auc.values()))),
-                "val_mean": float(np.mean(list(_auc(np.asarray(c["val_neighbour_melanoma"]), y_va).values()))),
+                "val_mean": float(np.mean(list(_auc(*_split(_scored(c, val=True), y_va)).values()))),
                 "best_epoch": c["history"][-1]["best_epoch"],
                 "seconds": c["seconds"],
             }
         entry = {"folds": sorted(per_fold), "per_fold": per_fold}
         if len(got) == N_FOLDS:
-            neigh = np.concatenate([np.asarray(f["candidates"][name]["neighbour_melanoma"]) for f in got])
+            parts = [_scored(f["candidates"][name]) for f in got]
+            neigh = np.concatenate([p[0] for p in parts])
+            dist = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
             held = np.concatenate([f["held"] for f in got])
-            pooled = _auc(neigh, y[held])
+            pooled = _auc(neigh, y[held], dist, parts[0][2])
             entry.update(pooled_auc=pooled, pooled_mean=float(np.mean(list(pooled.values()))))
             entry["val_mean_over_folds"] = float(np.mean([p["val_mean"] for p in per_fold.values()]))
         table[name] = entry
@@ -315,6 +432,35 @@ def summarise_folds(folds: list[dict], y: np.ndarray, y_va: np.ndarray) -> dict:
         else:
             decision = f"defaults stay (best {best}: {margin:+.3f}, wins {wins}/5 folds)"
     return {"candidates": table, "chosen": chosen, "decision": decision}
+
+
+def _split(scored: tuple, y: np.ndarray) -> tuple:
+    neigh, dist, vote = scored
+    return neigh, y, dist, vote
+
+
+def _paired(table: dict, a: str, b: str, margin: float) -> dict:
+    """``a`` against ``b`` on the same split: pooled mean AUC gain, folds won, and whether it passes."""
+    if any("pooled_mean" not in table.get(n, {}) for n in (a, b)):
+        return {"passes": False, "why": "unfinished"}
+    ea, eb = table[a], table[b]
+    gain = ea["pooled_mean"] - eb["pooled_mean"]
+    wins = sum(ea["per_fold"][f]["mean"] > eb["per_fold"][f]["mean"] for f in eb["per_fold"])
+    return {"vs": b, "gain": gain, "wins": wins, "passes": bool(gain > margin and wins >= 4)}
+
+
+def decide_round8(table: dict) -> dict:
+    """Round 8's three rules (module docstring) on a :func:`summarise_folds` table with round 5's baseline."""
+    data = _paired(table, "d_ham", "d_default", 0.01)
+    vote = _paired(table, "d_ham+distance", "d_ham", 0.005)
+    plain, with_ham = (
+        ("d_ham+distance", "d_ham+archive_ham+distance") if vote["passes"] else ("d_ham", "d_ham+archive_ham")
+    )
+    archive = _paired(table, "d_ham+archive_ham", "d_ham", 0.005)
+    if vote["passes"]:
+        both = _paired(table, with_ham, plain, 0.005)
+        archive = {**archive, "with_distance": both, "passes": archive["passes"] and both["passes"]}
+    return {"training_data": data, "vote": vote, "archive": archive}
 
 
 def decide_views(table: dict, hier: str = "h_groups_half", disease: str = "d_default") -> dict:
@@ -412,6 +558,10 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", choices=sorted(HIER), default=(), help="Hierarchical candidates to run")
     ap.add_argument("--summarise-only", action="store_true", help="only pool the per-fold files in --raw")
     ap.add_argument(
+        "--disease", nargs="*", choices=sorted(DISEASE), default=(), help="only these Disease candidates (round 8)"
+    )
+    ap.add_argument("--ham", type=Path, default=DEFAULT_ISIC.parent / "ham10000_dev", help="ham10000_dev folder")
+    ap.add_argument(
         "--views",
         nargs="*",
         choices=VIEW_COST_ORDER,
@@ -450,6 +600,8 @@ def main() -> None:
                         tuple(a.only),
                         a.workers,
                         tuple(a.views),
+                        tuple(a.disease),
+                        a.ham if any(d in EXTRA_DATA for d in a.disease) else None,
                     )
                     for f in range(N_FOLDS)
                 ],
@@ -464,6 +616,8 @@ def main() -> None:
             h: decide_pair(summary["candidates"], h, d) for h, d in PAIRED.items() if h in summary["candidates"]
         }
     summary["fold_seed"] = a.fold_seed
+    if "d_ham" in a.disease:
+        summary["round8_rules"] = decide_round8(summary["candidates"])
     if a.views:
         summary["views_rule"] = decide_views(summary["candidates"])
     if a.other_split:
@@ -491,7 +645,7 @@ def main() -> None:
         else:
             print(name, f"unfinished ({len(e['folds'])} folds)")
     print(summary["decision"])
-    for key in ("views_rule", "groups_rule", "paired_rules"):
+    for key in ("views_rule", "groups_rule", "paired_rules", "round8_rules"):
         if key in summary:
             print(key, json.dumps(summary[key]))
 

@@ -87,6 +87,32 @@ class ImageTable:
         return h.hexdigest()[:16]
 
 
+def concat_tables(*tables: ImageTable) -> ImageTable:
+    """One table of the rows of several sources (e.g. ISIC 2017 plus ham10000_dev for training).
+
+    Diagnoses are already canonical in every reader, so the sources share one vocabulary; an image id
+    found in two sources is refused, as the same case twice would be its own nearest neighbour.
+    """
+    if not tables:
+        raise ValueError("concat_tables: no tables")
+    seen: dict[str, str] = {}
+    for t in tables:
+        for i in t.image_ids:
+            if i in seen:
+                raise DataError(t.source or "data", f"image {i} is also in {seen[i] or 'another source'}")
+            seen[i] = t.source
+    return ImageTable(
+        [i for t in tables for i in t.image_ids],
+        [p for t in tables for p in t.paths],
+        [d for t in tables for d in t.diagnoses],
+        [g for t in tables for g in t.groups],
+        [m for t in tables for m in t.mask_paths],
+        " + ".join(t.source for t in tables),
+        any(t.synthetic for t in tables),
+        [m for t in tables for m in t.metadata],
+    )
+
+
 # the metadata fields a case can carry, and the column names public archives use for them
 METADATA_ALIASES = {
     "age": ("age", "age_approx", "age_approximate"),

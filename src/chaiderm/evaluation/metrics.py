@@ -15,12 +15,19 @@ from chaiderm.index.knn import knn_vote, relevance_at_k
 JACCARD_THRESHOLD = 0.5
 
 
-def calculate_auc_at_k(neighbor_positive: np.ndarray, y_true: np.ndarray, ks: Iterable[int]) -> dict[int, float]:
-    """ROC AUC of the k-NN vote for each k; ``neighbor_positive`` is ``(n_queries, K)`` 0/1, K >= max(ks)."""
+def calculate_auc_at_k(
+    neighbor_positive: np.ndarray,
+    y_true: np.ndarray,
+    ks: Iterable[int],
+    distances: np.ndarray | None = None,
+    weights: str = "uniform",
+) -> dict[int, float]:
+    """ROC AUC of the k-NN vote for each k; ``neighbor_positive`` is ``(n_queries, K)`` 0/1, K >= max(ks);
+    ``weights`` / ``distances`` as in :func:`chaiderm.index.knn.knn_vote`."""
     y = np.asarray(y_true, dtype=bool)
     if y.all() or not y.any():
         raise ValueError("AUC needs both positive and negative queries")
-    return {k: float(roc_auc_score(y, knn_vote(neighbor_positive, k))) for k in ks}
+    return {k: float(roc_auc_score(y, knn_vote(neighbor_positive, k, distances, weights))) for k in ks}
 
 
 def calculate_rel_at_k(query_groups: np.ndarray, neighbor_groups: np.ndarray, ks: Iterable[int]) -> dict[int, float]:
