@@ -437,3 +437,24 @@ def test_evaluate_weighs_votes_by_distance(served, synth_dir, tmp_path):
     base = ["evaluate", "--model", str(served / "run"), "--index", str(served / "ix"), "--data", str(synth_dir)]
     r = runner.invoke(app, [*base, "--vote", "nearest"])
     assert r.exit_code == 2 and "--vote" in r.output and "Traceback" not in r.output
+
+
+def test_train_on_extra_data_records_it_and_refuses_a_case_twice(synth_dir, tmp_path):
+    from chaiderm.config import RunConfig
+
+    run = tmp_path / "run"
+    extra = synth_dir / "test"  # another labelled folder: its cases join the training rows
+    r = runner.invoke(
+        app, ["train", "--data", str(synth_dir), "--extra-data", str(extra), "--out", str(run), "--epochs", "1", *TINY]
+    )
+    assert r.exit_code == 0, r.output
+    cfg = RunConfig.load(run / "config.json")
+    assert cfg.data.extra == [str(extra)] and cfg.data.n_train == 240 + 90
+    # the training split itself again would put every case in twice: refused, naming the folder
+    r = runner.invoke(
+        app,
+        ["train", "--data", str(synth_dir), "--extra-data", str(synth_dir / "train"), "--out", str(tmp_path / "o"),
+         *TINY],
+    )  # fmt: skip
+    assert r.exit_code == 2 and "is also in" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()

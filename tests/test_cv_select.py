@@ -153,3 +153,41 @@ def test_colour_rule_needs_a_gain_four_folds_and_no_disease_loss():
     r = _colour_rule(_colour_run(three, same_d))
     assert r["gain"] > 0.01 and r["wins"] == 3 and not r["adopt"]
     assert _colour_rule(_colour_run(perfect, same_d, n_folds=4)) == {"adopt": False, "why": "unfinished"}
+
+
+def test_round8_scores_distance_votes_from_stored_distances_and_applies_its_rules():
+    folds = _folds({})
+    for f in folds:
+        rows = HELD[f["fold"]]
+        lab = np.asarray(_noisy(rows, 20 + f["fold"]))
+        r = np.random.default_rng(f["fold"])
+        # neighbours that share the query's label are nearer: a distance vote can only gain
+        dist = 1 + r.random(lab.shape) - 0.9 * (lab == Y[rows, None])
+        plain = {
+            **_cand(lab.tolist()),
+            "neighbour_distance": dist.tolist(),
+            "val_neighbour_distance": np.ones((len(Y_VA), K)).tolist(),
+        }
+        f["candidates"]["d_ham"] = plain
+        f["candidates"]["d_ham+distance"] = {**plain, "vote": "distance"}
+        f["candidates"]["d_ham+archive_ham"] = plain
+        f["candidates"]["d_ham+archive_ham+distance"] = {**plain, "vote": "distance"}
+    s = cv.summarise_folds(folds, Y, Y_VA)
+    table = s["candidates"]
+    # the pooled distance-weighted AUC is the one computed by hand from the stored distances
+    from sklearn.metrics import roc_auc_score
+
+    from chaiderm.index.knn import knn_vote
+
+    lab = np.concatenate([np.asarray(f["candidates"]["d_ham"]["neighbour_melanoma"]) for f in folds])
+    dist = np.concatenate([np.asarray(f["candidates"]["d_ham"]["neighbour_distance"]) for f in folds])
+    held = np.concatenate([f["held"] for f in folds])
+    want = roc_auc_score(Y[held], knn_vote(lab, 20, dist, "distance"))
+    assert table["d_ham+distance"]["pooled_auc"]["20"] == pytest.approx(want)
+    assert table["d_ham+distance"]["pooled_auc"]["20"] != pytest.approx(table["d_ham"]["pooled_auc"]["20"])
+    rules = cv.decide_round8(table)
+    assert rules["vote"]["passes"] and rules["vote"]["wins"] >= 4
+    assert not rules["archive"]["passes"]  # the same neighbours: no gain
+    assert not rules["training_data"]["passes"]  # no better than d_default's noisy labels
+    # an unfinished candidate passes nothing
+    assert cv.decide_round8({})["training_data"] == {"passes": False, "why": "unfinished"}

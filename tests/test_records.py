@@ -239,3 +239,15 @@ def test_isic_cli_download_folder(tmp_path):
     bad = _isic_cli_folder(tmp_path / "bad", [("ISIC_0000003", "A", "CC-0", "", "", "", "", "", "", "", "")])
     with pytest.raises(DataError, match=r"metadata.csv: 1 image\(s\) have no diagnosis \(ISIC_0000003\)"):
         load_table(bad)
+
+
+def test_concat_tables_joins_sources_and_refuses_a_case_twice(tmp_path):
+    from chaiderm.data.records import ImageTable, concat_tables
+
+    a = ImageTable(["a1", "a2"], ["/x/a1.jpg", "/x/a2.jpg"], ["melanoma", "nevus"], source="isic")
+    b = ImageTable(["b1"], ["/y/b1.jpg"], ["basal_cell_carcinoma"], metadata=[{"age": "50"}], source="ham")
+    t = concat_tables(a, b)
+    assert t.image_ids == ["a1", "a2", "b1"] and t.diagnoses[-1] == "basal_cell_carcinoma"
+    assert t.metadata[-1] == {"age": "50"} and t.source == "isic + ham" and len(t.groups) == 3
+    with pytest.raises(DataError, match=r"ham: image a2 is also in isic"):
+        concat_tables(a, ImageTable(["a2"], ["/y/a2.jpg"], ["nevus"], source="ham"))

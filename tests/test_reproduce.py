@@ -96,6 +96,29 @@ def test_reproduce_end_to_end_and_resume(synth_dir, tmp_path):
     rows = [line.split(",") for line in groups.splitlines()[1:]]
     for disease, n in per.items():
         assert len({g for _, g, d in rows if d == disease}) == n, disease
+    # reproduce computes its figures with the code of `chaiderm evaluate`: the same model, indexed and
+    # evaluated by the commands a user types, gives the same test AUCs, SK AUCs and balanced accuracy
+    from typer.testing import CliRunner
+
+    from chaiderm.cli import app
+
+    run = out / "runs" / "seed0" / "Disease"
+    ix, ev_json = tmp_path / "ix_disease", tmp_path / "ev.json"
+    r = CliRunner().invoke(
+        app, ["index", "--model", str(run), "--data", str(tmp_path / "isic"), "--split", "train", "--out", str(ix)]
+    )
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(
+        app,
+        ["evaluate", "--model", str(run), "--index", str(ix), "--data", str(tmp_path / "isic"), "--out", str(ev_json)],
+    )
+    assert r.exit_code == 0, r.output
+    by_cli = json.loads(ev_json.read_text())
+    mine = json.loads((out / "eval" / "seed0" / "Disease.json").read_text())
+    assert by_cli["auc"]["melanoma"] == pytest.approx(mine["auc"])
+    assert by_cli["auc"]["seborrheic_keratosis"] == pytest.approx(mine["sk_auc"])
+    assert by_cli["balanced_accuracy"] == pytest.approx(mine["balanced_accuracy"])
+    assert set(mine["external_auc_ci"]) == set(mine["external_auc"])
     # a second run finds every variant done and recomputes nothing but the table
     logs.clear()
     again = run_reproduce(tmp_path / "isic", tmp_path / "enh", synth_dir / "test", out, s, log=logs.append)

@@ -129,6 +129,13 @@ def synth(
 def train_cmd(
     data: Annotated[Path, typer.Option(help="ISIC 2017 folder or generic folder (labels.csv)")],
     out: Annotated[Path, typer.Option(help="run folder to write")],
+    extra_data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="more labelled images to train on, e.g. ham10000_dev (repeatable; all of each folder, "
+            "diagnoses in the shared vocabulary); validation still comes from --data"
+        ),
+    ] = None,
     logic: Annotated[str, typer.Option(help="disease|joint|hierarchical|nonhierarchical|classifier")] = "disease",
     groups: Annotated[Path | None, typer.Option(help="groups CSV image_id,group[,disease]")] = None,
     init: Annotated[Path | None, typer.Option(help="run folder to fine-tune from")] = None,
@@ -235,6 +242,10 @@ def train_cmd(
 
     with _errors(skip_bad_hint=True):
         table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")), groups)
+        if extra_data:
+            from chaiderm.data.records import concat_tables
+
+            table = concat_tables(table, *(load_table(p, "train" if is_isic2017(p) else None) for p in extra_data))
         val_table = None
         vd = val_data or data
         vs = val_split or ("val" if is_isic2017(vd) else _split_of(vd, "val"))
@@ -285,6 +296,7 @@ def train_cmd(
             ),
             data=DataConfig(
                 train=str(data),
+                extra=[str(p) for p in extra_data or ()],
                 val=str(vd) if val_table is not None else None,
                 train_split=split,
                 val_split=vs,

@@ -92,6 +92,7 @@ class TrainConfig:
 @dataclass
 class DataConfig:
     train: str = ""
+    extra: list[str] = field(default_factory=list)  # more training sources, their rows after train's
     val: str | None = None
     train_split: str | None = None
     val_split: str | None = None

@@ -32,9 +32,9 @@ from chaiderm.data.enhance import (
 from chaiderm.data.records import ImageTable, attach_groups, load_table, read_folder, read_groups
 from chaiderm.data.transforms import center_crop, check_colour, check_jitter, mask_as_seen, prepare, to_tensor
 from chaiderm.errors import ArtifactError
+from chaiderm.evaluation.evaluate import score_neighbours
 from chaiderm.evaluation.metrics import (
     bootstrap_auc_ci,
-    calculate_auc_at_k,
     calculate_jaccard,
     calculate_mass_in_mask,
     calculate_rel_at_k,
@@ -230,16 +230,18 @@ def _evaluate(
     kmax = max(KS)
     _, i_te = exact_search(tr, te, kmax)
     mel_tr = d.train.is_positive("melanoma")
-    sk_tr = d.train.is_positive("seborrheic_keratosis")
-    y_mel, y_sk = d.test.is_positive("melanoma"), d.test.is_positive("seborrheic_keratosis")
-    out: dict = {"auc": {}, "auc_ci": {}, "sk_auc": {}, "rel": {}, "external_auc": {}}
-    scores: dict[str, np.ndarray] = {}
-    for k in KS:
-        v = knn_vote(mel_tr[i_te], k)
-        scores[f"auc_{k}"] = v
-        out["auc"][str(k)] = float(roc_auc_score(y_mel, v))
-        out["auc_ci"][str(k)] = bootstrap_auc_ci(y_mel, v, n_boot=s.n_boot, seed=seed)
-        out["sk_auc"][str(k)] = float(roc_auc_score(y_sk, knn_vote(sk_tr[i_te], k)))
+    y_mel = d.test.is_positive("melanoma")
+    # the test figures through the code of `chaiderm evaluate`, so both give one number for one model
+    ev = score_neighbours(d.train.diagnoses, i_te, d.test.diagnoses, ks=KS, n_boot=s.n_boot, seed=seed)
+    out: dict = {
+        "auc": ev["auc"]["melanoma"],
+        "auc_ci": ev["auc_ci"]["melanoma"],
+        "sk_auc": ev["auc"].get("seborrheic_keratosis", {}),
+        "sk_auc_ci": ev["auc_ci"].get("seborrheic_keratosis", {}),
+        "balanced_accuracy": ev["balanced_accuracy"],
+        "rel": {},
+    }
+    scores: dict[str, np.ndarray] = {f"auc_{k}": knn_vote(mel_tr[i_te], k) for k in KS}
     # REL: held-out rated training images query the other 1999 training images (themselves excluded)
     _, i_rel = exact_search(tr, tr[d.rel_queries], kmax + 1)
     i_rel = np.array([[j for j in row if j != q][:kmax] for q, row in zip(d.rel_queries, i_rel, strict=True)])
@@ -248,8 +250,11 @@ def _evaluate(
     # external queries (HAM10000, with masks) against the ISIC 2017 training archive
     _, i_hm = exact_search(tr, hm, kmax)
     held_out = np.setdiff1d(np.arange(len(hm)), d.taught)  # never the images whose masks were taught
-    y_ham = d.ham.is_positive("melanoma")[held_out]
-    out["external_auc"] = {str(k): v for k, v in calculate_auc_at_k(mel_tr[i_hm[held_out]], y_ham, KS).items()}
+    ext = score_neighbours(
+        d.train.diagnoses, i_hm[held_out], d.ham.subset(held_out).diagnoses, ks=KS, n_boot=s.n_boot, seed=seed
+    )
+    out["external_auc"] = ext["auc"]["melanoma"]
+    out["external_auc_ci"] = ext["auc_ci"]["melanoma"]
     ja, mass, ja_sim, mass_sim, ja_g, mass_g = [], [], [], [], [], []
     gauss = centred_gaussian((s.image_size, s.image_size))
     out["localisation_images"] = int(len(held_out))
@@ -320,15 +325,15 @@ def _evaluate_ensemble(runs: list[Path], d: _Data, s: ReproduceSettings, seed: i
             parts[split].append(embed(model, img, s.image_size, views=s.views)[0])
     tr, va, te = (np.ascontiguousarray(np.concatenate(parts[k], 1)) for k in ("train", "val", "test"))
     kmax = max(KS)
-    mel_tr = d.train.is_positive("melanoma")
-    y_va, y_te = d.val.is_positive("melanoma"), d.test.is_positive("melanoma")
     _, i_va = exact_search(tr, va, kmax)
     _, i_te = exact_search(tr, te, kmax)
+    val = score_neighbours(d.train.diagnoses, i_va, d.val.diagnoses, ks=KS, n_boot=0, seed=seed)
+    test = score_neighbours(d.train.diagnoses, i_te, d.test.diagnoses, ks=KS, n_boot=s.n_boot, seed=seed)
     return {
         "n_models": len(runs),
-        "val_auc": {str(k): v for k, v in calculate_auc_at_k(mel_tr[i_va], y_va, KS).items()},
-        "auc": {str(k): v for k, v in calculate_auc_at_k(mel_tr[i_te], y_te, KS).items()},
-        "auc_ci": {str(k): bootstrap_auc_ci(y_te, knn_vote(mel_tr[i_te], k), n_boot=s.n_boot, seed=seed) for k in KS},
+        "val_auc": val["auc"]["melanoma"],
+        "auc": test["auc"]["melanoma"],
+        "auc_ci": test["auc_ci"]["melanoma"],
     }
 
 

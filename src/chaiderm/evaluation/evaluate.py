@@ -63,8 +63,6 @@ def evaluate_index(
     emb, ok = predictor.embed_table(queries)
     queries = queries.subset(ok)
     rows, dist = _neighbours(predictor, queries, emb, max(ks))
-    arch_dx = np.asarray(predictor.index.diagnoses)
-    q_dx = np.asarray(queries.diagnoses)
     classes = list(predictor.classes)
     out: dict = {
         "n_archive": len(predictor.index),
@@ -72,25 +70,77 @@ def evaluate_index(
         "queries_by_diagnosis": dict(Counter(queries.diagnoses).most_common()),
         "not_in_archive": sorted(set(queries.diagnoses) - set(classes)),
         "positive_class": predictor.positive_class,
-        "vote": vote,
-        "auc": {},
-        "auc_ci": {},
-        "balanced_accuracy": {},
-        "balanced_accuracy_ci": {},
     }
+    codes, _ = encode_labels(list(predictor.index.groups) + list(queries.groups))
+    a_g, q_g = codes[: len(predictor.index)], codes[len(predictor.index) :]
+    scored = score_neighbours(
+        predictor.index.diagnoses,
+        rows,
+        queries.diagnoses,
+        distances=dist,
+        classes=classes,
+        ks=ks,
+        vote=vote,
+        n_boot=n_boot,
+        seed=seed,
+        archive_groups=a_g,
+        query_groups=q_g,
+    )
+    return {**out, **scored}
+
+
+def score_neighbours(
+    archive_diagnoses: Sequence[str],
+    rows: np.ndarray,
+    query_diagnoses: Sequence[str],
+    *,
+    distances: np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
+    ks: Sequence[int] = KS,
+    vote: str = "uniform",
+    n_boot: int = 1000,
+    seed: int = 0,
+    archive_groups: np.ndarray | None = None,
+    query_groups: np.ndarray | None = None,
+) -> dict:
+    """The figures of ``chaiderm evaluate`` from neighbours already found; ``reproduce`` and the benchmarks
+    score through here too, so every figure of the project is computed one way.
+
+    ``rows[q]`` are archive rows nearest to query q, nearest first (``distances`` their squared
+    distances, needed by ``vote="distance"``); ``classes`` defaults to the archive's diagnoses, most
+    frequent first; group codes (-1: none) add REL@k; ``n_boot=0`` leaves the intervals out. Returns per
+    class AUC@k with 95% bootstrap intervals (classes that no query or every query has are left out), the
+    vote's balanced accuracy@k with its interval, and REL@k where queries have groups.
+    """
+    if vote not in VOTES:
+        raise ValueError(f"vote: one of {', '.join(VOTES)}, not '{vote}'")
+    arch_dx = np.asarray(archive_diagnoses)
+    q_dx = np.asarray(query_diagnoses)
+    rows = np.asarray(rows)
+    if classes is None:  # as the Predictor orders them: most frequent first, so a tied vote names it
+        counts = Counter(arch_dx.tolist())
+        classes = sorted(counts, key=lambda d: (-counts[d], d))
+    classes = list(classes)
+    ks = list(ks)
+    out: dict = {"vote": vote, "auc": {}, "auc_ci": {}, "balanced_accuracy": {}, "balanced_accuracy_ci": {}}
     for c in classes:
         y = q_dx == c
         if not 0 < y.sum() < len(y):
             continue  # AUC needs queries of both kinds
-        votes = {k: knn_vote((arch_dx[rows] == c).astype(float), k, dist, vote) for k in ks}
+        votes = {k: knn_vote((arch_dx[rows] == c).astype(float), k, distances, vote) for k in ks}
         out["auc"][c] = {str(k): float(_auc(y, v)) for k, v in votes.items()}
-        out["auc_ci"][c] = {str(k): list(bootstrap_auc_ci(y, v, n_boot=n_boot, seed=seed)) for k, v in votes.items()}
+        if n_boot:
+            out["auc_ci"][c] = {
+                str(k): list(bootstrap_auc_ci(y, v, n_boot=n_boot, seed=seed)) for k, v in votes.items()
+            }
     # a vote may name a diagnosis no query has: fine for balanced accuracy, not worth sklearn's warning
     warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
     for k in ks:
-        shares = np.stack([knn_vote((arch_dx[rows] == c).astype(float), k, dist, vote) for c in classes], axis=1)
-        pred = np.asarray(classes)[shares.argmax(axis=1)]  # ties: the archive's more frequent diagnosis
+        shares = np.stack([knn_vote((arch_dx[rows] == c).astype(float), k, distances, vote) for c in classes], axis=1)
+        pred = np.asarray(classes)[shares.argmax(axis=1)]  # ties: the first of ``classes``
         out["balanced_accuracy"][str(k)] = float(balanced_accuracy_score(q_dx, pred))
+        if not n_boot:
+            continue
         # a balanced-accuracy interval: resample queries, recompute the mean per-class recall
         rng = np.random.default_rng(seed)
         boots = []
@@ -98,15 +148,18 @@ def evaluate_index(
             i = rng.integers(0, len(q_dx), len(q_dx))
             boots.append(balanced_accuracy_score(q_dx[i], pred[i]))
         out["balanced_accuracy_ci"][str(k)] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
-    codes, _ = encode_labels(list(predictor.index.groups) + list(queries.groups))
-    a_g, q_g = codes[: len(predictor.index)], codes[len(predictor.index) :]
-    if (q_g >= 0).any():
+    if archive_groups is not None and query_groups is not None and (np.asarray(query_groups) >= 0).any():
+        a_g, q_g = np.asarray(archive_groups), np.asarray(query_groups)
         out["rel"] = {str(k): v for k, v in calculate_rel_at_k(q_g, a_g[rows], ks).items()}
         has = q_g >= 0
-        out["rel_ci"] = {
-            str(k): bootstrap_mean_ci((a_g[rows[has, :k]] == q_g[has, None]).sum(axis=1), n_boot=n_boot, seed=seed)
-            for k in ks
-        }
+        out["rel_ci"] = (
+            {}
+            if not n_boot
+            else {
+                str(k): bootstrap_mean_ci((a_g[rows[has, :k]] == q_g[has, None]).sum(axis=1), n_boot=n_boot, seed=seed)
+                for k in ks
+            }
+        )
     return out
 
 
