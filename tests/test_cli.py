@@ -61,6 +61,7 @@ def test_bad_inputs_exit_cleanly(tmp_path, synth_dir):
         ("--views", "rot90", "views: 'rot90'"),
         ("--colour", "sepia", "colour: 'sepia'"),
         ("--colour-jitter", "1.0", "colour_jitter"),
+        ("--zoom", "5", "zoom must be in [1, 4]"),
     ):
         run = tmp_path / flag.strip("-")
         r = runner.invoke(app, ["train", "--data", str(synth_dir), "--out", str(run), flag, value, *TINY])

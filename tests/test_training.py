@@ -225,3 +225,21 @@ def test_colour_settings_are_saved_repeatable_and_used(tables, tmp_path):
     del d["model"]["colour"], d["train"]["colour_jitter"]
     old = RunConfig.from_dict(d)
     assert old.model.colour == "none" and old.train.colour_jitter == 0.0
+
+
+def test_zoom_enlarges_smaller_crops_and_leaves_the_default_as_it_was():
+    from chaiderm.data.transforms import augment
+
+    # each pixel holds its column: a crop's span of values is its side, whatever the flips and turns
+    img = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, :, None], (256, 256, 3))
+    batch = np.repeat(img[None], 64, axis=0)
+
+    def spans(zoom: float) -> np.ndarray:
+        out = augment(batch, 224, np.random.default_rng(0), zoom).astype(int)
+        return np.array([max(np.ptp(o[:, :, 0], axis=1).max(), np.ptp(o[:, :, 0], axis=0).max()) for o in out])
+
+    plain, zoomed = spans(1.0), spans(2.0)
+    assert plain.min() >= 223  # never enlarged: at least the input's 224 pixels of the image
+    assert zoomed.min() < 160 and zoomed.max() >= 223  # down to 112 pixels, enlarged, and still whole images
+    with pytest.raises(ValueError, match="zoom"):
+        augment(batch, 224, np.random.default_rng(0), 0.5)

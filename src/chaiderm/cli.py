@@ -164,6 +164,10 @@ def train_cmd(
     colour_jitter: Annotated[
         float, typer.Option(help="random brightness/contrast/saturation factors in [1-x, 1+x] in training")
     ] = 0.0,
+    zoom: Annotated[
+        float,
+        typer.Option(help="training crops as small as image-size / zoom pixels, enlarged (1 to 4; 1: none)"),
+    ] = 1.0,
     padding: Annotated[
         str | None,
         typer.Option(
@@ -287,6 +291,7 @@ def train_cmd(
                 reduction=reduction,
                 ema_decay=ema_decay,
                 colour_jitter=colour_jitter,
+                zoom=zoom,
                 seed=seed,
                 val_k=val_k,
                 positive_class=positive_class,

@@ -86,6 +86,8 @@ class TrainConfig:
     ema_decay: float = 0.0
     # >0: random brightness / contrast / saturation factors in [1 - x, 1 + x] on training inputs
     colour_jitter: float = 0.0
+    # >1: training crops as small as image_size / zoom pixels, enlarged (1: 0.8-1 of the side, never enlarged)
+    zoom: float = 1.0
     recipe: str = ""  # the named recipe (training.recipes) that fixed some of these settings, if any
 
 

@@ -131,12 +131,25 @@ def center_crop(batch: np.ndarray, size: int) -> np.ndarray:
     return batch[:, top : top + size, left : left + size]
 
 
-def augment(batch: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Random crop (scale 0.8-1 of the side), flips and 90-degree turns, per image."""
+def check_zoom(zoom: float) -> float:
+    if not 1.0 <= zoom <= 4.0:
+        raise DataError(None, f"zoom must be in [1, 4], got {zoom}")
+    return zoom
+
+
+def augment(batch: np.ndarray, size: int, rng: np.random.Generator, zoom: float = 1.0) -> np.ndarray:
+    """Random crop, flips and 90-degree turns, per image.
+
+    Crops span 0.8-1 of the side but never fewer pixels than the network's input; ``zoom`` > 1 allows crops
+    down to ``size / zoom`` pixels, enlarged to ``size``: a lesion seen closer, as another clinic's framing or
+    dermoscope would show it.
+    """
+    check_zoom(zoom)
     n, h, w = batch.shape[:3]
     out = np.empty((n, size, size, 3), np.uint8)
+    smallest = max(size, int(0.8 * min(h, w))) if zoom == 1.0 else int(size / zoom)
     for i in range(n):
-        side = int(rng.integers(max(size, int(0.8 * min(h, w))), min(h, w) + 1))
+        side = int(rng.integers(min(smallest, min(h, w)), min(h, w) + 1))
         top = int(rng.integers(0, h - side + 1))
         left = int(rng.integers(0, w - side + 1))
         crop = batch[i, top : top + side, left : left + side]

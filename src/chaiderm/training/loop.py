@@ -34,6 +34,7 @@ from chaiderm.data.transforms import (
     augment,
     center_crop,
     check_jitter,
+    check_zoom,
     mask_as_seen,
     prepare,
     resize_square,
@@ -166,7 +167,7 @@ def _prepare_feedback(fb: FeedbackTriplets, train_p: _Prepared, load_size: int) 
 
 def _train_input(model: EmbeddingNet, imgs: np.ndarray, cfg: RunConfig, rng: np.random.Generator) -> torch.Tensor:
     """Augmented training batch: random crop, flips and turns, the model's colour normalisation, jitter."""
-    crops = augment(imgs, cfg.model.image_size, rng)
+    crops = augment(imgs, cfg.model.image_size, rng, cfg.train.zoom)
     return to_tensor(crops, model.mean, model.std, colour=model.colour, jitter=cfg.train.colour_jitter, rng=rng)
 
 
@@ -272,6 +273,7 @@ def train(
     if not 0.0 <= t.ema_decay < 1.0:
         raise DataError(None, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     check_jitter(t.colour_jitter)
+    check_zoom(t.zoom)
     t.positive_class = canonical(t.positive_class)  # before --resume compares settings: 'mel' is 'melanoma'
     ckpt = load_checkpoint(run_dir) if resume else None
     if not resume and not force and (run_dir / "checkpoints").exists():
