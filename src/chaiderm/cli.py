@@ -235,12 +235,13 @@ def train_cmd(
             r = get_recipe(recipe)
         except ValueError as e:
             raise _fail(f"--recipe: {e}") from None
-        if logic != "disease" or ensemble != 1:
-            raise _fail(
-                f"--recipe {r.name} sets --logic {r.logic} and --ensemble {r.ensemble}; leave those out "
-                "(every other setting is still yours)"
-            )
-        logic, ensemble = r.logic, r.ensemble
+        given = {"logic": logic, "ensemble": ensemble, "colour": colour, "colour_jitter": colour_jitter, "zoom": zoom}
+        default = {"logic": "disease", "ensemble": 1, "colour": "none", "colour_jitter": 0.0, "zoom": 1.0}
+        if any(given[k] != default[k] for k in given):
+            sets = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in r.fixes().items())
+            raise _fail(f"--recipe {r.name} sets {sets}; leave those out (every other setting is still yours)")
+        f = r.fixes()
+        logic, ensemble, colour, colour_jitter, zoom = (f[k] for k in given)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_torchrun(nproc))
 

@@ -15,6 +15,19 @@ class Recipe:
     name: str
     logic: str  # triplet logic of every member
     ensemble: int  # members, trained from seeds seed, seed+1, ...
+    colour: str = "none"  # colour normalisation of every input (ModelConfig.colour)
+    colour_jitter: float = 0.0  # training colour jitter (TrainConfig.colour_jitter)
+    zoom: float = 1.0  # training zoom (TrainConfig.zoom)
+
+    def fixes(self) -> dict[str, object]:
+        """The ``chaiderm train`` options this recipe sets, by option name (underscores), with its values."""
+        return {
+            "logic": self.logic,
+            "ensemble": self.ensemble,
+            "colour": self.colour,
+            "colour_jitter": self.colour_jitter,
+            "zoom": self.zoom,
+        }
 
 
 RECIPES: dict[str, Recipe] = {
