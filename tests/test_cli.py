@@ -459,3 +459,47 @@ def test_train_on_extra_data_records_it_and_refuses_a_case_twice(synth_dir, tmp_
     )  # fmt: skip
     assert r.exit_code == 2 and "is also in" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_model_that_votes_by_distance_is_followed_by_query_and_evaluate(served, synth_dir, tmp_path):
+    import shutil
+
+    from chaiderm.config import RunConfig
+    from chaiderm.data.images import load_image
+    from chaiderm.pipeline import Predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(served / "run", run)
+    cfg = RunConfig.load(run / "config.json")
+    cfg.model.vote = "distance"
+    cfg.save(run / "config.json")
+    q = synth_dir / "test" / "images" / "SYN_test_00000.png"
+    pred = Predictor.load(run, served / "ix").predict(load_image(q), k=7, evidence=False).prediction
+    weight: dict[str, float] = {}
+    for n in pred.neighbors:
+        weight[n.diagnosis] = weight.get(n.diagnosis, 0.0) + 1 / (n.distance + 1e-6)
+    for d, share in pred.class_probabilities.items():
+        assert share == pytest.approx(weight.get(d, 0.0) / sum(weight.values())), d
+    assert pred.vote == "distance" and pred.to_dict()["vote"] == "distance"
+    # the summary still counts cases, whatever their weights
+    counts = sorted((sum(n.diagnosis == d for n in pred.neighbors) for d in weight), reverse=True)
+    assert pred.summary().startswith(f"{counts[0]} of 7 nearest cases")
+    # `chaiderm query` with that model: the report says so
+    rep = tmp_path / "rep"
+    r = runner.invoke(app, ["query", str(q), "--model", str(run), "--index", str(served / "ix"), "--k", "7",
+                            "--out", str(rep)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads((rep / "SYN_test_00000.json").read_text())["vote"] == "distance"
+    assert "weighed by its closeness" in (rep / "SYN_test_00000.html").read_text()
+    # `chaiderm evaluate` follows the model's vote unless told otherwise
+    out = tmp_path / "ev.json"
+    base = ["evaluate", "--model", str(run), "--index", str(served / "ix"), "--data", str(synth_dir), "--n-boot", "20"]
+    for extra, want in (([], "distance"), (["--vote", "uniform"], "uniform")):
+        r = runner.invoke(app, [*base, "--out", str(out), *extra])
+        assert r.exit_code == 0, r.output
+        assert json.loads(out.read_text())["vote"] == want
+    # a bad vote is refused before a run folder is made
+    r = runner.invoke(
+        app, ["train", "--data", str(synth_dir), "--out", str(tmp_path / "v"), "--vote", "nearest", *TINY]
+    )
+    assert r.exit_code == 2 and "vote: 'nearest'" in r.output and not (tmp_path / "v").exists()

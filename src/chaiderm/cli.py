@@ -158,6 +158,13 @@ def train_cmd(
     load_size: int = 256,
     freeze_stages: int | None = None,
     views: Annotated[str, typer.Option(help="test-time views: none, flip, flip4")] = DEFAULT_VIEWS,
+    vote: Annotated[
+        str,
+        typer.Option(
+            help="how the k nearest cases vote in query, serve and evaluate: uniform, or distance (each weighed "
+            "by 1 / squared distance)"
+        ),
+    ] = "uniform",
     colour: Annotated[
         str, typer.Option(help="colour normalisation of every input: none, shades_of_gray (colour constancy)")
     ] = "none",
@@ -235,13 +242,27 @@ def train_cmd(
             r = get_recipe(recipe)
         except ValueError as e:
             raise _fail(f"--recipe: {e}") from None
-        given = {"logic": logic, "ensemble": ensemble, "colour": colour, "colour_jitter": colour_jitter, "zoom": zoom}
-        default = {"logic": "disease", "ensemble": 1, "colour": "none", "colour_jitter": 0.0, "zoom": 1.0}
+        given = {
+            "logic": logic,
+            "ensemble": ensemble,
+            "vote": vote,
+            "colour": colour,
+            "colour_jitter": colour_jitter,
+            "zoom": zoom,
+        }
+        default = {
+            "logic": "disease",
+            "ensemble": 1,
+            "vote": "uniform",
+            "colour": "none",
+            "colour_jitter": 0.0,
+            "zoom": 1.0,
+        }
         if any(given[k] != default[k] for k in given):
             sets = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in r.fixes().items())
             raise _fail(f"--recipe {r.name} sets {sets}; leave those out (every other setting is still yours)")
         f = r.fixes()
-        logic, ensemble, colour, colour_jitter, zoom = (f[k] for k in given)
+        logic, ensemble, vote, colour, colour_jitter, zoom = (f[k] for k in given)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_torchrun(nproc))
 
@@ -273,6 +294,7 @@ def train_cmd(
                 load_size=load_size,
                 freeze_stages=freeze_stages,
                 views=views,
+                vote=vote,
                 colour=colour,
                 padding=padding or ("replicate" if mask_data is not None else "zeros"),
                 map_stride=map_stride or (16 if mask_data is not None else 32),
@@ -856,8 +878,12 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="write every figure here as JSON")] = None,
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
     vote: Annotated[
-        str, typer.Option(help="uniform (each of the k neighbours one vote) or distance (weighed by 1/distance)")
-    ] = "uniform",
+        str | None,
+        typer.Option(
+            help="uniform (each of the k neighbours one vote) or distance (weighed by 1 / squared distance); "
+            "default: the model's own vote, as query and serve use it"
+        ),
+    ] = None,
 ) -> None:
     """Measure a model and its archive on a labelled split: kNN AUC@k per diagnosis with 95% intervals, the
     vote's balanced accuracy, REL@k where the data has groups. A query never votes for itself or its lesion."""
@@ -870,10 +896,11 @@ def evaluate(
 
     if not 10 <= n_boot <= 100_000:
         raise _fail(f"--n-boot must be between 10 and 100000, not {n_boot}")
-    if vote not in VOTES:
+    if vote is not None and vote not in VOTES:
         raise _fail(f"--vote: one of {', '.join(VOTES)}, not '{vote}'")
     with _errors():
         predictor = Predictor.load(model, index)
+        vote = vote or predictor.vote
         table = load_table(data, split or ("test" if is_isic2017(data) else _split_of(data, "test")))
         try:
             res = evaluate_index(predictor, table, n_boot=n_boot, vote=vote)

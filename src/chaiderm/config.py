@@ -45,6 +45,10 @@ class ModelConfig:
     # is subtracted before ReLU and pooling, so the embedding and its maps describe the lesion against
     # its own skin; "none": the paper's maps
     map_background: str = "none"
+    # how the k nearest cases vote (index.knn.VOTES): "uniform" (one vote each) or "distance" (each weighed
+    # by 1 / squared distance; won 5 of 5 folds in cross-validation round 8). An inference setting: query,
+    # serve and evaluate follow the model's.
+    vote: str = "uniform"
     # backbone "ensemble" (models.ensemble): each member's own ModelConfig, as a dict
     members: list[dict[str, Any]] | None = None
 

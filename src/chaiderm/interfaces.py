@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,6 +37,8 @@ class Prediction:
     class_probabilities: dict[str, float]
     k: int
     neighbors: list[Neighbor] = field(default_factory=list)
+    # "uniform": each neighbour one vote; "distance": weighed by 1 / squared distance (index.knn.VOTES)
+    vote: str = "uniform"
 
     @property
     def positive_probability(self) -> float:
@@ -46,8 +49,12 @@ class Prediction:
         return self.class_probabilities.get("melanoma")
 
     def summary(self) -> str:
-        """The vote in words: '7 of 10 nearest cases: melanoma; 3 nevus'."""
-        counts = [(d, round(p * self.k)) for d, p in self.class_probabilities.items()]
+        """The vote in words: '7 of 10 nearest cases: melanoma; 3 nevus' (counts, also under a weighted vote)."""
+        if self.neighbors:
+            n = Counter(nb.diagnosis for nb in self.neighbors)
+            counts = sorted(((d, n[d]) for d in self.class_probabilities), key=lambda x: -x[1])
+        else:
+            counts = [(d, round(p * self.k)) for d, p in self.class_probabilities.items()]
         counts = [(d, n) for d, n in counts if n > 0]
         if not counts:
             return "no neighbours"
@@ -64,5 +71,6 @@ class Prediction:
             "class_probabilities": dict(self.class_probabilities),
             "summary": self.summary(),
             "k": self.k,
+            "vote": self.vote,
             "neighbors": [n.to_dict() for n in self.neighbors],
         }

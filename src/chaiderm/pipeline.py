@@ -22,7 +22,7 @@ from chaiderm.evidence.maps import activation_map_pairs
 from chaiderm.evidence.render import render_heatmap, to_png_bytes
 from chaiderm.index.archive import ArchiveIndex
 from chaiderm.index.filters import parse_where
-from chaiderm.index.knn import class_distribution
+from chaiderm.index.knn import check_vote, class_distribution, vote_weights
 from chaiderm.index.refine import MAX_EXAMPLES, Region, region_cells, rocchio
 from chaiderm.interfaces import Neighbor, Prediction
 from chaiderm.models.embedding import WEIGHTS, EmbeddingNet, check_views, load_model
@@ -227,6 +227,7 @@ class Predictor:
     def __init__(self, model: EmbeddingNet, cfg: RunConfig, index: ArchiveIndex):
         self.model = model.eval()
         self.cfg = cfg
+        self.vote = check_vote(cfg.model.vote)  # how the neighbours vote: the model's setting
         self.set_index(index)
 
     def set_index(self, index: ArchiveIndex) -> None:
@@ -329,7 +330,9 @@ class Predictor:
             dist, idx = dist[0], idx[0]
             keep = [j for j in range(len(idx)) if idx[j] >= 0 and idx[j] not in excluded][:k]
             dist, idx = dist[keep], idx[keep]
-        probs = class_distribution([self.index.diagnoses[i] for i in idx], classes)
+        probs = class_distribution(
+            [self.index.diagnoses[i] for i in idx], classes, vote_weights(dist, self.vote) if len(idx) else None
+        )
         neighbors = [
             Neighbor(
                 rank=r + 1,
@@ -342,7 +345,7 @@ class Predictor:
             )
             for r, (i, d) in enumerate(zip(idx, dist, strict=True))
         ]
-        pred = Prediction(image_id, self.positive_class, probs, len(idx), neighbors)
+        pred = Prediction(image_id, self.positive_class, probs, len(idx), neighbors, vote=self.vote)
         if evidence and len(idx):
             qams, rams = activation_map_pairs(g_q, self.result_maps(idx), f_q=f_q)
         else:

@@ -13,12 +13,11 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from chaiderm.data.records import ImageTable
 from chaiderm.evaluation.metrics import bootstrap_auc_ci, bootstrap_mean_ci, calculate_rel_at_k
-from chaiderm.index.knn import knn_vote
+from chaiderm.index.knn import VOTES, knn_vote
 from chaiderm.losses.logic import encode_labels
 from chaiderm.pipeline import Predictor
 
 KS = (3, 5, 10, 20, 40)
-VOTES = ("uniform", "distance")
 
 
 def _neighbours(predictor: Predictor, queries: ImageTable, emb: np.ndarray, kmax: int) -> tuple[np.ndarray, np.ndarray]:

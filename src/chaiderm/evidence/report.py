@@ -73,6 +73,7 @@ def write_query_report(
         "class_probabilities": dict(prediction.class_probabilities),
         "summary": prediction.summary(),
         "k": prediction.k,
+        "vote": prediction.vote,
         "region": region,  # boxes searched (pixels of the query's square), or None: the whole image
         "query_image": f"{assets.name}/query.png",
         "neighbors": neighbours,
@@ -106,6 +107,7 @@ def render_html(record: dict[str, Any]) -> str:
             "query | QAM / result | RAM</div></div>"
         )
     truth = f" (true: {e(record['true_diagnosis'])})" if record.get("true_diagnosis") else ""
+    weighed = ", each case weighed by its closeness: 1 / squared distance" if record.get("vote") == "distance" else ""
     dist = "".join(
         f"<li>{e(d.replace('_', ' '))}: {p:.2f}</li>" for d, p in record.get("class_probabilities", {}).items()
     )
@@ -123,7 +125,7 @@ def render_html(record: dict[str, Any]) -> str:
 <div class="row"><figure><img src="{e(record["query_image"])}" alt="query"><figcaption>query</figcaption></figure>
 <div><p class="prob">{e(record.get("summary", ""))}</p>{region}
 <p>{e(pos)} probability: {record["positive_probability"]:.2f}, the share of {e(pos)} among the {record["k"]}
-nearest archive cases (kNN vote). All diagnoses among them:</p><ul>{dist}</ul></div></div>
+nearest archive cases (kNN vote{weighed}). All diagnoses among them:</p><ul>{dist}</ul></div></div>
 <h2>Nearest cases (red border: {e(pos)})</h2><div class="row">{"".join(cards)}</div>
 <h2>Query / result activation maps</h2>
 <p>Bright regions contributed most to the distance between the query and each result (Eq. 2).</p>

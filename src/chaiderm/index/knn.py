@@ -6,6 +6,20 @@ import numpy as np
 
 from chaiderm.index.faiss_index import build_faiss
 
+VOTES = ("uniform", "distance")
+
+
+def check_vote(vote: str) -> str:
+    if vote not in VOTES:
+        raise ValueError(f"vote: one of {', '.join(VOTES)}, not '{vote}'")
+    return vote
+
+
+def vote_weights(distances: np.ndarray, vote: str) -> np.ndarray:
+    """Each neighbour's weight in the vote: 1 (uniform) or 1 / (squared distance + 1e-6) (distance)."""
+    d = np.asarray(distances, dtype=np.float64)
+    return np.ones_like(d) if check_vote(vote) == "uniform" else 1.0 / (d + 1e-6)
+
 
 def knn_vote(
     neighbor_positive: np.ndarray, k: int, distances: np.ndarray | None = None, weights: str = "uniform"
@@ -22,15 +36,22 @@ def knn_vote(
     if weights == "distance":
         if distances is None:
             raise ValueError("distance weights need distances")
-        w = 1.0 / (distances[:, :k].astype(np.float64) + 1e-6)
+        w = vote_weights(distances[:, :k], "distance")
         return (votes * w).sum(1) / w.sum(1)
     raise ValueError(f"unknown weights '{weights}'")
 
 
-def class_distribution(neighbor_diagnoses: list[str], classes: list[str]) -> dict[str, float]:
-    """Share of each of ``classes`` among the neighbours, largest first (ties: the order of ``classes``)."""
-    k = len(neighbor_diagnoses)
-    shares = {c: (sum(d == c for d in neighbor_diagnoses) / k if k else 0.0) for c in classes}
+def class_distribution(
+    neighbor_diagnoses: list[str], classes: list[str], weights: np.ndarray | None = None
+) -> dict[str, float]:
+    """Share of each of ``classes`` among the neighbours, largest first (ties: the order of ``classes``);
+    ``weights`` (one per neighbour, e.g. :func:`vote_weights`) make it a weighted share."""
+    w = np.ones(len(neighbor_diagnoses)) if weights is None else np.asarray(weights, dtype=np.float64)
+    total = float(w.sum())
+    shares = {
+        c: (float(sum(wi for d, wi in zip(neighbor_diagnoses, w, strict=True) if d == c)) / total if total else 0.0)
+        for c in classes
+    }
     return dict(sorted(shares.items(), key=lambda x: -x[1]))
 
 

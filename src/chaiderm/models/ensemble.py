@@ -114,6 +114,8 @@ def combine(runs: list[str | Path], out: str | Path, *, views: str | None = None
         image_size=first.model.image_size,
         load_size=first.model.load_size,
         views=views or first.model.views,
+        # the members' vote where they share one (a recipe's members do); else each neighbour one vote
+        vote=first.model.vote if len({c.model.vote for _, c in loaded}) == 1 else "uniform",
         colour=first.model.colour,
         map_stride=first.model.map_stride,
         members=[c.model.to_dict() for _, c in loaded],

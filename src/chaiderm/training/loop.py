@@ -42,7 +42,7 @@ from chaiderm.data.transforms import (
 )
 from chaiderm.errors import ArtifactError, DataError
 from chaiderm.index.faiss_index import nearest_images
-from chaiderm.index.knn import knn_vote, relevance_at_k
+from chaiderm.index.knn import VOTES, knn_vote, relevance_at_k
 from chaiderm.losses.logic import encode_labels, get_rule
 from chaiderm.losses.miners import sample_triplets
 from chaiderm.losses.triplet import ChaiTripletLoss, chai_triplet_loss
@@ -274,6 +274,8 @@ def train(
         raise DataError(None, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     check_jitter(t.colour_jitter)
     check_zoom(t.zoom)
+    if cfg.model.vote not in VOTES:
+        raise DataError(None, f"vote: '{cfg.model.vote}' is not one of {', '.join(VOTES)}")
     t.positive_class = canonical(t.positive_class)  # before --resume compares settings: 'mel' is 'melanoma'
     ckpt = load_checkpoint(run_dir) if resume else None
     if not resume and not force and (run_dir / "checkpoints").exists():

@@ -15,6 +15,7 @@ class Recipe:
     name: str
     logic: str  # triplet logic of every member
     ensemble: int  # members, trained from seeds seed, seed+1, ...
+    vote: str = "uniform"  # how the neighbours vote (ModelConfig.vote)
     colour: str = "none"  # colour normalisation of every input (ModelConfig.colour)
     colour_jitter: float = 0.0  # training colour jitter (TrainConfig.colour_jitter)
     zoom: float = 1.0  # training zoom (TrainConfig.zoom)
@@ -24,6 +25,7 @@ class Recipe:
         return {
             "logic": self.logic,
             "ensemble": self.ensemble,
+            "vote": self.vote,
             "colour": self.colour,
             "colour_jitter": self.colour_jitter,
             "zoom": self.zoom,

@@ -24,6 +24,7 @@ class QueryOut(BaseModel):
     melanoma_probability: float | None  # None when the archive holds no melanoma
     class_probabilities: dict[str, float]  # every diagnosis of the archive, largest share first
     summary: str  # the vote in words: "7 of 10 nearest cases: melanoma; 3 nevus"
+    vote: str = "uniform"  # "distance": each case weighed by 1 / squared distance (the model's setting)
     archive_id: str | None = None  # set when the query is an archive case (then never its own neighbour)
     where: str | None = None  # the filter the neighbours passed (index.filters), if any
     region: str | None = None  # boxes searched, "x0,y0,x1,y1;..." in pixels of the query image shown

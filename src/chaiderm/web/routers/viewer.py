@@ -187,6 +187,7 @@ def _to_out(
         melanoma_probability=p.melanoma_probability,
         class_probabilities=p.class_probabilities,
         summary=p.summary(),
+        vote=p.vote,
         archive_id=archive_id,
         where=where or None,
         region=refine.params().get("region"),

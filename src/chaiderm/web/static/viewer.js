@@ -139,11 +139,16 @@ function render(q, name) {
   showRefinement();
   $("qname").textContent = "query: " + name;
   $("summary").textContent = q.summary + (q.where ? ` (among cases where ${q.where})` : "");
-  $("prob").textContent = `${words(pos)} probability ${q.positive_probability.toFixed(2)} (k = ${q.k})`;
+  const weighed = q.vote === "distance";
+  $("prob").textContent = `${words(pos)} probability ${q.positive_probability.toFixed(2)} (k = ${q.k}${weighed ? ", closer cases weigh more" : ""})`;
+  $("votenote").textContent = weighed
+    ? "The share of each diagnosis among the k most similar archive cases, each case weighed by its closeness (1 / squared distance): a k-nearest-neighbour vote, not a calibrated risk."
+    : "The share of each diagnosis among the k most similar archive cases (a k-nearest-neighbour vote), not a calibrated risk.";
   const body = $("dist").tBodies[0];
   for (const [d, p] of Object.entries(q.class_probabilities)) {
     const tr = el("tr", d === pos ? {class: "pos"} : {});
-    tr.append(el("td", {}, words(d)), el("td", {}, String(Math.round(p * q.k))), el("td", {}, p.toFixed(2)));
+    const count = q.neighbors.filter((n) => n.diagnosis === d).length;
+    tr.append(el("td", {}, words(d)), el("td", {}, String(count)), el("td", {}, p.toFixed(2)));
     body.append(tr);
   }
   $("poslegend").textContent = `(red border: ${words(pos)})`;
