@@ -331,3 +331,34 @@ def test_search_by_region_and_refine_by_example(server, browser, synth_dir, tmp_
     page.click("#refinereset")
     wait_until(lambda: page.inner_text("#refinestate") == "" and cards(page).count() == 10, what="reset")
     assert ids() == first
+
+
+def test_a_distance_vote_says_so_and_counts_cases(served, browser, synth_dir, tmp_path):
+    from chaiderm.config import RunConfig
+    from chaiderm.web.app import create_app
+
+    run = tmp_path / "run"
+    shutil.copytree(served / "run", run)
+    cfg = RunConfig.load(run / "config.json")
+    cfg.model.vote = "distance"
+    cfg.save(run / "config.json")
+    srv, thread, url = _serve(create_app(run, served / "ix", tmp_path / "fb.db"))
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        wait_until(lambda: "archive:" in page.inner_text("#about"), what="model details")
+        page.set_input_files("#file", str(synth_dir / "test" / "images" / "SYN_test_00002.png"))
+        wait_until(lambda: cards(page).count() == 10, what="10 neighbours")
+        assert "closer cases weigh more" in page.inner_text("#prob")
+        assert "weighed by its closeness" in page.inner_text("#votenote")
+        # the table's "nearest cases" column counts cases, not weighted shares times k
+        shown = {}
+        for row in page.locator("#dist tbody tr").all():
+            cells = row.locator("td").all_inner_texts()
+            shown[cells[0]] = int(cells[1])
+        dx = [c.locator("div").first.inner_text().split(" ", 1)[1] for c in cards(page).all()]  # "#3 nevus"
+        assert sum(shown.values()) == 10 and all(v == dx.count(k) for k, v in shown.items()), (shown, dx)
+        page.screenshot(path=str(tmp_path / "distance_vote.png"), full_page=True)
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
