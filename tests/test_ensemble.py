@@ -87,6 +87,24 @@ def test_ensemble_views_option(tmp_path):
     assert r.exit_code == 2 and "sideways" in r.output
 
 
+def test_an_ensemble_keeps_its_members_vote_unless_told(tmp_path):
+    from chaiderm.config import RunConfig
+
+    runs = [_member(tmp_path / f"m{s}", s) for s in range(2)]
+    assert load_model(runs[0])[1].model.vote == "uniform"
+    r = runner.invoke(app, ["ensemble", *map(str, runs), "--out", str(tmp_path / "e"), "--vote", "distance"])
+    assert r.exit_code == 0, r.output
+    assert load_model(tmp_path / "e")[1].model.vote == "distance"
+    for run in runs:  # members that vote by distance make an ensemble that does
+        cfg = RunConfig.load(run / "config.json")
+        cfg.model.vote = "distance"
+        cfg.save(run / "config.json")
+    r = runner.invoke(app, ["ensemble", *map(str, runs), "--out", str(tmp_path / "f")])
+    assert r.exit_code == 0 and load_model(tmp_path / "f")[1].model.vote == "distance"
+    r = runner.invoke(app, ["ensemble", *map(str, runs), "--out", str(tmp_path / "g"), "--vote", "closest"])
+    assert r.exit_code == 2 and "--vote" in r.output and not (tmp_path / "g").exists()
+
+
 def test_train_ensemble_trains_its_members_and_combines_them(tmp_path, synth_dir):
     out = tmp_path / "ens"
     args = ["train", "--data", str(synth_dir), "--out", str(out), "--backbone", "tiny", "--no-pretrained",

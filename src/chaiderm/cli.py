@@ -81,11 +81,18 @@ def ensemble(
     runs: Annotated[list[Path], typer.Argument(help="trained run folders (two or more)")],
     out: Annotated[Path, typer.Option(help="run folder to write: index, query, evaluate and serve use it")],
     views: Annotated[str | None, typer.Option(help="test-time views (default: the first member's)")] = None,
+    vote: Annotated[
+        str | None,
+        typer.Option(help="uniform or distance (default: the members' shared vote, else uniform)"),
+    ] = None,
     force: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
 ) -> None:
     """Several trained embeddings as one model: their embeddings side by side, their maps stacked."""
+    from chaiderm.index.knn import VOTES
     from chaiderm.models.ensemble import combine
 
+    if vote is not None and vote not in VOTES:
+        raise _fail(f"--vote: one of {', '.join(VOTES)}, not '{vote}'")
     if out.exists() and any(out.iterdir()) and not force:
         raise _fail(f"{out}: exists; choose another --out or pass --force")
     if views is not None:
@@ -94,7 +101,7 @@ def ensemble(
         if views not in VIEWS:
             raise _fail(f"--views: '{views}' is not one of {', '.join(VIEWS)}")
     with _errors():
-        net, cfg = combine([str(r) for r in runs], out, views=views)
+        net, cfg = combine([str(r) for r in runs], out, views=views, vote=vote)
     console.print(f"ensemble of {len(runs)} runs ({net.dim}-d embedding) written to {out}")
 
 

@@ -77,7 +77,9 @@ def build_ensemble(cfg: ModelConfig) -> EnsembleNet:
 SAME_INPUT = ("image_size", "load_size", "colour", "map_stride")
 
 
-def combine(runs: list[str | Path], out: str | Path, *, views: str | None = None) -> tuple[EnsembleNet, RunConfig]:
+def combine(
+    runs: list[str | Path], out: str | Path, *, views: str | None = None, vote: str | None = None
+) -> tuple[EnsembleNet, RunConfig]:
     """Write the ensemble of trained ``runs`` to the run folder ``out``; refuses members that would not
     see the same input or whose maps could not be stacked."""
     from chaiderm.models.embedding import load_model, save_model
@@ -115,7 +117,7 @@ def combine(runs: list[str | Path], out: str | Path, *, views: str | None = None
         load_size=first.model.load_size,
         views=views or first.model.views,
         # the members' vote where they share one (a recipe's members do); else each neighbour one vote
-        vote=first.model.vote if len({c.model.vote for _, c in loaded}) == 1 else "uniform",
+        vote=vote or (first.model.vote if len({c.model.vote for _, c in loaded}) == 1 else "uniform"),
         colour=first.model.colour,
         map_stride=first.model.map_stride,
         members=[c.model.to_dict() for _, c in loaded],
