@@ -131,6 +131,7 @@ def test_the_recommended_recipe_is_three_disease_seeds_by_name(tmp_path, synth_d
     assert r.exit_code == 0 and "ensemble of 3 members" in r.output, r.output
     _, cfg = load_model(out)
     assert cfg.train.recipe == "recommended" and len(cfg.model.members) == RECIPES["recommended"].ensemble
+    assert cfg.model.vote == RECIPES["recommended"].vote == "distance"  # round 8's choice reaches the model
     for s in ("seed0", "seed1", "seed2"):
         _, m = load_model(out / "members" / s)
         assert m.train.logic == "disease" and m.train.recipe == "recommended"
