@@ -135,7 +135,8 @@ def test_the_recommended_recipe_is_three_disease_seeds_by_name(tmp_path, synth_d
     for s in ("seed0", "seed1", "seed2"):
         _, m = load_model(out / "members" / s)
         assert m.train.logic == "disease" and m.train.recipe == "recommended"
-    for extra in (["--logic", "joint"], ["--ensemble", "5"], ["--zoom", "1.5"]):  # the recipe's own settings stay
+    # the recipe's own settings are never silently replaced, not even by a value that is the default
+    for extra in (["--logic", "joint"], ["--ensemble", "5"], ["--zoom", "1.5"], ["--vote", "uniform"]):
         r = runner.invoke(app, [*args, *extra, "--force"])
         assert r.exit_code == 2 and "--recipe recommended sets" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, [*args[:-1], "best", "--force"])

@@ -143,7 +143,9 @@ def train_cmd(
             "diagnoses in the shared vocabulary); validation still comes from --data"
         ),
     ] = None,
-    logic: Annotated[str, typer.Option(help="disease|joint|hierarchical|nonhierarchical|classifier")] = "disease",
+    logic: Annotated[
+        str | None, typer.Option(help="disease (the default), joint, hierarchical, nonhierarchical or classifier")
+    ] = None,
     groups: Annotated[Path | None, typer.Option(help="groups CSV image_id,group[,disease]")] = None,
     init: Annotated[Path | None, typer.Option(help="run folder to fine-tune from")] = None,
     feedback: Annotated[Path | None, typer.Option(help="feedback database from `chaiderm serve`")] = None,
@@ -166,22 +168,24 @@ def train_cmd(
     freeze_stages: int | None = None,
     views: Annotated[str, typer.Option(help="test-time views: none, flip, flip4")] = DEFAULT_VIEWS,
     vote: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="how the k nearest cases vote in query, serve and evaluate: uniform, or distance (each weighed "
-            "by 1 / squared distance)"
+            help="how the k nearest cases vote in query, serve and evaluate: uniform (the default), or distance "
+            "(each weighed by 1 / squared distance)"
         ),
-    ] = "uniform",
+    ] = None,
     colour: Annotated[
-        str, typer.Option(help="colour normalisation of every input: none, shades_of_gray (colour constancy)")
-    ] = "none",
+        str | None,
+        typer.Option(help="colour normalisation of every input: none (the default), shades_of_gray (colour constancy)"),
+    ] = None,
     colour_jitter: Annotated[
-        float, typer.Option(help="random brightness/contrast/saturation factors in [1-x, 1+x] in training")
-    ] = 0.0,
+        float | None,
+        typer.Option(help="random brightness/contrast/saturation factors in [1-x, 1+x] in training (default 0)"),
+    ] = None,
     zoom: Annotated[
-        float,
-        typer.Option(help="training crops as small as image-size / zoom pixels, enlarged (1 to 4; 1: none)"),
-    ] = 1.0,
+        float | None,
+        typer.Option(help="training crops as small as image-size / zoom pixels, enlarged (1 to 4; default 1: none)"),
+    ] = None,
     padding: Annotated[
         str | None,
         typer.Option(
@@ -213,12 +217,12 @@ def train_cmd(
     skip_bad: Annotated[bool, typer.Option(help="skip unreadable images with a counted warning")] = False,
     device: Annotated[str, typer.Option(help="where to compute: cpu, cuda, cuda:1 (not saved as a setting)")] = "cpu",
     ensemble: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="train this many members (seeds seed, seed+1, ...) into OUT/members/ and write their "
-            "ensemble to OUT (chaiderm ensemble)"
+            "ensemble to OUT (chaiderm ensemble); default 1, a single model"
         ),
-    ] = 1,
+    ] = None,
     recipe: Annotated[
         str | None,
         typer.Option(
@@ -240,8 +244,25 @@ def train_cmd(
 
     if nproc < 1:
         raise _fail(f"--nproc: must be at least 1, got {nproc}")
-    if ensemble < 1:
+    if ensemble is not None and ensemble < 1:
         raise _fail(f"--ensemble: must be at least 1, got {ensemble}")
+    # options a recipe may set: None where the user left them out, so an explicit value is never overridden
+    given = {
+        "logic": logic,
+        "ensemble": ensemble,
+        "vote": vote,
+        "colour": colour,
+        "colour_jitter": colour_jitter,
+        "zoom": zoom,
+    }
+    settings = {
+        "logic": "disease",
+        "ensemble": 1,
+        "vote": "uniform",
+        "colour": "none",
+        "colour_jitter": 0.0,
+        "zoom": 1.0,
+    }
     if recipe is not None:
         from chaiderm.training.recipes import get_recipe
 
@@ -249,27 +270,13 @@ def train_cmd(
             r = get_recipe(recipe)
         except ValueError as e:
             raise _fail(f"--recipe: {e}") from None
-        given = {
-            "logic": logic,
-            "ensemble": ensemble,
-            "vote": vote,
-            "colour": colour,
-            "colour_jitter": colour_jitter,
-            "zoom": zoom,
-        }
-        default = {
-            "logic": "disease",
-            "ensemble": 1,
-            "vote": "uniform",
-            "colour": "none",
-            "colour_jitter": 0.0,
-            "zoom": 1.0,
-        }
-        if any(given[k] != default[k] for k in given):
-            sets = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in r.fixes().items())
+        fixed = r.fixes()
+        if any(v is not None and v != fixed[k] for k, v in given.items()):
+            sets = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in fixed.items())
             raise _fail(f"--recipe {r.name} sets {sets}; leave those out (every other setting is still yours)")
-        f = r.fixes()
-        logic, ensemble, vote, colour, colour_jitter, zoom = (f[k] for k in given)
+        settings.update(fixed)
+    settings.update({k: v for k, v in given.items() if v is not None})
+    logic, ensemble, vote, colour, colour_jitter, zoom = (settings[k] for k in given)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_torchrun(nproc))
 
