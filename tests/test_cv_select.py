@@ -191,3 +191,22 @@ def test_round8_scores_distance_votes_from_stored_distances_and_applies_its_rule
     assert not rules["training_data"]["passes"]  # no better than d_default's noisy labels
     # an unfinished candidate passes nothing
     assert cv.decide_round8({})["training_data"] == {"passes": False, "why": "unfinished"}
+
+
+def test_round9_prefers_the_cheaper_view_set_unless_the_dearer_adds_more():
+    def entry(per_fold_means: list[float], pooled: float) -> dict:
+        return {"pooled_mean": pooled, "per_fold": {f: {"mean": m} for f, m in enumerate(per_fold_means)}}
+
+    base = entry([0.70] * 5, 0.700)
+    table = {
+        "d_default+distance": base,
+        "d_default+flip+distance": entry([0.71] * 5, 0.710),  # +0.010, every fold
+        "d_default+flip4+distance": entry([0.713] * 5, 0.713),  # only 0.003 more: the cheaper set stays
+    }
+    r = cv.decide_round9(table)
+    assert r["chosen"] == "flip" and r["views"]["flip4"]["passes"]
+    table["d_default+flip4+distance"] = entry([0.72] * 5, 0.720)  # 0.010 more than flip: worth its cost
+    assert cv.decide_round9(table)["chosen"] == "flip4"
+    table["d_default+flip4+distance"] = entry([0.75, 0.75, 0.69, 0.69, 0.69], 0.720)  # wins 2 of 5 folds only
+    table["d_default+flip+distance"] = entry([0.69] * 5, 0.690)
+    assert cv.decide_round9(table)["chosen"] == "none"
