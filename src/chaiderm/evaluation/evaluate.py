@@ -102,8 +102,8 @@ def score_neighbours(
     archive_groups: np.ndarray | None = None,
     query_groups: np.ndarray | None = None,
 ) -> dict:
-    """The figures of ``chaiderm evaluate`` from neighbours already found; ``reproduce`` and the benchmarks
-    score through here too, so every figure of the project is computed one way.
+    """The figures of ``chaiderm evaluate`` from neighbours already found; ``reproduce`` and
+    ``bench/external_select.py`` score through here too, so their figures and evaluate's are computed one way.
 
     ``rows[q]`` are archive rows nearest to query q, nearest first (``distances`` their squared
     distances, needed by ``vote="distance"``); ``classes`` defaults to the archive's diagnoses, most
