@@ -180,6 +180,24 @@ def _embedded(model, images: np.ndarray, size: int, views: str = "none") -> np.n
     return embed(model, images, size, views=views)[0]
 
 
+def _entries(
+    arch: np.ndarray, queries: np.ndarray, val: np.ndarray, y_arch: np.ndarray, base: dict, since: float
+) -> tuple[dict, dict]:
+    """One scoring of held-out and validation queries, with neighbour distances: its uniform-vote entry and
+    the same entry read with distance-weighted votes."""
+    lab, dist = _neighbours_of(arch, queries, y_arch)
+    va_lab, va_dist = _neighbours_of(arch, val, y_arch)
+    plain = {
+        **base,
+        "neighbour_melanoma": lab,
+        "neighbour_distance": dist,
+        "val_neighbour_melanoma": va_lab,
+        "val_neighbour_distance": va_dist,
+        "seconds": time.perf_counter() - since,
+    }
+    return plain, {**plain, "vote": "distance"}
+
+
 def _neighbours_of(archive: np.ndarray, queries: np.ndarray, y_archive: np.ndarray) -> tuple[list, list]:
     """Melanoma labels and squared distances of each query's nearest archive rows (embeddings in)."""
     from chaiderm.index.faiss_index import exact_search
@@ -253,54 +271,24 @@ def run_fold(
         ham_img = prepare(ham_t.paths, 256)[0]
 
     def score_round8(name: str, run: Path, t0: float, **extra) -> None:
-        """Plain, distance-weighted and archive+ham scorings of one Disease model, with distances."""
+        """Plain, distance-weighted, archive+ham and test-time-view scorings of one Disease model."""
         model, cfg = load_model(run)
         model.to(device)
         size = cfg.model.image_size
         arch, q, va = (_embedded(model, x, size) for x in (imgs[keep], imgs[held], va_img))
-        lab, dist = _neighbours_of(arch, q, y[keep])
-        va_lab, va_dist = _neighbours_of(arch, va, y[keep])
         base = {"history": json.loads((run / "history.json").read_text()), **extra}
-        result["candidates"][name] = {
-            **base,
-            "neighbour_melanoma": lab,
-            "neighbour_distance": dist,
-            "val_neighbour_melanoma": va_lab,
-            "val_neighbour_distance": va_dist,
-            "seconds": time.perf_counter() - t0,
-        }
-        result["candidates"][f"{name}+distance"] = {**result["candidates"][name], "vote": "distance"}
+        cands = result["candidates"]
+        cands[name], cands[f"{name}+distance"] = _entries(arch, q, va, y[keep], base, t0)
         if ham_img is not None:
             arch2 = np.concatenate([arch, _embedded(model, ham_img, size)])
             y2 = np.concatenate([y[keep], ham_t.is_positive("melanoma")])
-            lab2, dist2 = _neighbours_of(arch2, q, y2)
-            va_lab2, va_dist2 = _neighbours_of(arch2, va, y2)
-            entry = {
-                **base,
-                "neighbour_melanoma": lab2,
-                "neighbour_distance": dist2,
-                "val_neighbour_melanoma": va_lab2,
-                "val_neighbour_distance": va_dist2,
-                "seconds": time.perf_counter() - t0,
-            }
-            result["candidates"][f"{name}+archive_ham"] = entry
-            result["candidates"][f"{name}+archive_ham+distance"] = {**entry, "vote": "distance"}
+            cands[f"{name}+archive_ham"], cands[f"{name}+archive_ham+distance"] = _entries(arch2, q, va, y2, base, t0)
         for v in views:  # round 9: the same weights, every image embedded as the mean of mirrored copies
             t1 = time.perf_counter()
             arch_v, q_v, va_v = (_embedded(model, x, size, v) for x in (imgs[keep], imgs[held], va_img))
-            lab_v, dist_v = _neighbours_of(arch_v, q_v, y[keep])
-            va_lab_v, va_dist_v = _neighbours_of(arch_v, va_v, y[keep])
-            entry = {
-                **base,
-                "neighbour_melanoma": lab_v,
-                "neighbour_distance": dist_v,
-                "val_neighbour_melanoma": va_lab_v,
-                "val_neighbour_distance": va_dist_v,
-                "seconds": time.perf_counter() - t1,
-                "views": v,
-            }
-            result["candidates"][f"{name}+{v}"] = entry
-            result["candidates"][f"{name}+{v}+distance"] = {**entry, "vote": "distance"}
+            cands[f"{name}+{v}"], cands[f"{name}+{v}+distance"] = _entries(
+                arch_v, q_v, va_v, y[keep], {**base, "views": v}, t1
+            )
         write_json(out / f"fold{fold}.json", result)
         print(f"fold {fold} {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
 
