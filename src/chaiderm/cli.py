@@ -255,13 +255,14 @@ def train_cmd(
         "colour_jitter": colour_jitter,
         "zoom": zoom,
     }
+    m0, t0 = ModelConfig(), TrainConfig()  # their defaults, where neither the user nor a recipe sets them
     settings = {
-        "logic": "disease",
+        "logic": t0.logic,
         "ensemble": 1,
-        "vote": "uniform",
-        "colour": "none",
-        "colour_jitter": 0.0,
-        "zoom": 1.0,
+        "vote": m0.vote,
+        "colour": m0.colour,
+        "colour_jitter": t0.colour_jitter,
+        "zoom": t0.zoom,
     }
     if recipe is not None:
         from chaiderm.training.recipes import get_recipe
