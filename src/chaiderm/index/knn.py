@@ -1,4 +1,5 @@
-"""The kNN vote: melanoma probability = share of melanoma among the k nearest archive cases."""
+"""The kNN vote: melanoma probability = share of melanoma among the k nearest archive cases, each case one
+vote or weighed by 1 / squared distance (``VOTES``)."""
 
 from __future__ import annotations
 
