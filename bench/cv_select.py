@@ -72,6 +72,8 @@ fixed before it ran (:func:`decide_round8`):
   0.005 pooled and wins at least 4 of 5 folds (and with distance votes, if those are adopted, the same
   against ``d_ham+distance``).
 The test split is not read; a model trained with ham10000_dev can no longer be measured on it as external.
+Outcome: training data -0.017 (2 of 5 folds), not adopted; distance votes +0.008 (5 of 5), adopted; archive
+-0.002, not adopted (docs/accuracy.md).
 
 Round 9 (CPU, third split again: ``--fold-seed 2 --disease d_default --views flip flip4 --baseline
 <round 5>``): test-time views for the recommended recipe's members, which vote by distance. ``d_default``
@@ -82,6 +84,9 @@ fixed before it ran (:func:`decide_round9`): a view set passes if ``d_default+<v
 cheaper is chosen unless the dearer adds another 0.005. A view set that passes joins the recipe only with
 a number of members whose query, with those views and 10 evidence pairs, stays within 150 ms at the 95th
 percentile on 2 cores (measured before it is adopted).
+Outcome: flip -0.004 (1 of 5), flip4 -0.005 (2 of 5): not adopted. The retrained ``d_default`` did *not*
+reproduce round 5's scores (pooled mean 0.764 against 0.762), so rounds 6-8 compared with figures of older
+code; round 8's training-data rule judged again against this round's ``d_default``: -0.019, same verdict.
 """
 
 from __future__ import annotations
