@@ -85,8 +85,11 @@ cheaper is chosen unless the dearer adds another 0.005. A view set that passes j
 a number of members whose query, with those views and 10 evidence pairs, stays within 150 ms at the 95th
 percentile on 2 cores (measured before it is adopted).
 Outcome: flip -0.004 (1 of 5), flip4 -0.005 (2 of 5): not adopted. The retrained ``d_default`` did *not*
-reproduce round 5's scores (pooled mean 0.764 against 0.762), so rounds 6-8 compared with figures of older
-code; round 8's training-data rule judged again against this round's ``d_default``: -0.019, same verdict.
+reproduce round 5's scores (pooled mean 0.764 against 0.762): round 5 ran with ``--workers 1`` (2 torch
+threads per fold), rounds 8-9 with ``--workers 2`` (1 thread), and another summation order is another
+trajectory (with 2 threads today's code gives round 5's fold 1 to every digit). Round 8's training-data rule
+judged again against this round's ``d_default`` (1 thread, like ``d_ham``): -0.019, the same verdict. Compare
+only runs with the same ``--workers`` on the same machine; the summary records ``threads_per_fold``.
 """
 
 from __future__ import annotations
@@ -648,6 +651,8 @@ def main() -> None:
             h: decide_pair(summary["candidates"], h, d) for h, d in PAIRED.items() if h in summary["candidates"]
         }
     summary["fold_seed"] = a.fold_seed
+    # CPU training is deterministic only for a given thread count: runs with other --workers are other draws
+    summary["threads_per_fold"] = max(1, (os.cpu_count() or 2) // min(a.workers, N_FOLDS))
     if "d_ham" in a.disease:
         summary["round8_rules"] = decide_round8(summary["candidates"])
     if a.disease and a.views:
