@@ -906,7 +906,8 @@ def evaluate(
 
     from chaiderm._io import write_json
     from chaiderm.data.records import is_isic2017, load_table
-    from chaiderm.evaluation.evaluate import VOTES, evaluate_index
+    from chaiderm.evaluation.evaluate import evaluate_index
+    from chaiderm.index.knn import VOTES
     from chaiderm.pipeline import Predictor
 
     if not 10 <= n_boot <= 100_000:

@@ -13,7 +13,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from chaiderm.data.records import ImageTable
 from chaiderm.evaluation.metrics import bootstrap_auc_ci, bootstrap_mean_ci, calculate_rel_at_k
-from chaiderm.index.knn import VOTES, knn_vote
+from chaiderm.index.knn import check_vote, knn_vote
 from chaiderm.losses.logic import encode_labels
 from chaiderm.pipeline import Predictor
 
@@ -54,8 +54,7 @@ def evaluate_index(
 ) -> dict:
     """``vote="distance"`` weighs each neighbour by 1 / squared distance (index.knn.knn_vote): the scores
     become continuous, so they also break the ties a k-vote leaves."""
-    if vote not in VOTES:
-        raise ValueError(f"vote: one of {', '.join(VOTES)}, not '{vote}'")
+    check_vote(vote)
     ks = sorted(k for k in ks if k <= len(predictor.index) - 1)
     if not ks:
         raise ValueError("the archive is too small for any k")
@@ -111,8 +110,7 @@ def score_neighbours(
     class AUC@k with 95% bootstrap intervals (classes that no query or every query has are left out), the
     vote's balanced accuracy@k with its interval, and REL@k where queries have groups.
     """
-    if vote not in VOTES:
-        raise ValueError(f"vote: one of {', '.join(VOTES)}, not '{vote}'")
+    check_vote(vote)
     arch_dx = np.asarray(archive_diagnoses)
     q_dx = np.asarray(query_diagnoses)
     rows = np.asarray(rows)

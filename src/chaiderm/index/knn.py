@@ -32,14 +32,12 @@ def knn_vote(
     if k < 1 or k > neighbor_positive.shape[1]:
         raise ValueError(f"k={k} outside 1..{neighbor_positive.shape[1]}")
     votes = neighbor_positive[:, :k].astype(np.float64)
-    if weights == "uniform":
+    if check_vote(weights) == "uniform":
         return votes.mean(axis=1)
-    if weights == "distance":
-        if distances is None:
-            raise ValueError("distance weights need distances")
-        w = vote_weights(distances[:, :k], "distance")
-        return (votes * w).sum(1) / w.sum(1)
-    raise ValueError(f"unknown weights '{weights}'")
+    if distances is None:
+        raise ValueError("distance weights need distances")
+    w = vote_weights(distances[:, :k], "distance")
+    return (votes * w).sum(1) / w.sum(1)
 
 
 def class_distribution(
