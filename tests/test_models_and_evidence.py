@@ -179,6 +179,37 @@ def test_similarity_decomposition_sums_to_gap_dot_product():
     np.testing.assert_allclose(s_r.sum((1, 2)), dots, rtol=1e-5)
 
 
+def test_evidence_sums_never_wake_numpys_blas_threads(monkeypatch):
+    """numpy's OpenBLAS threads spin ~0.1 s after a call, on the cores the next query's forward pass needs
+    (a 5-member query: 121 ms with einsum, 54 ms without; docs/benchmarks.md): the sums must stay in torch."""
+    from chaiderm.evidence.maps import similarity_maps
+
+    def blas(*a, **k):
+        raise AssertionError("numpy BLAS called")
+
+    for name in ("einsum", "dot", "matmul", "tensordot", "inner"):
+        monkeypatch.setattr(np, name, blas)
+    rng = np.random.default_rng(2)
+    gq, gr = rng.random((8, 3, 3)).astype(np.float32), rng.random((4, 8, 3, 3)).astype(np.float32)
+    qam, ram = activation_map_pairs(gq, gr, f_q=gq.mean((1, 2)))
+    s_q, s_r = similarity_maps(gq, gr)
+    assert qam.dtype == ram.dtype == s_q.dtype == np.float32 and qam.shape == s_r.shape == (4, 3, 3)
+
+
+@pytest.mark.parametrize("preset", [None, "32"])
+def test_openblas_threads_sleep_at_once_unless_the_user_says_otherwise(preset):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if preset:
+        env["OPENBLAS_THREAD_TIMEOUT"] = preset
+    code = "import chaiderm, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (preset or "4")
+
+
 def test_bootstrap_ci_and_paired_test():
     from chaiderm.evaluation.metrics import bootstrap_auc_ci, centred_gaussian, paired_bootstrap_test
 
