@@ -106,6 +106,7 @@ def main() -> None:
         "members": len(members),
         "timing_s": timing,
         "recipe_test_sk_auc": test["auc"].get("seborrheic_keratosis"),
+        "recipe_test_sk_auc_ci": test["auc_ci"].get("seborrheic_keratosis"),
         "recipe_test_balanced_accuracy": test["balanced_accuracy"],
         "recipe_test_balanced_accuracy_ci": test.get("balanced_accuracy_ci"),
         "results_melanoma": res,

@@ -226,8 +226,8 @@ def train_cmd(
     recipe: Annotated[
         str | None,
         typer.Option(
-            help="a named recipe: 'recommended' (the model we recommend, docs/accuracy.md) sets --logic and "
-            "--ensemble; leave those out"
+            help="a named recipe: 'recommended' (the model we recommend, docs/accuracy.md) sets --logic, "
+            "--ensemble, --vote, --colour, --colour-jitter and --zoom; leave those out"
         ),
     ] = None,
     nproc: Annotated[
