@@ -6,7 +6,7 @@ Sections (figures merged into ``bench/results.json`` with the machine and date):
 - ``ann``: IVF search over 1,000,000 synthetic 1024-d embeddings, k=10, recall@10 against exact search;
 - ``normalise``: L2-normalised vs raw embeddings, Disease logic on ISIC 2017 train, val AUC per epoch
   (needs the ISIC data);
-- ``ensemble_query``: the ``query`` measurement through ensembles of 2, 3, 5 and 8 Lite0 members;
+- ``ensemble_query``: the ``query`` measurement through ensembles of 2, 3, 5, 8, 10 and 12 Lite0 members;
 - ``ray``: archive embedding in one process and on a local Ray cluster with 1 and 2 actors (images/s);
 - ``serve``: 8 concurrent clients against ``chaiderm serve`` for a minute: query p50/p95 with 10
   evidence pairs, errors, and feedback rows written vs clicks sent.
@@ -382,7 +382,7 @@ def bench_serve(isic: Path, tmp: Path, clients: int = 8, seconds: float = 45.0) 
 
 
 def bench_ensemble_query(isic: Path, tmp: Path, n_queries: int = 30, archive: int = 500) -> dict:
-    """One query with 10 evidence pairs through ensembles of 2, 3, 5 and 8 Lite0 members (seeded heads:
+    """One query with 10 evidence pairs through ensembles of 2, 3, 5, 8, 10 and 12 Lite0 members (seeded heads:
     latency does not depend on training), each over its own index of the same 500 archive images (the
     search itself is a small share of a query; bench `query` measures it over 2000)."""
     from chaiderm.config import ModelConfig, RunConfig
@@ -396,11 +396,16 @@ def bench_ensemble_query(isic: Path, tmp: Path, n_queries: int = 30, archive: in
     images = [load_image(p) for p in table.paths[:n_queries]]
     out: dict = {"data": source, "archive": len(table), "k": 10, "evidence_pairs": 10, "queries": n_queries}
     members = []
-    sizes = (2, 3, 5, 8)
+    sizes = (2, 3, 5, 8, 10, 12)
     for seed in range(max(sizes)):
         torch.manual_seed(seed)
         cfg = RunConfig(model=ModelConfig())
-        save_model(build_model(cfg.model).eval(), tmp / f"member{seed}", cfg)
+        net = build_model(cfg.model).eval()
+        with torch.no_grad():  # as fine-tuning leaves them: each member's own unfrozen stages, a shared stem
+            for stage in net.backbone.stages[net.freeze_stages :]:
+                for t in stage.parameters():
+                    t.add_(torch.randn_like(t) * 1e-3)
+        save_model(net, tmp / f"member{seed}", cfg)
         members.append(str(tmp / f"member{seed}"))
     for n in sizes:
         net, cfg = combine(members[:n], tmp / f"ens{n}")
@@ -423,6 +428,7 @@ def bench_ensemble_query(isic: Path, tmp: Path, n_queries: int = 30, archive: in
             "p95_ms": float(np.percentile(ms, 95)),
             "index_build_s": build_s,
             "maps_gb": float(index.maps.nbytes / 2**30) if index.maps is not None else 0.0,
+            "shared_stages": net.shared_stages(),
         }
         shutil.rmtree(tmp / f"ens{n}_index")
     return out

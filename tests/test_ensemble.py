@@ -43,6 +43,38 @@ def test_ensemble_distance_and_maps_are_the_members_summed(tmp_path, rng):
     np.testing.assert_allclose(ram, sum(r for _, r in member_pairs), rtol=1e-4, atol=1e-6)
 
 
+def test_stages_the_members_share_are_computed_once_and_change_nothing(tmp_path, rng):
+    """Members fine-tuned from one backbone keep its frozen stem: the ensemble runs it once per image,
+    and its maps are bit-identical to each member's own."""
+    a = _member(tmp_path / "a", 0)
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    net = build_model(cfg.model).eval()
+    with torch.no_grad():  # a second member: the same first two stages, its own later stages and head
+        for s in list(net.backbone.stages[2:]) + [net.proj]:
+            for t in s.parameters():
+                t.add_(torch.randn_like(t) * 0.1)
+    save_model(net, tmp_path / "b", cfg)
+    c = _member(tmp_path / "c", 1)  # another backbone altogether
+    runner.invoke(app, ["ensemble", str(a), str(tmp_path / "b"), "--out", str(tmp_path / "ab")])
+    runner.invoke(app, ["ensemble", str(a), str(tmp_path / "b"), str(c), "--out", str(tmp_path / "abc")])
+    ab, abc = load_model(tmp_path / "ab")[0], load_model(tmp_path / "abc")[0]
+    assert ab.shared_stages() == 2 and abc.shared_stages() == 0
+    x = torch.from_numpy(rng.random((3, 3, 64, 64), dtype=np.float32))
+    calls = []
+    hooks = [m.backbone.stages[0].register_forward_hook(lambda *_: calls.append(1)) for m in ab.members]
+    with torch.no_grad():
+        g = ab.forward_features(x)
+    for h in hooks:
+        h.remove()
+    assert len(calls) == 1  # the shared stem ran once for both members
+    with torch.no_grad():
+        own = torch.cat([m.evidence_maps(x)[0] for m in ab.members], 1)
+    assert torch.equal(g, own)  # bit for bit
+    ab.load_state_dict(ab.state_dict())
+    assert ab._shared is None and ab.shared_stages() == 2  # reloaded weights are counted again
+
+
 def test_an_ensemble_indexes_queries_and_evaluates_like_a_run(tmp_path, synth_dir):
     runs = [_member(tmp_path / f"m{s}", s) for s in range(2)]
     ens, ix = tmp_path / "ens", tmp_path / "ix"

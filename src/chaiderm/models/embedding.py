@@ -99,14 +99,15 @@ class EmbeddingNet(nn.Module):
     def transferred_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.backbone.parameters() if p.requires_grad]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Activation maps g(x): ``(B, D, h, w)``, non-negative."""
+    def forward_features(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Activation maps g(x): ``(B, D, h, w)``, non-negative. ``start``: ``x`` is the output of the first
+        ``start`` backbone stages already (an ensemble computes the stages its members share once)."""
         stages = self.backbone.stages
-        if self.freeze_stages:
+        if start < self.freeze_stages:
             with torch.no_grad():
-                for s in stages[: self.freeze_stages]:
+                for s in stages[start : self.freeze_stages]:
                     x = s(x)
-        for s in stages[self.freeze_stages :]:
+        for s in stages[max(start, self.freeze_stages) :]:
             x = s(x)
         if self.proj is not None:
             x = F.relu(self.proj(x))
@@ -130,9 +131,9 @@ class EmbeddingNet(nn.Module):
             raise ArtifactError("this model has no classifier head")
         return self.classifier(self.pool(self.forward_features(x)))
 
-    def evidence_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def evidence_maps(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(maps, embedding)`` with ``maps.mean((2, 3)) == embedding`` exactly."""
-        g = self.forward_features(x)
+        g = self.forward_features(x, start)
         if self.cfg.normalize:
             norm = self.pool(g).norm(dim=1).clamp_min(EPS)
             g = g / norm.view(-1, 1, 1, 1)

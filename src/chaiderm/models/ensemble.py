@@ -32,6 +32,7 @@ class EnsembleNet(nn.Module):
         self.dim = sum(m.dim for m in members)
         self.classifier = None
         self.freeze_stages = 0
+        self._shared: int | None = None
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -45,10 +46,45 @@ class EnsembleNet(nn.Module):
     def colour(self) -> str:
         return self.cfg.colour
 
+    def shared_stages(self) -> int:
+        """How many leading backbone stages every member has with equal weights and buffers: members
+        fine-tuned from one ImageNet backbone keep its frozen stem identical (the first 6 of Lite0's 18
+        stages), so it is computed once per image, not once per member. An ensemble is never trained:
+        its weights change only through ``load_state_dict``, which forgets the count."""
+        if self._shared is None:
+            self._shared = self._count_shared()
+        return self._shared
+
+    def load_state_dict(self, *args, **kwargs):  # type: ignore[override]
+        self._shared = None
+        return super().load_state_dict(*args, **kwargs)
+
+    def _count_shared(self) -> int:
+        stages = [getattr(getattr(m, "backbone", None), "stages", None) for m in self.members]
+        if any(s is None for s in stages):
+            return 0
+        n = 0
+        for i in range(min(len(s) for s in stages)):
+            first = stages[0][i].state_dict()
+            for other in stages[1:]:
+                mod = other[i]
+                theirs = mod.state_dict()
+                if type(mod) is not type(stages[0][i]) or theirs.keys() != first.keys():
+                    return n
+                if not all(torch.equal(first[k], theirs[k]) for k in first):
+                    return n
+            n = i + 1
+        return n
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The members' evidence maps stacked: ``(B, sum of D, h, w)``; each member's part averages to
-        its own embedding (L2-normalised where that member normalises)."""
-        return torch.cat([m.evidence_maps(x)[0] for m in self.members], dim=1)
+        its own embedding (L2-normalised where that member normalises). Bit-identical to running each
+        member on ``x``: the shared stages are the same modules' arithmetic on the same input."""
+        # training mode would update each member's BN statistics, which a shared pass would skip
+        n = 0 if self.training else self.shared_stages()
+        for s in self.members[0].backbone.stages[:n] if n else ():
+            x = s(x)
+        return torch.cat([m.evidence_maps(x, n)[0] if n else m.evidence_maps(x)[0] for m in self.members], dim=1)
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
         return fmap.mean(dim=(2, 3))
