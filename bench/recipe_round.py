@@ -1,8 +1,8 @@
 """One round of the recommended recipe, as a user runs it, with its guard and ablation:
-``python bench/recipe_round.py --work DIR --out bench/accuracy_recipe_round3.json``.
+``python bench/recipe_round.py --work DIR --ablation 5 --out bench/accuracy_recipe_round4.json``.
 
 1. ``chaiderm train --recipe recommended`` (skipped where ``DIR/run`` holds a finished run);
-2. the recipe's first three members as one ensemble (``chaiderm ensemble``), the previous recipe;
+2. the recipe's first ``--ablation`` members as one ensemble (``chaiderm ensemble``), the previous recipe;
 3. both indexed over the ISIC 2017 training split and scored on data one may tune on (the official
    validation split, the ham10000_dev tune half): the guard (docs/accuracy.md, recipe round 3) decides
    from these alone whether the recipe keeps its members;
@@ -44,13 +44,13 @@ def _mel(path: Path) -> dict:
     return {"auc": d["auc"][MEL], "auc_ci": d["auc_ci"][MEL], "file": path.name}
 
 
-def guard(five: dict, three: dict, margin: float = 0.01) -> dict:
-    """The rule written before the run: the recipe keeps five members unless they score below three on
-    both tunable sets by more than ``margin`` (validation: mean AUC@3..40; tune half: AUC@20)."""
-    val = sum(five["val"]["auc"][k] - three["val"]["auc"][k] for k in KS) / len(KS)
-    tune = five["ham_tune"]["auc"]["20"] - three["ham_tune"]["auc"]["20"]
+def guard(recipe: dict, smaller: dict, margin: float = 0.01) -> dict:
+    """The rule written before the run: the recipe keeps its members unless it scores below the smaller
+    ensemble on both tunable sets by more than ``margin`` (validation: mean AUC@3..40; tune half: AUC@20)."""
+    val = sum(recipe["val"]["auc"][k] - smaller["val"]["auc"][k] for k in KS) / len(KS)
+    tune = recipe["ham_tune"]["auc"]["20"] - smaller["ham_tune"]["auc"]["20"]
     keep = not (val < -margin and tune < -margin)
-    return {"val_mean_gain": val, "ham_tune_auc20_gain": tune, "margin": margin, "five_members_kept": keep}
+    return {"val_mean_gain": val, "ham_tune_auc20_gain": tune, "margin": margin, "recipe_members_kept": keep}
 
 
 def main() -> None:
@@ -60,7 +60,8 @@ def main() -> None:
     ap.add_argument("--ham", type=Path, default=SHARED / "ham10000_dev")
     ap.add_argument("--ham-tune", type=Path, required=True, help="external_select.py's tune half (labels.csv)")
     ap.add_argument("--ham-report", type=Path, required=True, help="external_select.py's report half")
-    ap.add_argument("--out", type=Path, default=HERE / "accuracy_recipe_round3.json")
+    ap.add_argument("--ablation", type=int, default=3, help="members of the smaller ensemble it is guarded against")
+    ap.add_argument("--out", type=Path, default=HERE / "accuracy_recipe_round.json")
     a = ap.parse_args()
     w = a.work
     ev = w / "eval"
@@ -70,9 +71,11 @@ def main() -> None:
     if not (run / "model.safetensors").exists():
         _run(["train", "--data", str(a.isic), "--out", str(run), "--recipe", "recommended"], timing, "train")
     members = sorted((run / "members").iterdir())
-    models = {"recipe": run, "first_three": w / "ens3"}
-    if not (w / "ens3" / "model.safetensors").exists():
-        _run(["ensemble", *map(str, members[:3]), "--out", str(w / "ens3"), "--vote", "distance"], timing, "ens3")
+    small = f"first_{a.ablation}"
+    models = {"recipe": run, small: w / f"ens{a.ablation}"}
+    if not (models[small] / "model.safetensors").exists():
+        _run(["ensemble", *map(str, members[: a.ablation]), "--out", str(models[small]), "--vote", "distance"],
+             timing, small)  # fmt: skip
     for name, model in models.items():
         if not (w / f"ix_{name}").exists():
             _run(
@@ -92,7 +95,7 @@ def main() -> None:
     for name in models:  # tunable data first: the guard reads nothing else
         res[name]["val"] = evaluate(name, "val", a.isic, "val")
         res[name]["ham_tune"] = evaluate(name, "ham_tune", a.ham_tune, None)
-    decision = guard(res["recipe"], res["first_three"])
+    decision = guard(res["recipe"], res[small])
     print("guard:", json.dumps(decision), flush=True)
     for name in models:
         res[name]["test"] = evaluate(name, "test", a.isic, "test")
@@ -100,8 +103,8 @@ def main() -> None:
         res[name]["ham_all"] = evaluate(name, "ham_all", a.ham, None)
     test = json.loads((ev / "recipe_test.json").read_text())
     out = {
-        "what": "recipe round 3: `chaiderm train --recipe recommended` with five Disease members (distance vote), "
-        "its first three members as the ablation; guard on tunable data before the test split was read",
+        "what": f"`chaiderm train --recipe recommended` with {len(members)} Disease members (distance vote), its "
+        f"first {a.ablation} members as the ablation; guard on tunable data before the test split was read",
         "guard": decision,
         "members": len(members),
         "timing_s": timing,

@@ -153,18 +153,18 @@ def test_train_ensemble_trains_its_members_and_combines_them(tmp_path, synth_dir
     assert r.exit_code == 0 and "member 1 of 2" not in r.output, r.output
 
 
-def test_the_recommended_recipe_is_five_disease_seeds_by_name(tmp_path, synth_dir):
+def test_the_recommended_recipe_is_eight_disease_seeds_by_name(tmp_path, synth_dir):
     from chaiderm.training.recipes import RECIPES
 
     out = tmp_path / "rec"
     args = ["train", "--data", str(synth_dir), "--out", str(out), "--backbone", "tiny", "--no-pretrained",
             "--image-size", "64", "--load-size", "72", "--epochs", "1", "--recipe", "recommended"]  # fmt: skip
     r = runner.invoke(app, args)
-    assert r.exit_code == 0 and "ensemble of 5 members" in r.output, r.output
+    assert r.exit_code == 0 and "ensemble of 8 members" in r.output, r.output
     _, cfg = load_model(out)
     assert cfg.train.recipe == "recommended" and len(cfg.model.members) == RECIPES["recommended"].ensemble
     assert cfg.model.vote == RECIPES["recommended"].vote == "distance"  # round 8's choice reaches the model
-    for s in ("seed0", "seed1", "seed2", "seed3", "seed4"):
+    for s in [f"seed{i}" for i in range(8)]:
         _, m = load_model(out / "members" / s)
         assert m.train.logic == "disease" and m.train.recipe == "recommended"
     # the recipe's own settings are never silently replaced, not even by a value that is the default
