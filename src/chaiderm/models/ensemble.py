@@ -82,9 +82,9 @@ class EnsembleNet(nn.Module):
         member on ``x``: the shared stages are the same modules' arithmetic on the same input."""
         # training mode would update each member's BN statistics, which a shared pass would skip
         n = 0 if self.training else self.shared_stages()
-        for s in self.members[0].backbone.stages[:n] if n else ():
+        for s in self.members[0].backbone.stages[:n]:
             x = s(x)
-        return torch.cat([m.evidence_maps(x, n)[0] if n else m.evidence_maps(x)[0] for m in self.members], dim=1)
+        return torch.cat([m.evidence_maps(x, n)[0] for m in self.members], dim=1)
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
         return fmap.mean(dim=(2, 3))
