@@ -90,6 +90,11 @@ def test_an_ensemble_indexes_queries_and_evaluates_like_a_run(tmp_path, synth_di
     r = runner.invoke(app, ["evaluate", "--model", str(ens), "--index", str(ix), "--data", str(synth_dir),
                             "--split", "test", "--n-boot", "20", "--out", str(tmp_path / "ev.json")])  # fmt: skip
     assert r.exit_code == 0, r.output
+    from chaiderm.pipeline import Predictor
+    from chaiderm.web.app import describe
+
+    info = describe(Predictor.load(ens, ix), ens, ix)  # what the viewer's header says is loaded
+    assert (info["logic"], info["backbone"]) == ("ensemble", "2 x tiny")
 
 
 def test_members_that_cannot_be_combined_are_refused(tmp_path, synth_dir):

@@ -34,10 +34,15 @@ log = logging.getLogger("chaiderm.serve")
 def describe(predictor: Predictor, model_dir: str | Path, index_dir: str | Path) -> dict[str, Any]:
     """What the page says is loaded: model, archive and whether the archive is synthetic."""
     idx, cfg = predictor.index, predictor.cfg
+    logic, backbone = cfg.train.logic, cfg.model.backbone
+    if cfg.model.members:  # an ensemble: "(recipe recommended, 8 x efficientnet_lite0)", not "(none, ensemble)"
+        logic = f"recipe {cfg.train.recipe}" if cfg.train.recipe else "ensemble"
+        kinds = sorted({str(m.get("backbone", "?")) for m in cfg.model.members})
+        backbone = f"{len(cfg.model.members)} x {' + '.join(kinds)}"
     return {
         "model": Path(model_dir).resolve().name,
-        "logic": cfg.train.logic,
-        "backbone": cfg.model.backbone,
+        "logic": logic,
+        "backbone": backbone,
         "archive": Path(index_dir).resolve().name,
         "archive_size": len(idx),
         "diagnoses": {d: predictor.counts[d] for d in predictor.classes},  # most frequent first
