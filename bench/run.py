@@ -382,9 +382,11 @@ def bench_serve(isic: Path, tmp: Path, clients: int = 8, seconds: float = 45.0) 
 
 
 def bench_ensemble_query(isic: Path, tmp: Path, n_queries: int = 30, archive: int = 500) -> dict:
-    """One query with 10 evidence pairs through ensembles of 2, 3, 5, 8, 10 and 12 Lite0 members (seeded heads:
-    latency does not depend on training), each over its own index of the same 500 archive images (the
-    search itself is a small share of a query; bench `query` measures it over 2000)."""
+    """One query with 10 evidence pairs through ensembles of 2, 3, 5, 8, 10 and 12 Lite0 members, each over
+    its own index of the same 500 archive images (the search itself is a small share of a query; bench
+    `query` measures it over 2000). Members are seeded heads on the ImageNet backbone with the stages past
+    its frozen stem perturbed: latency depends on what members share (the stem, computed once), not on
+    what they learned."""
     from chaiderm.config import ModelConfig, RunConfig
     from chaiderm.data.images import load_image
     from chaiderm.models.embedding import build_model, save_model
