@@ -60,6 +60,13 @@ def test_stages_the_members_share_are_computed_once_and_change_nothing(tmp_path,
     runner.invoke(app, ["ensemble", str(a), str(tmp_path / "b"), str(c), "--out", str(tmp_path / "abc")])
     ab, abc = load_model(tmp_path / "ab")[0], load_model(tmp_path / "abc")[0]
     assert ab.shared_stages() == 2 and abc.shared_stages() == 0
+    _member(tmp_path / "a_rep", 0, padding="replicate")  # a's weights, another padding: other arithmetic
+    runner.invoke(app, ["ensemble", str(a), str(tmp_path / "a_rep"), "--out", str(tmp_path / "pad")])
+    pad = load_model(tmp_path / "pad")[0]
+    assert pad.shared_stages() == 0
+    with torch.no_grad():
+        xp = torch.rand(2, 3, 64, 64)
+        assert torch.equal(pad.forward_features(xp), torch.cat([m.evidence_maps(xp)[0] for m in pad.members], 1))
     x = torch.from_numpy(rng.random((3, 3, 64, 64), dtype=np.float32))
     calls = []
     hooks = [m.backbone.stages[0].register_forward_hook(lambda *_: calls.append(1)) for m in ab.members]

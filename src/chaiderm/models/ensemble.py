@@ -63,6 +63,9 @@ class EnsembleNet(nn.Module):
         stages = [getattr(getattr(m, "backbone", None), "stages", None) for m in self.members]
         if any(s is None for s in stages):
             return 0
+        # equal weights are not equal arithmetic where padding differs (combine lets members differ in it)
+        if len({m.cfg.padding for m in self.members}) > 1:
+            return 0
         n = 0
         for i in range(min(len(s) for s in stages)):
             first = stages[0][i].state_dict()
