@@ -1,0 +1,195 @@
+"""Round 10: a fixed rescaling of the embedding, fitted on the training images, judged on training folds.
+
+    python bench/cv_rescale.py --cv WORK_OF_ROUND_9 [--cache DIR] [--out bench/cv_round10.json]
+
+Why: the recommended model's distance is the plain squared Euclidean distance between GAP embeddings, so
+the few channels with the largest spread decide most rankings. Retrieval practice rescales or whitens the
+descriptor on the training set before search; no training run is needed to find out whether that helps
+here, only the fold models round 9 already trained (``bench/cv_select.py --fold-seed 2 --disease
+d_default``, 1 torch thread per fold).
+
+Protocol. For fold f, round 9's ``d_default_f<f>`` model embeds all 2000 training images (2 torch
+threads). Each transform is fitted on the four training folds' embeddings only (no labels), applied to
+archive and queries alike; fold f's images query the other four folds; votes are distance-weighted, as in
+the recipe. The melanoma votes of all 2000 queries are pooled and scored: AUC@k, k = 3, 5, 10, 20, 40, and
+their mean. The test split and ham10000_dev are never read.
+
+Candidates (``TRANSFORMS``). Adoptable ones keep the evidence maps as they are meant: a per-channel scale
+s > 0 multiplies each channel's map by s, so the maps stay non-negative and their spatial mean is still the
+embedding searched with (Eq. 2-3 unchanged); unit length divides a whole image's maps by one number.
+- ``std``: each channel divided by its standard deviation over the training images;
+- ``sqrt_std``: divided by the square root of it (half way);
+- ``l2``: each embedding scaled to unit length;
+- ``std+l2``: both.
+Measured for information only: ``pcaw256`` and ``pcaw256+l2``, PCA whitening to 256 dimensions (eigenvalues
+shrunk by 1e-3 of their mean). A rotation makes the maps signed, so the QAM/RAM would no longer show where
+the differing channels fire; none can be adopted this round.
+
+Decision rule, fixed before the first scoring (:func:`decide`): the adoptable candidate with the highest
+pooled mean AUC is adopted if it beats ``raw`` by more than 0.005 pooled and has the higher per-fold mean
+AUC in at least 4 of 5 folds. An adopted transform then enters the recipe only through the guard of the
+recipe rounds: fitted per member on that member's training images, the eight-member ensemble with it must
+not score lower than without it on both tunable sets (ISIC 2017 validation split, ham10000_dev tune half);
+only then is the test split read, once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_ISIC = HERE.parent.parent / "shared" / "data" / "isic2017"
+KS = (3, 5, 10, 20, 40)
+N_FOLDS = 5
+ADOPTABLE = ("std", "sqrt_std", "l2", "std+l2")
+INFORMATION = ("pcaw256", "pcaw256+l2")
+MARGIN = 0.005
+
+
+def fit_transform(name: str, train: np.ndarray):
+    """A function embedding -> transformed embedding, fitted on ``train`` (rows are embeddings)."""
+    train = np.asarray(train, np.float64)
+    steps = name.split("+")
+    scale = None
+    proj = None
+    if "std" in steps or "sqrt_std" in steps:
+        sd = train.std(axis=0)
+        sd = np.where(sd > 0, sd, sd[sd > 0].mean() if (sd > 0).any() else 1.0)
+        scale = 1.0 / (sd if "std" in steps else np.sqrt(sd))
+    if "pcaw256" in steps:
+        mu = train.mean(axis=0)
+        cov = np.cov(train - mu, rowvar=False)
+        lam, vec = np.linalg.eigh(cov)
+        order = np.argsort(lam)[::-1][:256]
+        lam, vec = lam[order], vec[:, order]
+        proj = (mu, vec / np.sqrt(lam + 1e-3 * lam.mean()))
+    unit = "l2" in steps
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        if scale is not None:
+            x = x * scale
+        if proj is not None:
+            x = (x - proj[0]) @ proj[1]
+        if unit:
+            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return x.astype(np.float32)
+
+    return apply
+
+
+def embed_folds(cv: Path, isic: Path, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Each fold model's embeddings of all training images, cached in ``cache`` (not in the repo: they are
+    computed from the images). Returns ``(embeddings (folds, N, D), melanoma (N,))``."""
+    import torch
+
+    from chaiderm.data.records import load_table
+    from chaiderm.data.transforms import prepare
+    from chaiderm.models.embedding import load_model
+    from chaiderm.models.inference import embed
+
+    torch.set_num_threads(2)
+    tr = load_table(isic, "train")
+    cache.mkdir(parents=True, exist_ok=True)
+    imgs = None
+    out = []
+    for f in range(N_FOLDS):
+        path = cache / f"fold{f}.npy"
+        if not path.exists():
+            if imgs is None:
+                imgs = prepare(tr.paths, 256)[0]
+            model, cfg = load_model(cv / f"d_default_f{f}")
+            np.save(path, embed(model, imgs, cfg.model.image_size)[0])
+        out.append(np.load(path))
+    return np.stack(out), tr.is_positive("melanoma")
+
+
+def score(emb: np.ndarray, y: np.ndarray, fold_of: np.ndarray, name: str) -> dict:
+    from chaiderm.evaluation.metrics import calculate_auc_at_k
+    from chaiderm.index.faiss_index import exact_search
+
+    labs, dists, helds, per_fold = [], [], [], {}
+    for f in range(N_FOLDS):
+        keep, held = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
+        t = (lambda x: np.asarray(x, np.float32)) if name == "raw" else fit_transform(name, emb[f][keep])
+        dist, rows = exact_search(t(emb[f][keep]), t(emb[f][held]), max(KS))
+        lab = y[keep][rows].astype(float)
+        auc = calculate_auc_at_k(lab, y[held], KS, dist, "distance")
+        per_fold[f] = {"auc": {str(k): v for k, v in auc.items()}, "mean": float(np.mean(list(auc.values())))}
+        labs.append(lab)
+        dists.append(dist)
+        helds.append(held)
+    pooled = calculate_auc_at_k(np.concatenate(labs), y[np.concatenate(helds)], KS, np.concatenate(dists), "distance")
+    return {
+        "per_fold": per_fold,
+        "pooled_auc": {str(k): v for k, v in pooled.items()},
+        "pooled_mean": float(np.mean(list(pooled.values()))),
+    }
+
+
+def decide(table: dict) -> dict:
+    raw = table["raw"]
+    best = max(ADOPTABLE, key=lambda n: table[n]["pooled_mean"])
+    gain = table[best]["pooled_mean"] - raw["pooled_mean"]
+    wins = sum(table[best]["per_fold"][f]["mean"] > raw["per_fold"][f]["mean"] for f in raw["per_fold"])
+    adopted = gain > MARGIN and wins >= 4
+    return {
+        "best_adoptable": best,
+        "gain": gain,
+        "folds_won": wins,
+        "adopted": best if adopted else None,
+        "decision": f"{best} {'adopted' if adopted else 'not adopted'} ({gain:+.4f} pooled, {wins}/5 folds)",
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cv", type=Path, required=True, help="round 9's work folder (d_default_f0 ... f4)")
+    ap.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/cv_rescale_cache"))
+    ap.add_argument("--fold-seed", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=HERE / "cv_round10.json")
+    a = ap.parse_args()
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    from cv_select import folds_of
+
+    from chaiderm._io import write_json
+    from chaiderm.data.records import load_table
+
+    t0 = time.perf_counter()
+    emb, y = embed_folds(a.cv, a.isic, a.cache)
+    t_embed = time.perf_counter() - t0
+    fold_of = folds_of(load_table(a.isic, "train").diagnoses, a.fold_seed)
+    table = {n: score(emb, y, fold_of, n) for n in ("raw", *ADOPTABLE, *INFORMATION)}
+    for n, e in table.items():
+        print(f"{n:12s} pooled mean {e['pooled_mean']:.4f}  " + " ".join(f"{k}:{v:.3f}" for k, v in e["pooled_auc"].items()))
+    decision = decide(table)
+    print(decision["decision"])
+    write_json(
+        a.out,
+        {
+            "candidates": table,
+            **decision,
+            "fold_seed": a.fold_seed,
+            "vote": "distance",
+            "models": "cv_round9 d_default_f0..f4 (1 torch thread per fold in training)",
+            "embed_threads": 2,
+            "embed_s": round(t_embed, 1),
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
+            "date": datetime.date.today().isoformat(),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
