@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import time
 from pathlib import Path
@@ -160,10 +159,9 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(HERE))
-    from cv_select import folds_of
-
     from chaiderm._io import write_json
     from chaiderm.data.records import load_table
+    from cv_select import folds_of
 
     t0 = time.perf_counter()
     emb, y = embed_folds(a.cv, a.isic, a.cache)
@@ -171,7 +169,10 @@ def main() -> None:
     fold_of = folds_of(load_table(a.isic, "train").diagnoses, a.fold_seed)
     table = {n: score(emb, y, fold_of, n) for n in ("raw", *ADOPTABLE, *INFORMATION)}
     for n, e in table.items():
-        print(f"{n:12s} pooled mean {e['pooled_mean']:.4f}  " + " ".join(f"{k}:{v:.3f}" for k, v in e["pooled_auc"].items()))
+        print(
+            f"{n:12s} pooled mean {e['pooled_mean']:.4f}  "
+            + " ".join(f"{k}:{v:.3f}" for k, v in e["pooled_auc"].items())
+        )
     decision = decide(table)
     print(decision["decision"])
     write_json(
