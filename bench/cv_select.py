@@ -120,6 +120,10 @@ DISEASE: dict[str, tuple[dict, dict]] = {
     "d_colour": ({"colour": "shades_of_gray"}, {"colour_jitter": 0.2}),
     "d_lite1": ({"backbone": "efficientnet_lite1", "image_size": 240}, {}),
     "d_ham": ({}, {}),  # + ham10000_dev in training (EXTRA_DATA)
+    # round 11: another seed of d_default, and EfficientNet-Lite1 at Lite0's input (ensemble members must
+    # share one input size), judged as the second member beside d_default by bench/cv_members.py
+    "d_reseed": ({}, {"seed_shift": 100}),
+    "d_lite1_224": ({"backbone": "efficientnet_lite1"}, {}),
 }
 # Disease candidates trained on more than the four ISIC folds: the extra source (a --ham folder)
 EXTRA_DATA = {"d_ham": "ham"}
@@ -308,6 +312,8 @@ def run_fold(
                 break
             t0 = time.perf_counter()
             m_set, t_set = DISEASE[d_name]
+            t_set = dict(t_set)
+            shift = t_set.pop("seed_shift", 0)  # another draw of the same candidate on the same folds
             table = tr_t.subset(keep)
             if EXTRA_DATA.get(d_name) == "ham":
                 if ham_t is None:
@@ -316,7 +322,15 @@ def run_fold(
             cfg = RunConfig(
                 model=ModelConfig(load_size=256, **m_set),
                 train=TrainConfig(
-                    **{"logic": "disease", "epochs": 3, "seed": seed, "val_k": 20, "chunk_size": chunk, **t_set, **cap}
+                    **{
+                        "logic": "disease",
+                        "epochs": 3,
+                        "seed": seed + shift,
+                        "val_k": 20,
+                        "chunk_size": chunk,
+                        **t_set,
+                        **cap,
+                    }
                 ),
             )
             d_run = work / f"{d_name}_f{fold}"
