@@ -23,6 +23,10 @@ than 0.01 in melanoma AUC@20 *and* in the mean of AUC@3..40; of two that pass, t
 is adopted, it is measured once on the report half, with the statistics of the whole tune half (the
 clinic's earlier unlabelled images), and reported beside, never in place of, the figure for a model that
 never saw the clinic. The ISIC 2017 test split is not read.
+
+Outcome (2026-11-27, the round 4 recipe): ``affine`` adopted on the tune half (AUC@20 +0.018, mean +0.027);
+on the report half +0.007 at k = 20 (0.664 -> 0.671), inside its noise; not built into chaiderm
+(docs/accuracy.md).
 """
 
 from __future__ import annotations
