@@ -4,9 +4,9 @@
     python bench/cv_members.py --cv9 WORK_OF_ROUND_9 --cv11 W11 [--cache DIR] [--out bench/cv_round11.json]
 
 Why: the recommended model's eight members differ only by their training seed, and more seeds stopped
-paying (recipe rounds 3-4, docs/accuracy.md). Members that differ by more than the seed may err in other
-places. EfficientNet-Lite1 is the next backbone; it runs at Lite0's 224 input here because an ensemble's
-members must see one input (``models/ensemble.py``).
+paying (recipe rounds 3-4, docs/experiments/recipe_rounds.md). Members that differ by more than the
+seed may err in other places. EfficientNet-Lite1 is the next backbone; it runs at Lite0's 224 input here
+because an ensemble's members must see one input (``models/ensemble.py``).
 
 Protocol. Split and seeds of round 9 (fold seed 2, training seeds 10-14, 1 torch thread per fold):
 ``d_default`` is round 9's model; ``d_reseed`` is the same candidate from seed + 100; ``d_lite1_224`` is

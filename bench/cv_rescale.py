@@ -33,7 +33,8 @@ not score lower than without it on both tunable sets (ISIC 2017 validation split
 only then is the test split read, once.
 
 Outcome (2026-11-27, 2.7 min on the 2-core CPU): ``raw`` 0.7701 pooled mean (round 9's ``d_default+distance``
-to every digit); the best adoptable, ``sqrt_std``, -0.0047 and 1 of 5 folds: nothing adopted (docs/accuracy.md).
+to every digit); the best adoptable, ``sqrt_std``, -0.0047 and 1 of 5 folds: nothing adopted
+(docs/experiments/recipe_rounds.md).
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ fixed before it ran (:func:`decide_round8`):
   against ``d_ham+distance``).
 The test split is not read; a model trained with ham10000_dev can no longer be measured on it as external.
 Outcome: training data -0.017 (2 of 5 folds), not adopted; distance votes +0.008 (5 of 5), adopted; archive
--0.002, not adopted (docs/accuracy.md).
+-0.002, not adopted (docs/experiments/recipe_rounds.md).
 
 Round 9 (CPU, third split again: ``--fold-seed 2 --disease d_default --views flip flip4 --baseline
 <round 5>``): test-time views for the recommended recipe's members, which vote by distance. ``d_default``

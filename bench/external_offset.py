@@ -26,7 +26,7 @@ never saw the clinic. The ISIC 2017 test split is not read.
 
 Outcome (2026-11-27, the round 4 recipe): ``affine`` adopted on the tune half (AUC@20 +0.018, mean +0.027);
 on the report half +0.007 at k = 20 (0.664 -> 0.671), inside its noise; not built into chaiderm
-(docs/accuracy.md).
+(docs/experiments/recipe_rounds.md).
 """
 
 from __future__ import annotations

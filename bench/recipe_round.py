@@ -4,7 +4,8 @@
 1. ``chaiderm train --recipe recommended`` (skipped where ``DIR/run`` holds a finished run);
 2. the recipe's first ``--ablation`` members as one ensemble (``chaiderm ensemble``), the previous recipe;
 3. both indexed over the ISIC 2017 training split and scored on data one may tune on (the official
-   validation split, the ham10000_dev tune half): the guard (docs/accuracy.md, recipe rounds 3-4) decides
+   validation split, the ham10000_dev tune half): the guard (docs/experiments/recipe_rounds.md, recipe
+   rounds 3-4) decides
    from these alone whether the recipe keeps its members;
 4. only then both on the ISIC 2017 test split and ham10000_dev (report half, all): the recipe's figures,
    and the smaller ensemble's as the ablation.
