@@ -20,6 +20,9 @@ pair ``d_default + d_lite1_224`` beats ``d_default + d_reseed`` by more than 0.0
 the higher per-fold mean AUC in at least 4 of 5 folds. Adopting also needs a recipe round of its own
 (a member count within 150 ms at the 95th percentile, measured first, since a Lite1 member shares no stem
 with Lite0 ones, and the guard on the validation split and the ham10000_dev tune half).
+
+Outcome (2026-11-27, 2-core CPU; 31 min of training, 4.5 min here): the Lite1 pair 0.7719 pooled mean against
+the seed pair's 0.7725 (-0.0006, 2 of 5 folds): not adopted (docs/experiments/recipe_rounds.md).
 """
 
 from __future__ import annotations
