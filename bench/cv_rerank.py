@@ -23,6 +23,9 @@ ensemble its pooled mean AUC is not below ``plain``'s; of two that pass, the hig
 ``d_default`` wins. A candidate that passes then meets the recipe's guard (the eight-member recipe with and
 without it on the ISIC validation split and the ham10000_dev tune half) before the test split is read once.
 The evidence maps explain d(q, r); a re-ranked result would say so in its explanation.
+
+Outcome (2026-11-27): on ``d_default`` local -0.001 (2 of 5 folds), csls +0.000 (3 of 5); on the pair +0.005 and
++0.004: nothing adopted (docs/experiments/recipe_rounds.md).
 """
 
 from __future__ import annotations
