@@ -90,6 +90,19 @@ threads per fold), rounds 8-9 with ``--workers 2`` (1 thread), and another summa
 trajectory (with 2 threads today's code gives round 5's fold 1 to every digit). Round 8's training-data rule
 judged again against this round's ``d_default`` (1 thread, like ``d_ham``): -0.019, the same verdict. Compare
 only runs with the same ``--workers`` on the same machine; the summary records ``threads_per_fold``.
+
+Round 11 (``--disease d_reseed d_lite1_224``): the fold models ``bench/cv_members.py`` compares as second
+members; its rule is there.
+
+Round 13 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_ce --baseline
+bench/cv_round9.json``): the recipe's members learn only from triplets; re-identification practice adds a
+classifier's cross-entropy on the same embedding, which also asks the embedding to separate the diagnoses
+linearly. ``d_ce`` is ``d_default`` plus a diagnosis head on the embedding, its cross-entropy added with
+weight 1 (``TrainConfig.ce_weight``; the head never votes), trained with round 9's seeds and thread count.
+Rule, fixed before it ran (:func:`decide_round13`): the term joins the recipe if ``d_ce+distance`` beats round
+9's ``d_default+distance`` by more than 0.01 pooled mean AUC and wins at least 4 of 5 folds (the rule for a
+change of training in round 8); then a recipe round of its own, guarded on the validation split and the
+ham10000_dev tune half, before the test split is read.
 """
 
 from __future__ import annotations
@@ -124,6 +137,7 @@ DISEASE: dict[str, tuple[dict, dict]] = {
     # share one input size), judged as the second member beside d_default by bench/cv_members.py
     "d_reseed": ({}, {"seed_shift": 100}),
     "d_lite1_224": ({"backbone": "efficientnet_lite1"}, {}),
+    "d_ce": ({}, {"ce_weight": 1.0}),  # round 13: + a diagnosis classifier's cross-entropy on the embedding
 }
 # Disease candidates trained on more than the four ISIC folds: the extra source (a --ham folder)
 EXTRA_DATA = {"d_ham": "ham"}
@@ -512,6 +526,11 @@ def decide_round9(table: dict, base: str = "d_default") -> dict:
     return {"views": report, "chosen": chosen}
 
 
+def decide_round13(table: dict) -> dict:
+    """Round 13's rule (module docstring): the cross-entropy term against round 9's models, distance votes."""
+    return {"ce_weight": _paired(table, "d_ce+distance", "d_default+distance", 0.01)}
+
+
 def decide_views(table: dict, hier: str = "h_groups_half", disease: str = "d_default") -> dict:
     """Round 4's rule for test-time views (module docstring), on a :func:`summarise_folds` table."""
     base, dbase = table.get(hier, {}), table.get(disease, {})
@@ -669,6 +688,8 @@ def main() -> None:
     summary["threads_per_fold"] = max(1, (os.cpu_count() or 2) // min(a.workers, N_FOLDS))
     if "d_ham" in a.disease:
         summary["round8_rules"] = decide_round8(summary["candidates"])
+    if "d_ce" in a.disease:
+        summary["round13_rules"] = decide_round13(summary["candidates"])
     if a.disease and a.views:
         summary["round9_rules"] = decide_round9(summary["candidates"])
     if a.views and not a.disease:

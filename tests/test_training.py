@@ -243,3 +243,24 @@ def test_zoom_enlarges_smaller_crops_and_leaves_the_default_as_it_was():
     assert zoomed.min() < 160 and zoomed.max() >= 223  # down to 112 pixels, enlarged, and still whole images
     with pytest.raises(ValueError, match="zoom"):
         augment(batch, 224, np.random.default_rng(0), 0.5)
+
+
+def test_cross_entropy_term_trains_a_diagnosis_head_that_changes_the_embedding(tables, tmp_path):
+    tr, _, _ = tables
+    tr = tr.subset(range(90))
+    train(tiny_cfg(epochs=1, select_metric="last"), tr, tmp_path / "plain")
+    train(tiny_cfg(epochs=1, select_metric="last", ce_weight=1.0), tr, tmp_path / "ce")
+    plain, _ = load_model(tmp_path / "plain")
+    ce, cfg = load_model(tmp_path / "ce")
+    assert plain.classifier is None
+    # the head is saved (a resumed or reloaded run keeps it) and sized to the training diagnoses
+    assert cfg.model.n_classes == len(set(tr.diagnoses)) and ce.classifier is not None
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(plain.eval()(x), ce.eval()(x))
+    # the objective holds the cross-entropy (about ln 3 for three diagnoses after one short epoch)
+    loss = {n: json.loads((tmp_path / n / "history.json").read_text())[0]["loss"] for n in ("plain", "ce")}
+    assert np.isfinite(loss["ce"]) and loss["ce"] - loss["plain"] > 0.3
+    with pytest.raises(DataError, match="ce_weight"):
+        train(tiny_cfg(epochs=1, ce_weight=-1.0), tr, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -272,6 +272,8 @@ def train(
         raise DataError(None, f"unknown logic '{t.logic}'")
     if not 0.0 <= t.ema_decay < 1.0:
         raise DataError(None, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if t.ce_weight < 0:
+        raise DataError(None, f"train.ce_weight: must be 0 or more, got {t.ce_weight}")
     check_jitter(t.colour_jitter)
     check_zoom(t.zoom)
     if cfg.model.vote not in VOTES:
@@ -310,7 +312,7 @@ def train(
     else:
         model = build_model(cfg.model, load_pretrained=ckpt is None)
     diseases = sorted(set(train_table.diagnoses))
-    if t.logic == "classifier" and model.classifier is None:
+    if (t.logic == "classifier" or t.ce_weight > 0) and model.classifier is None:
         cfg.model.n_classes = len(diseases)
         model.classifier = torch.nn.Linear(model.dim, len(diseases))
     cfg.version = chaiderm.__version__
@@ -384,6 +386,9 @@ def train(
                 loss = F.cross_entropy(out, torch.from_numpy(dis[idx]).to(dev))
             else:
                 loss = loss_fn(out, dis[idx], grp[idx], indices_tuple=triplets)
+                if t.ce_weight > 0:
+                    ce = F.cross_entropy(model.classifier(out), torch.from_numpy(dis[idx]).to(dev))
+                    loss = loss + t.ce_weight * ce
             extra = torch.zeros((), device=dev)
             if fb is not None:
                 extra = extra + t.feedback_weight * _feedback_loss(model, fb, train_p, cfg, rng)
