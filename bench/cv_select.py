@@ -103,6 +103,7 @@ Rule, fixed before it ran (:func:`decide_round13`): the term joins the recipe if
 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and wins at least 4 of 5 folds (the rule for a
 change of training in round 8); then a recipe round of its own, guarded on the validation split and the
 ham10000_dev tune half, before the test split is read.
+Outcome: -0.016 pooled (0.754 against 0.770), 1 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
 """
 
 from __future__ import annotations

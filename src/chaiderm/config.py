@@ -93,7 +93,8 @@ class TrainConfig:
     # >1: training crops as small as image_size / zoom pixels, enlarged (1: 0.8-1 of the side, never enlarged)
     zoom: float = 1.0
     # >0, triplet logics: a diagnosis classifier on the embedding, its cross-entropy added with this weight
-    # (the embedding also learns to separate diagnoses linearly; the head is never used to vote)
+    # (the embedding also learns to separate diagnoses linearly; the head is never used to vote). Round 13
+    # found weight 1 no better than another seed (docs/experiments/recipe_rounds.md): off by default
     ce_weight: float = 0.0
     recipe: str = ""  # the named recipe (training.recipes) that fixed some of these settings, if any
 
