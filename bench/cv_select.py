@@ -104,6 +104,15 @@ Rule, fixed before it ran (:func:`decide_round13`): the term joins the recipe if
 change of training in round 8); then a recipe round of its own, guarded on the validation split and the
 ham10000_dev tune half, before the test split is read.
 Outcome: -0.016 pooled (0.754 against 0.770), 1 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+
+Round 14 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_lite2 --baseline
+bench/cv_round9.json``): a larger backbone. ``d_lite2`` is EfficientNet-Lite2 at its native 260 input (the
+256 x 256 images loaded at 260), all else default, with round 9's seeds and thread count. One Lite2 query
+costs 19.0 ms at p95 against Lite0's 11.6 ms (``bench/run.py --only backbone_query``), so a Lite2 recipe
+would hold about five members instead of eight. Rule, fixed before it ran (:func:`decide_round14`): Lite2
+becomes the recipe's backbone candidate if ``d_lite2+distance`` beats round 9's ``d_default+distance`` by more
+than 0.01 pooled mean AUC and wins at least 4 of 5 folds; a recipe round with as many Lite2 members as the
+latency rule allows would then decide, guarded on the validation split and the ham10000_dev tune half.
 """
 
 from __future__ import annotations
@@ -139,6 +148,8 @@ DISEASE: dict[str, tuple[dict, dict]] = {
     "d_reseed": ({}, {"seed_shift": 100}),
     "d_lite1_224": ({"backbone": "efficientnet_lite1"}, {}),
     "d_ce": ({}, {"ce_weight": 1.0}),  # round 13: + a diagnosis classifier's cross-entropy on the embedding
+    # round 14: Lite2 at its native 260 (the 256 images loaded at 260)
+    "d_lite2": ({"backbone": "efficientnet_lite2", "image_size": 260, "load_size": 260}, {}),
 }
 # Disease candidates trained on more than the four ISIC folds: the extra source (a --ham folder)
 EXTRA_DATA = {"d_ham": "ham"}
@@ -302,7 +313,11 @@ def run_fold(
         model, cfg = load_model(run)
         model.to(device)
         size = cfg.model.image_size
-        arch, q, va = (_embedded(model, x, size) for x in (imgs[keep], imgs[held], va_img))
+        t_imgs, t_va = imgs, va_img
+        if cfg.model.load_size != 256:  # a model loaded at another size (round 14) sees its own inputs
+            t_imgs = prepare(tr_t.paths, cfg.model.load_size)[0]
+            t_va = prepare(va_t.paths, cfg.model.load_size)[0]
+        arch, q, va = (_embedded(model, x, size) for x in (t_imgs[keep], t_imgs[held], t_va))
         base = {"history": json.loads((run / "history.json").read_text()), **extra}
         cands = result["candidates"]
         cands[name], cands[f"{name}+distance"] = _entries(arch, q, va, y[keep], base, t0)
@@ -335,7 +350,7 @@ def run_fold(
                     raise SystemExit(f"{d_name} needs --ham")
                 table = concat_tables(table, ham_t)
             cfg = RunConfig(
-                model=ModelConfig(load_size=256, **m_set),
+                model=ModelConfig(**{"load_size": 256, **m_set}),
                 train=TrainConfig(
                     **{
                         "logic": "disease",
@@ -387,7 +402,7 @@ def run_fold(
             t0 = time.perf_counter()
             m_set, t_set = DISEASE[d_name]
             cfg = RunConfig(
-                model=ModelConfig(load_size=256, **m_set),
+                model=ModelConfig(**{"load_size": 256, **m_set}),
                 train=TrainConfig(
                     **{"logic": "disease", "epochs": 3, "seed": seed, "val_k": 20, "chunk_size": chunk, **t_set, **cap}
                 ),
@@ -530,6 +545,11 @@ def decide_round9(table: dict, base: str = "d_default") -> dict:
 def decide_round13(table: dict) -> dict:
     """Round 13's rule (module docstring): the cross-entropy term against round 9's models, distance votes."""
     return {"ce_weight": _paired(table, "d_ce+distance", "d_default+distance", 0.01)}
+
+
+def decide_round14(table: dict) -> dict:
+    """Round 14's rule (module docstring): Lite2 at 260 against round 9's Lite0 models, distance votes."""
+    return {"lite2": _paired(table, "d_lite2+distance", "d_default+distance", 0.01)}
 
 
 def decide_views(table: dict, hier: str = "h_groups_half", disease: str = "d_default") -> dict:
@@ -691,6 +711,8 @@ def main() -> None:
         summary["round8_rules"] = decide_round8(summary["candidates"])
     if "d_ce" in a.disease:
         summary["round13_rules"] = decide_round13(summary["candidates"])
+    if "d_lite2" in a.disease:
+        summary["round14_rules"] = decide_round14(summary["candidates"])
     if a.disease and a.views:
         summary["round9_rules"] = decide_round9(summary["candidates"])
     if a.views and not a.disease:
