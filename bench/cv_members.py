@@ -37,56 +37,15 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ISIC = HERE.parent.parent / "shared" / "data" / "isic2017"
-KS = (3, 5, 10, 20, 40)
 N_FOLDS = 5
 MARGIN = 0.005
 PAIRS = {"seed_pair": ("d_default", "d_reseed"), "lite1_pair": ("d_default", "d_lite1_224")}
 
 
-def embed_fold_models(runs: list[Path], isic: Path, cache: Path, name: str) -> np.ndarray:
-    """``(folds, N, D)``: each fold model's embeddings of all training images, cached outside the repo."""
-    import torch
-
-    from chaiderm.data.records import load_table
-    from chaiderm.data.transforms import prepare
-    from chaiderm.models.embedding import load_model
-    from chaiderm.models.inference import embed
-
-    torch.set_num_threads(2)
-    cache.mkdir(parents=True, exist_ok=True)
-    imgs = None
-    out = []
-    for f, run in enumerate(runs):
-        path = cache / f"{name}_fold{f}.npy"
-        if not path.exists():
-            if imgs is None:
-                imgs = prepare(load_table(isic, "train").paths, 256)[0]
-            model, cfg = load_model(run)
-            np.save(path, embed(model, imgs, cfg.model.image_size)[0])
-        out.append(np.load(path))
-    return np.stack(out)
-
-
 def score(emb: np.ndarray, y: np.ndarray, fold_of: np.ndarray) -> dict:
-    from chaiderm.evaluation.metrics import calculate_auc_at_k
-    from chaiderm.index.faiss_index import exact_search
+    from fold_scores import exact, score_folds
 
-    labs, dists, helds, per_fold = [], [], [], {}
-    for f in range(N_FOLDS):
-        keep, held = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
-        dist, rows = exact_search(emb[f][keep], emb[f][held], max(KS))
-        lab = y[keep][rows].astype(float)
-        auc = calculate_auc_at_k(lab, y[held], KS, dist, "distance")
-        per_fold[f] = {"auc": {str(k): v for k, v in auc.items()}, "mean": float(np.mean(list(auc.values())))}
-        labs.append(lab)
-        dists.append(dist)
-        helds.append(held)
-    pooled = calculate_auc_at_k(np.concatenate(labs), y[np.concatenate(helds)], KS, np.concatenate(dists), "distance")
-    return {
-        "per_fold": per_fold,
-        "pooled_auc": {str(k): v for k, v in pooled.items()},
-        "pooled_mean": float(np.mean(list(pooled.values()))),
-    }
+    return score_folds(exact(emb), y, fold_of)
 
 
 def decide(table: dict) -> dict:
@@ -115,13 +74,10 @@ def main() -> None:
 
     sys.path.insert(0, str(HERE))
     from chaiderm._io import write_json
-    from chaiderm.data.records import load_table
-    from cv_select import folds_of
+    from fold_scores import embed_fold_models, training_folds
 
     t0 = time.perf_counter()
-    tr = load_table(a.isic, "train")
-    y = tr.is_positive("melanoma")
-    fold_of = folds_of(tr.diagnoses, a.fold_seed)
+    y, fold_of = training_folds(a.isic, a.fold_seed)
     homes = {"d_default": a.cv9, "d_reseed": a.cv11, "d_lite1_224": a.cv11}
     emb = {
         n: embed_fold_models([h / f"{n}_f{f}" for f in range(N_FOLDS)], a.isic, a.cache, n) for n, h in homes.items()

@@ -68,25 +68,13 @@ def neighbours(name: str, d: np.ndarray, s: np.ndarray, k: int) -> tuple[np.ndar
 
 
 def score(emb: np.ndarray, y: np.ndarray, fold_of: np.ndarray, name: str) -> dict:
-    from chaiderm.evaluation.metrics import calculate_auc_at_k
+    from fold_scores import score_folds
 
-    labs, dists, helds, per_fold = [], [], [], {}
-    for f in range(N_FOLDS):
-        keep, held = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
+    def find(f: int, keep: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         arch = emb[f][keep]
-        rows, w = neighbours(name, sq_dist(emb[f][held], arch), local_scale(arch), max(KS))
-        lab = y[keep][rows].astype(float)
-        auc = calculate_auc_at_k(lab, y[held], KS, w, "distance")
-        per_fold[f] = {"auc": {str(k): v for k, v in auc.items()}, "mean": float(np.mean(list(auc.values())))}
-        labs.append(lab)
-        dists.append(w)
-        helds.append(held)
-    pooled = calculate_auc_at_k(np.concatenate(labs), y[np.concatenate(helds)], KS, np.concatenate(dists), "distance")
-    return {
-        "per_fold": per_fold,
-        "pooled_auc": {str(k): v for k, v in pooled.items()},
-        "pooled_mean": float(np.mean(list(pooled.values()))),
-    }
+        return neighbours(name, sq_dist(emb[f][held], arch), local_scale(arch), max(KS))
+
+    return score_folds(find, y, fold_of)
 
 
 def decide(single: dict, pair: dict) -> dict:
@@ -117,13 +105,10 @@ def main() -> None:
 
     sys.path.insert(0, str(HERE))
     from chaiderm._io import write_json
-    from chaiderm.data.records import load_table
-    from cv_select import folds_of
+    from fold_scores import training_folds
 
     t0 = time.perf_counter()
-    tr = load_table(a.isic, "train")
-    y = tr.is_positive("melanoma")
-    fold_of = folds_of(tr.diagnoses, a.fold_seed)
+    y, fold_of = training_folds(a.isic, a.fold_seed)
 
     def load(name: str) -> np.ndarray:
         return np.stack([np.load(a.cache / f"{name}_fold{f}.npy") for f in range(N_FOLDS)])

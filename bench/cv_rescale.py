@@ -49,7 +49,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ISIC = HERE.parent.parent / "shared" / "data" / "isic2017"
-KS = (3, 5, 10, 20, 40)
 N_FOLDS = 5
 ADOPTABLE = ("std", "sqrt_std", "l2", "std+l2")
 INFORMATION = ("pcaw256", "pcaw256+l2")
@@ -88,53 +87,10 @@ def fit_transform(name: str, train: np.ndarray):
     return apply
 
 
-def embed_folds(cv: Path, isic: Path, cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Each fold model's embeddings of all training images, cached in ``cache`` (not in the repo: they are
-    computed from the images). Returns ``(embeddings (folds, N, D), melanoma (N,))``."""
-    import torch
-
-    from chaiderm.data.records import load_table
-    from chaiderm.data.transforms import prepare
-    from chaiderm.models.embedding import load_model
-    from chaiderm.models.inference import embed
-
-    torch.set_num_threads(2)
-    tr = load_table(isic, "train")
-    cache.mkdir(parents=True, exist_ok=True)
-    imgs = None
-    out = []
-    for f in range(N_FOLDS):
-        path = cache / f"fold{f}.npy"
-        if not path.exists():
-            if imgs is None:
-                imgs = prepare(tr.paths, 256)[0]
-            model, cfg = load_model(cv / f"d_default_f{f}")
-            np.save(path, embed(model, imgs, cfg.model.image_size)[0])
-        out.append(np.load(path))
-    return np.stack(out), tr.is_positive("melanoma")
-
-
 def score(emb: np.ndarray, y: np.ndarray, fold_of: np.ndarray, name: str) -> dict:
-    from chaiderm.evaluation.metrics import calculate_auc_at_k
-    from chaiderm.index.faiss_index import exact_search
+    from fold_scores import exact, score_folds
 
-    labs, dists, helds, per_fold = [], [], [], {}
-    for f in range(N_FOLDS):
-        keep, held = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
-        t = (lambda x: np.asarray(x, np.float32)) if name == "raw" else fit_transform(name, emb[f][keep])
-        dist, rows = exact_search(t(emb[f][keep]), t(emb[f][held]), max(KS))
-        lab = y[keep][rows].astype(float)
-        auc = calculate_auc_at_k(lab, y[held], KS, dist, "distance")
-        per_fold[f] = {"auc": {str(k): v for k, v in auc.items()}, "mean": float(np.mean(list(auc.values())))}
-        labs.append(lab)
-        dists.append(dist)
-        helds.append(held)
-    pooled = calculate_auc_at_k(np.concatenate(labs), y[np.concatenate(helds)], KS, np.concatenate(dists), "distance")
-    return {
-        "per_fold": per_fold,
-        "pooled_auc": {str(k): v for k, v in pooled.items()},
-        "pooled_mean": float(np.mean(list(pooled.values()))),
-    }
+    return score_folds(exact(emb, lambda arch, x: fit_transform(name, arch)(x)), y, fold_of)
 
 
 def decide(table: dict) -> dict:
@@ -164,13 +120,12 @@ def main() -> None:
 
     sys.path.insert(0, str(HERE))
     from chaiderm._io import write_json
-    from chaiderm.data.records import load_table
-    from cv_select import folds_of
+    from fold_scores import embed_fold_models, training_folds
 
     t0 = time.perf_counter()
-    emb, y = embed_folds(a.cv, a.isic, a.cache)
+    emb = embed_fold_models([a.cv / f"d_default_f{f}" for f in range(N_FOLDS)], a.isic, a.cache, "d_default")
     t_embed = time.perf_counter() - t0
-    fold_of = folds_of(load_table(a.isic, "train").diagnoses, a.fold_seed)
+    y, fold_of = training_folds(a.isic, a.fold_seed)
     table = {n: score(emb, y, fold_of, n) for n in ("raw", *ADOPTABLE, *INFORMATION)}
     for n, e in table.items():
         print(

@@ -382,6 +382,18 @@ def bench_serve(isic: Path, tmp: Path, clients: int = 8, seconds: float = 45.0) 
     }
 
 
+def _evidence_query_ms(pred, images: list) -> np.ndarray:
+    """Milliseconds of each query with 10 neighbours and their 10 QAM/RAM pairs, after one warm-up query."""
+    pred.predict(images[0], k=10)
+    times = []
+    for img in images:
+        t0 = time.perf_counter()
+        res = pred.predict(img, k=10, evidence=True)
+        times.append(time.perf_counter() - t0)
+        assert len(res.qams) == 10
+    return np.array(times) * 1000
+
+
 def bench_ensemble_query(isic: Path, tmp: Path, n_queries: int = 30, archive: int = 500) -> dict:
     """One query with 10 evidence pairs through ensembles of 2, 3, 5, 8, 10 and 12 Lite0 members, each over
     its own index of the same 500 archive images (the search itself is a small share of a query; bench
@@ -417,14 +429,7 @@ def bench_ensemble_query(isic: Path, tmp: Path, n_queries: int = 30, archive: in
         index.save(tmp / f"ens{n}_index")
         build_s = time.perf_counter() - t
         pred = Predictor.load(tmp / f"ens{n}", tmp / f"ens{n}_index")
-        pred.predict(images[0], k=10)  # warm-up
-        times = []
-        for img in images:
-            t0 = time.perf_counter()
-            res = pred.predict(img, k=10, evidence=True)
-            times.append(time.perf_counter() - t0)
-            assert len(res.qams) == 10
-        ms = np.array(times) * 1000
+        ms = _evidence_query_ms(pred, images)
         out[f"members_{n}"] = {
             "dim": net.dim,
             "median_ms": float(np.median(ms)),
@@ -468,14 +473,7 @@ def bench_backbone_query(isic: Path, tmp: Path, n_queries: int = 30, archive: in
         index, _ = build_index(net, cfg, table, model_dir=tmp / name)
         index.save(tmp / f"{name}_index")
         pred = Predictor.load(tmp / name, tmp / f"{name}_index")
-        pred.predict(images[0], k=10)  # warm-up
-        times = []
-        for img in images:
-            t0 = time.perf_counter()
-            res = pred.predict(img, k=10, evidence=True)
-            times.append(time.perf_counter() - t0)
-            assert len(res.qams) == 10
-        ms = np.array(times) * 1000
+        ms = _evidence_query_ms(pred, images)
         out[name] = {
             "median_ms": float(np.median(ms)),
             "p95_ms": float(np.percentile(ms, 95)),
