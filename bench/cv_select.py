@@ -113,6 +113,7 @@ would hold about five members instead of eight. Rule, fixed before it ran (:func
 becomes the recipe's backbone candidate if ``d_lite2+distance`` beats round 9's ``d_default+distance`` by more
 than 0.01 pooled mean AUC and wins at least 4 of 5 folds; a recipe round with as many Lite2 members as the
 latency rule allows would then decide, guarded on the validation split and the ham10000_dev tune half.
+Outcome: -0.012 pooled (0.758 against 0.770), 2 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
 """
 
 from __future__ import annotations
