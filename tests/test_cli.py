@@ -418,6 +418,31 @@ def test_evaluate_command(served, synth_dir, tmp_path):
     assert r.exit_code == 2 and "Traceback" not in r.output
 
 
+def test_evaluate_table_fits_80_columns_with_every_figure():
+    # ham10000_dev's seven diagnoses once hid every interval behind an ellipsis at 80 columns
+    from rich.console import Console
+
+    from chaiderm.cli import evaluation_table
+
+    names = ["nevus", "melanoma", "basal_cell_carcinoma", "actinic_keratosis", "vascular_lesion", "x" * 30]
+    ks = ["3", "5", "10", "20", "40"]
+    res = {
+        "n_archive": 552,
+        "auc": {c: {k: 0.5 + i / 100 + j / 1000 for j, k in enumerate(ks)} for i, c in enumerate(names)},
+        "auc_ci": {c: {k: [0.11 + i / 100, 0.91 - j / 100] for j, k in enumerate(ks)} for i, c in enumerate(names)},
+        "balanced_accuracy": {k: 0.321 for k in ks},
+    }
+    console = Console(width=80, record=True, force_terminal=False)
+    console.print(evaluation_table(res, 556))
+    text = console.export_text()
+    assert "…" not in text and max(map(len, text.splitlines())) <= 80
+    for i, c in enumerate(names):
+        for j, k in enumerate(ks):
+            assert f"{res['auc'][c][k]:.3f}" in text and f"{0.11 + i / 100:.2f}-{0.91 - j / 100:.2f}" in text
+    first_column = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.count("│") > 2)
+    assert all(c in first_column for c in names)  # long names fold, none is cut
+
+
 def test_evaluate_weighs_votes_by_distance(served, synth_dir, tmp_path):
     from sklearn.metrics import roc_auc_score
 

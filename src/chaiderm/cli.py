@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from chaiderm.config import DEFAULT_VIEWS
 from chaiderm.errors import ChaidermError
@@ -902,8 +903,6 @@ def evaluate(
 ) -> None:
     """Measure a model and its archive on a labelled split: kNN AUC@k per diagnosis with 95% intervals, the
     vote's balanced accuracy, REL@k where the data has groups. A query never votes for itself or its lesion."""
-    from rich.table import Table
-
     from chaiderm._io import write_json
     from chaiderm.data.records import is_isic2017, load_table
     from chaiderm.evaluation.evaluate import evaluate_index
@@ -922,24 +921,30 @@ def evaluate(
             res = evaluate_index(predictor, table, n_boot=n_boot, vote=vote)
         except ValueError as e:
             raise _fail(f"{data}: {e}") from None
-    t = Table(title=f"{len(table)} queries against {res['n_archive']} archive cases")
-    ks = list(res["balanced_accuracy"])
-    t.add_column("measure")
-    for k in ks:
-        t.add_column(f"k={k}", justify="right")
-    for c, row in res["auc"].items():
-        t.add_row(
-            f"AUC {c}", *(f"{row[k]:.3f} ({res['auc_ci'][c][k][0]:.2f}-{res['auc_ci'][c][k][1]:.2f})" for k in ks)
-        )
-    t.add_row("balanced accuracy", *(f"{res['balanced_accuracy'][k]:.3f}" for k in ks))
-    if "rel" in res:
-        t.add_row("REL", *(f"{res['rel'][k]:.2f}" for k in ks))
+    t = evaluation_table(res, len(table))
     console.print(t)
     if res["not_in_archive"]:
         console.print(f"note: diagnoses no archive case has (never predicted): {', '.join(res['not_in_archive'])}")
     if out is not None:
         write_json(out, {"model": str(model), "index": str(index), "data": str(data), "split": split, **res})
         console.print(f"written to {out}")
+
+
+def evaluation_table(res: dict, n_queries: int) -> Table:
+    """``evaluate``'s terminal table. Each AUC sits over its interval in one cell and long diagnosis names
+    fold, so that seven diagnoses fit 80 columns without an ellipsis hiding a figure."""
+    t = Table(title=f"{n_queries} queries against {res['n_archive']} archive cases")
+    ks = list(res["balanced_accuracy"])
+    t.add_column("AUC (95% interval)", overflow="fold")
+    for k in ks:
+        t.add_column(f"k={k}", justify="right", no_wrap=True)
+    for c, row in res["auc"].items():
+        t.add_row(c, *(f"{row[k]:.3f}\n{res['auc_ci'][c][k][0]:.2f}-{res['auc_ci'][c][k][1]:.2f}" for k in ks))
+    t.add_section()
+    t.add_row("balanced accuracy", *(f"{res['balanced_accuracy'][k]:.3f}" for k in ks))
+    if "rel" in res:
+        t.add_row("REL", *(f"{res['rel'][k]:.2f}" for k in ks))
+    return t
 
 
 @app.command()
