@@ -59,8 +59,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="folder for the run, indexes and evaluations")
     ap.add_argument("--isic", type=Path, default=SHARED / "isic2017")
     ap.add_argument("--ham", type=Path, default=SHARED / "ham10000_dev")
-    ap.add_argument("--ham-tune", type=Path, required=True, help="external_select.py's tune half (labels.csv)")
-    ap.add_argument("--ham-report", type=Path, required=True, help="external_select.py's report half")
+    ap.add_argument(
+        "--ham-tune", type=Path, required=True, help="tune half (external_archive.py --write-halves DIR: DIR/tune)"
+    )
+    ap.add_argument("--ham-report", type=Path, required=True, help="the report half (DIR/report)")
     ap.add_argument("--ablation", type=int, default=3, help="members of the smaller ensemble it is guarded against")
     ap.add_argument("--out", type=Path, default=HERE / "accuracy_recipe_round.json")
     a = ap.parse_args()
