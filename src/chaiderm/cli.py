@@ -283,6 +283,9 @@ def train_cmd(
         raise typer.Exit(_torchrun(nproc))
 
     with _errors(skip_bad_hint=True):
+        from chaiderm.models.registry import check_backbone
+
+        check_backbone(backbone, pretrained=weights is None)  # before minutes of loading images
         table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")), groups)
         if extra_data:
             from chaiderm.data.records import concat_tables

