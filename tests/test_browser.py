@@ -170,7 +170,8 @@ def _hostile_archive(synth_dir: Path, root: Path) -> Path:
         iid = f"case{j}" if j % 6 else f'c{j}<svg onload="document.title=1">'
         shutil.copy(src, root / "images" / f"{iid}.png")
         diagnosis = "melanoma" if j % 2 else XSS
-        rows.append((iid, diagnosis, XSS if j % 3 else f"g{j}", XSS))
+        group = "" if j % 4 == 0 else XSS if j % 3 else f"g{j}"  # some cases have no group
+        rows.append((iid, diagnosis, group, XSS))
     with open(root / "labels.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([("image_id", "diagnosis", "group", "attribution"), *rows])
     return root
@@ -188,6 +189,9 @@ def _no_script_runs(page, url, data):
     assert page.locator("#neighbors img[src='x'], #neighbors script, #neighbors svg").count() == 0
     assert "<img src=x" in page.inner_text("#neighbors")  # shown as the text it is
     assert "\u00a9 <img src=x" in page.inner_text("#neighbors .attr >> nth=0")  # attribution, as text too
+    # a case without a group shows only its distance, not a placeholder ("- \u00b7 d=...")
+    captions = [c.locator("div").nth(1).inner_text() for c in cards(page).all()]
+    assert any(t.startswith("d=") for t in captions) and not any(t.startswith("-") for t in captions), captions
 
 
 def test_script_in_labels_does_not_run_in_the_viewer(browser, synth_dir, tmp_path):

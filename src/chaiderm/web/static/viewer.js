@@ -165,7 +165,7 @@ function card(q, n, pos) {
   const enlarge = el("button", {class: "zoom", type: "button"}, "enlarge");
   enlarge.addEventListener("click", (ev) => { ev.stopPropagation(); zoom(n); });
   c.append(img, el("div", {}, `#${n.rank} ${words(n.diagnosis)}`),
-    el("div", {}, `${n.group ?? "-"} \u00b7 d=${n.distance.toPrecision(3)}`));
+    el("div", {}, (n.group ? `${n.group} \u00b7 ` : "") + `d=${n.distance.toPrecision(3)}`));
   const about = describeCase(n.metadata || {});
   if (about) c.append(el("div", {class: "meta"}, about));
   if (n.metadata && n.metadata.attribution) c.append(el("div", {class: "attr"}, "\u00a9 " + n.metadata.attribution));
