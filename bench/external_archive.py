@@ -34,15 +34,13 @@ archive with the whole tune half (552 cases) as the clinic's, and over nested ra
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
+from external_offset import write_round
 from external_select import DEFAULT_DATA, halves
 
 HERE = Path(__file__).resolve().parent
@@ -162,8 +160,6 @@ def main() -> None:
         return
     if not (a.model and a.index):
         ap.error("--model and --index are needed (or --write-halves)")
-    from chaiderm._io import write_json
-
     t0 = time.perf_counter()
     isic = np.load(a.index / "embeddings.npy").astype(np.float32)
     cases = json.loads((a.index / "cases.json").read_text())
@@ -220,18 +216,7 @@ def main() -> None:
                 print(_line(f"report {guard_name} +{n}", e), flush=True)
         out["report_half"] = rep
         out["n_report"], out["n_report_melanoma"] = int(len(report)), int(y_all[report].sum())
-    write_json(
-        a.out,
-        {
-            **out,
-            "model": str(a.model),
-            "index": str(a.index),
-            "vote": "distance",
-            "wall_s": round(time.perf_counter() - t0, 1),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-            "date": datetime.date.today().isoformat(),
-        },
-    )
+    write_round(a.out, out, a.model, a.index, t0)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -90,6 +89,24 @@ def scored(archive: np.ndarray, y_arch: np.ndarray, queries: np.ndarray, y: np.n
     return {"auc": {str(k): v for k, v in auc.items()}, "mean": float(np.mean(list(auc.values())))}
 
 
+def write_round(path: Path, out: dict, model: Path, index: Path, t0: float) -> None:
+    """An external round's JSON: its figures, what produced them, and where and how long it ran."""
+    import os
+    import platform
+
+    from chaiderm._io import write_json
+
+    stamp = {
+        "model": str(model),
+        "index": str(index),
+        "vote": "distance",
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "date": datetime.date.today().isoformat(),
+    }
+    write_json(path, {**out, **stamp})
+
+
 def decide(table: dict) -> dict:
     plain = table["plain"]
     passing = [
@@ -114,8 +131,6 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/external_offset_cache"))
     ap.add_argument("--out", type=Path, default=HERE / "external_round2.json")
     a = ap.parse_args()
-    from chaiderm._io import write_json
-
     t0 = time.perf_counter()
     archive = np.load(a.index / "embeddings.npy").astype(np.float32)
     cases = json.loads((a.index / "cases.json").read_text())
@@ -143,18 +158,7 @@ def main() -> None:
         out["n_report"], out["n_report_melanoma"] = int(len(r)), int(y_r.sum())
         for name, e in out["report_half"].items():
             print(f"report {name:7s} mean {e['mean']:.4f}  " + " ".join(f"{k}:{v:.3f}" for k, v in e["auc"].items()))
-    write_json(
-        a.out,
-        {
-            **out,
-            "model": str(a.model),
-            "index": str(a.index),
-            "vote": "distance",
-            "wall_s": round(time.perf_counter() - t0, 1),
-            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
-            "date": datetime.date.today().isoformat(),
-        },
-    )
+    write_round(a.out, out, a.model, a.index, t0)
 
 
 if __name__ == "__main__":
