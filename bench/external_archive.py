@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from external_offset import write_round
+from external_offset import embedded, write_round
 from external_select import DEFAULT_DATA, halves
 
 HERE = Path(__file__).resolve().parent
@@ -77,24 +77,13 @@ def _cached(cache: Path, name: str, make) -> np.ndarray:
 
 
 def features(model_dir: Path, ham: Path, cache: Path):
-    """The recipe's embeddings and the ImageNet duplicate features of every ham10000_dev image (cached
-    outside the repo: they are computed from the images), with the table."""
-    import torch
-
+    """The recipe's embeddings (external round 2's cached ``embedded``) and the ImageNet duplicate features
+    of every ham10000_dev image (cached outside the repo: they are computed from the images), with the table."""
     from chaiderm.data.records import load_table
-    from chaiderm.data.transforms import prepare
     from chaiderm.evaluation.duplicates import image_features
-    from chaiderm.models.embedding import load_model
-    from chaiderm.models.inference import embed
 
-    torch.set_num_threads(2)
     table = load_table(ham)
-
-    def recipe() -> np.ndarray:
-        model, cfg = load_model(model_dir)
-        return embed(model, prepare(table.paths, cfg.model.load_size)[0], cfg.model.image_size)[0]
-
-    emb = _cached(cache, "ham_recipe", recipe)
+    emb = embedded(model_dir, ham, cache)[0]
     dup = _cached(cache, "ham_imagenet", lambda: image_features(table)[0])
     return emb.astype(np.float32), dup.astype(np.float32), table
 
