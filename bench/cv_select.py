@@ -114,6 +114,18 @@ becomes the recipe's backbone candidate if ``d_lite2+distance`` beats round 9's 
 than 0.01 pooled mean AUC and wins at least 4 of 5 folds; a recipe round with as many Lite2 members as the
 latency rule allows would then decide, guarded on the validation split and the ham10000_dev tune half.
 Outcome: -0.012 pooled (0.758 against 0.770), 2 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+
+Round 15 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_long_aug --baseline
+bench/cv_round9.json``): the issue's last untried candidate, longer training with stronger augmentation.
+Five epochs alone lost 0.012 on the first split (the models overfit by epoch 3); stronger augmentation
+should let a longer run keep learning. ``d_long_aug`` trains 6 epochs (learning rates / 10 for the last
+two), crops down to 224 / 1.25 = 179 pixels enlarged (``zoom`` 1.25, against 205 at the default) and
+brightness / contrast / saturation jitter of 0.2, all else default (no colour constancy, so members still
+see one input); the kept epoch is chosen on the validation split as for every candidate. Round 9's seeds
+and thread count. Rule, fixed before it ran (:func:`decide_round15`): the settings join the recipe if
+``d_long_aug+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and wins at
+least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the validation split and the
+ham10000_dev tune half) before the test split is read.
 """
 
 from __future__ import annotations
@@ -151,6 +163,8 @@ DISEASE: dict[str, tuple[dict, dict]] = {
     "d_ce": ({}, {"ce_weight": 1.0}),  # round 13: + a diagnosis classifier's cross-entropy on the embedding
     # round 14: Lite2 at its native 260 (the 256 images loaded at 260)
     "d_lite2": ({"backbone": "efficientnet_lite2", "image_size": 260, "load_size": 260}, {}),
+    # round 15: longer training with stronger augmentation
+    "d_long_aug": ({}, {"epochs": 6, "lr_step": 4, "zoom": 1.25, "colour_jitter": 0.2}),
 }
 # Disease candidates trained on more than the four ISIC folds: the extra source (a --ham folder)
 EXTRA_DATA = {"d_ham": "ham"}
@@ -553,6 +567,11 @@ def decide_round14(table: dict) -> dict:
     return {"lite2": _paired(table, "d_lite2+distance", "d_default+distance", 0.01)}
 
 
+def decide_round15(table: dict) -> dict:
+    """Round 15's rule (module docstring): longer training with stronger augmentation, distance votes."""
+    return {"long_aug": _paired(table, "d_long_aug+distance", "d_default+distance", 0.01)}
+
+
 def decide_views(table: dict, hier: str = "h_groups_half", disease: str = "d_default") -> dict:
     """Round 4's rule for test-time views (module docstring), on a :func:`summarise_folds` table."""
     base, dbase = table.get(hier, {}), table.get(disease, {})
@@ -714,6 +733,8 @@ def main() -> None:
         summary["round13_rules"] = decide_round13(summary["candidates"])
     if "d_lite2" in a.disease:
         summary["round14_rules"] = decide_round14(summary["candidates"])
+    if "d_long_aug" in a.disease:
+        summary["round15_rules"] = decide_round15(summary["candidates"])
     if a.disease and a.views:
         summary["round9_rules"] = decide_round9(summary["candidates"])
     if a.views and not a.disease:
@@ -743,7 +764,7 @@ def main() -> None:
         else:
             print(name, f"unfinished ({len(e['folds'])} folds)")
     print(summary["decision"])
-    for key in ("views_rule", "groups_rule", "paired_rules", "round8_rules", "round9_rules"):
+    for key in ("views_rule", "groups_rule", "paired_rules", "round8_rules", "round9_rules", "round15_rules"):
         if key in summary:
             print(key, json.dumps(summary[key]))
 
