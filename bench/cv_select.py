@@ -126,6 +126,17 @@ and thread count. Rule, fixed before it ran (:func:`decide_round15`): the settin
 ``d_long_aug+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and wins at
 least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the validation split and the
 ham10000_dev tune half) before the test split is read.
+
+Round 16 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_freeze1 --baseline
+bench/cv_round9.json``): the stem and the blocks down to 1/8 resolution (6 of Lite0's 18 stages) have been
+frozen since the first prototype, chosen for training speed (twice the images per second), never judged
+for retrieval. ``d_freeze1`` freezes the stem alone, so the early blocks' ImageNet filters can adapt to
+dermoscopic colour and texture; batch-norm statistics stay fixed as before; all else default; round 9's
+seeds and thread count. Rule, fixed before it ran (:func:`decide_round16`): the setting joins the recipe if
+``d_freeze1+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and wins at
+least 4 of 5 folds; members would then share one stage instead of six, so a recipe round would first
+measure how many fit in 150 ms at the 95th percentile, then be guarded on the validation split and the
+ham10000_dev tune half before the test split is read.
 """
 
 from __future__ import annotations
@@ -165,6 +176,8 @@ DISEASE: dict[str, tuple[dict, dict]] = {
     "d_lite2": ({"backbone": "efficientnet_lite2", "image_size": 260, "load_size": 260}, {}),
     # round 15: longer training with stronger augmentation
     "d_long_aug": ({}, {"epochs": 6, "lr_step": 4, "zoom": 1.25, "colour_jitter": 0.2}),
+    # round 16: the stem alone frozen (Lite0's default freezes 6 stages, down to 1/8 resolution)
+    "d_freeze1": ({"freeze_stages": 1}, {}),
 }
 # Disease candidates trained on more than the four ISIC folds: the extra source (a --ham folder)
 EXTRA_DATA = {"d_ham": "ham"}
@@ -572,6 +585,11 @@ def decide_round15(table: dict) -> dict:
     return {"long_aug": _paired(table, "d_long_aug+distance", "d_default+distance", 0.01)}
 
 
+def decide_round16(table: dict) -> dict:
+    """Round 16's rule (module docstring): the stem alone frozen, distance votes."""
+    return {"freeze1": _paired(table, "d_freeze1+distance", "d_default+distance", 0.01)}
+
+
 def decide_views(table: dict, hier: str = "h_groups_half", disease: str = "d_default") -> dict:
     """Round 4's rule for test-time views (module docstring), on a :func:`summarise_folds` table."""
     base, dbase = table.get(hier, {}), table.get(disease, {})
@@ -735,6 +753,8 @@ def main() -> None:
         summary["round14_rules"] = decide_round14(summary["candidates"])
     if "d_long_aug" in a.disease:
         summary["round15_rules"] = decide_round15(summary["candidates"])
+    if "d_freeze1" in a.disease:
+        summary["round16_rules"] = decide_round16(summary["candidates"])
     if a.disease and a.views:
         summary["round9_rules"] = decide_round9(summary["candidates"])
     if a.views and not a.disease:
@@ -764,8 +784,8 @@ def main() -> None:
         else:
             print(name, f"unfinished ({len(e['folds'])} folds)")
     print(summary["decision"])
-    for key in ("views_rule", "groups_rule", "paired_rules", "round8_rules", "round9_rules", "round15_rules"):
-        if key in summary:
+    for key in summary:
+        if key.endswith(("_rule", "_rules")):
             print(key, json.dumps(summary[key]))
 
 
