@@ -497,7 +497,7 @@ def index_cmd(
     if ray_shards is not None and ray is None:
         raise _fail("--ray-shards: needs --ray")
     with _errors(skip_bad_hint=True):
-        net, cfg = load_model(model)
+        net, cfg = load_model(model, fold=True)
         progress = training_progress(model)
         if progress is not None and progress[0] < progress[1]:
             msg = (
@@ -550,7 +550,7 @@ def _index_model(index: Path, model: Path | None):
     want = ix.info.get("model_digest")
     if want and want != weights_digest(run):
         raise ArtifactError(f"{index}: built with another model than {run}; new cases must be embedded alike")
-    net, cfg = load_model(run)
+    net, cfg = load_model(run, fold=True)
     return ix, net, cfg
 
 

@@ -244,7 +244,7 @@ class Predictor:
 
     @classmethod
     def load(cls, model_dir: str | Path, index_dir: str | Path) -> Predictor:
-        model, cfg = load_model(model_dir)
+        model, cfg = load_model(model_dir, fold=True)
         index = ArchiveIndex.load(index_dir)
         want = index.info.get("model_digest")
         if want and want != weights_digest(model_dir):

@@ -91,7 +91,7 @@ class _Embedder:
         from chaiderm.models.embedding import load_model
 
         torch.set_num_threads(threads)
-        self.model, self.cfg = load_model(model_dir)
+        self.model, self.cfg = load_model(model_dir, fold=True)
         self.model.eval()
         self.views, self.store_maps, self.shard_dir = views, store_maps, Path(shard_dir)
         self.fault_marker = fault_marker

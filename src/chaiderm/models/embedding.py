@@ -20,6 +20,7 @@ from chaiderm._io import atomic_path
 from chaiderm.config import ModelConfig, RunConfig
 from chaiderm.data.transforms import check_colour
 from chaiderm.errors import ArtifactError, DataError
+from chaiderm.models.fold import fold_batchnorms, refuse_if_folded
 from chaiderm.models.registry import Backbone, create_backbone, set_map_stride, set_padding
 
 EPS = 1e-12
@@ -84,6 +85,8 @@ class EmbeddingNet(nn.Module):
         return self.cfg.colour
 
     def train(self, mode: bool = True) -> EmbeddingNet:
+        if mode:
+            refuse_if_folded(self)
         super().train(mode)
         if mode and self.backbone.freeze_bn:
             for m in self.backbone.modules():
@@ -139,6 +142,16 @@ class EmbeddingNet(nn.Module):
             g = g / norm.view(-1, 1, 1, 1)
         return g, self.pool(g)
 
+    def fold(self) -> int:
+        """Inference only: fold batch norms into their convolutions (``models.fold``); returns how many."""
+        return fold_batchnorms(self, example_input(self.cfg.image_size))
+
+
+def example_input(image_size: int) -> torch.Tensor:
+    """A fixed random image batch of one, for passes that only look at the network's structure."""
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(1, 3, image_size, image_size, generator=g).to(memory_format=torch.channels_last)
+
 
 def build_model(cfg: ModelConfig, *, load_pretrained: bool = True) -> EmbeddingNet:
     check_views(cfg.views)
@@ -165,6 +178,7 @@ CONFIG = "config.json"
 
 def save_model(model: EmbeddingNet, run_dir: str | Path, cfg: RunConfig, name: str = WEIGHTS) -> None:
     """Write weights (safetensors) and the full run config beside them, each atomically."""
+    refuse_if_folded(model)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -173,8 +187,11 @@ def save_model(model: EmbeddingNet, run_dir: str | Path, cfg: RunConfig, name: s
     cfg.save(run_dir / CONFIG)
 
 
-def load_model(run_dir: str | Path, name: str = WEIGHTS) -> tuple[EmbeddingNet, RunConfig]:
-    """Load a trained run folder (``config.json`` + ``model.safetensors``) for inference."""
+def load_model(run_dir: str | Path, name: str = WEIGHTS, *, fold: bool = False) -> tuple[EmbeddingNet, RunConfig]:
+    """Load a trained run folder (``config.json`` + ``model.safetensors``) in eval mode.
+
+    ``fold``: batch norms folded into their convolutions, for the copy that only answers queries (faster;
+    equal outputs to float rounding); such a copy refuses to train or to be saved."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).exists():
         raise ArtifactError(f"{run_dir}: not a model run folder (no {CONFIG})")
@@ -192,4 +209,7 @@ def load_model(run_dir: str | Path, name: str = WEIGHTS) -> tuple[EmbeddingNet, 
     except RuntimeError as e:
         raise ArtifactError(f"{wpath}: weights do not match {CONFIG} ({str(e)[:300]})") from None
     model.eval()
+    if fold:
+        model.fold()
+        model.to(memory_format=torch.channels_last)  # folded weights come back in the default layout
     return model, cfg

@@ -105,6 +105,14 @@ class EnsembleNet(nn.Module):
         g = self.forward_features(x)
         return g, self.pool(g)
 
+    def fold(self) -> int:
+        """Inference only: each member's batch norms folded (``models.fold``). Members that shared their
+        frozen stem still do: equal weights fold to equal weights."""
+        n = sum(m.fold() for m in self.members)
+        self._chaiderm_folded = True
+        self._shared = None
+        return n
+
 
 def build_ensemble(cfg: ModelConfig) -> EnsembleNet:
     from chaiderm.models.embedding import build_model
