@@ -142,3 +142,11 @@ def test_a_folded_ensemble_still_computes_its_shared_stem_once(tmp_path):
         torch.testing.assert_close(folded.forward_features(x), plain.forward_features(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ArtifactError, match="folded for inference"):
         folded.train()
+
+
+def test_folding_inside_inference_mode_works():
+    """Version counters do not exist in inference mode; a server may load a model inside it."""
+    torch.manual_seed(0)
+    net = build_model(tiny_cfg().model).eval()
+    with torch.inference_mode():
+        assert net.fold() == 4

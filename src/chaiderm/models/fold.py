@@ -46,8 +46,9 @@ def _pairs(module: nn.Module, x: torch.Tensor) -> list[tuple[str, str]]:
         if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
             handles.append(m.register_forward_hook(lambda *_a, n=name: count(n)))
     try:
-        with torch.no_grad():
-            module(x)
+        # version counters exist outside inference mode only; a caller may be inside it
+        with torch.inference_mode(False), torch.no_grad():
+            module(x.clone())
     finally:
         for h in handles:
             h.remove()
