@@ -126,6 +126,8 @@ and thread count. Rule, fixed before it ran (:func:`decide_round15`): the settin
 ``d_long_aug+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and wins at
 least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the validation split and the
 ham10000_dev tune half) before the test split is read.
+Outcome: -0.006 pooled (0.764 against 0.770), 3 of 5 folds: not adopted; the validation split kept the third
+epoch in four folds, so mostly the augmentation was measured (docs/experiments/recipe_rounds.md).
 
 Round 16 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_freeze1 --baseline
 bench/cv_round9.json``): the stem and the blocks down to 1/8 resolution (6 of Lite0's 18 stages) have been
