@@ -139,6 +139,7 @@ seeds and thread count. Rule, fixed before it ran (:func:`decide_round16`): the 
 least 4 of 5 folds; members would then share one stage instead of six, so a recipe round would first
 measure how many fit in 150 ms at the 95th percentile, then be guarded on the validation split and the
 ham10000_dev tune half before the test split is read.
+Outcome: -0.025 pooled (0.745 against 0.770), 0 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
 """
 
 from __future__ import annotations
