@@ -84,9 +84,6 @@ def refuse_if_folded(module: nn.Module) -> None:
 
 
 def _set(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    # a ModuleList's children are attributes named "0", "1", ... too, so one setattr serves every parent
     parent_name, _, leaf = dotted.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    if isinstance(parent, (nn.ModuleList, nn.Sequential)) and leaf.isdigit():
-        parent[int(leaf)] = new
-    else:
-        setattr(parent, leaf, new)
+    setattr(root.get_submodule(parent_name) if parent_name else root, leaf, new)
