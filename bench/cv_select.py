@@ -99,7 +99,7 @@ bench/cv_round9.json``): the recipe's members learn only from triplets; re-ident
 classifier's cross-entropy on the same embedding, which also asks the embedding to separate the diagnoses
 linearly. ``d_ce`` is ``d_default`` plus a diagnosis head on the embedding, its cross-entropy added with
 weight 1 (``TrainConfig.ce_weight``; the head never votes), trained with round 9's seeds and thread count.
-Rule, fixed before it ran (:func:`decide_round13`): the term joins the recipe if ``d_ce+distance`` beats round
+Rule, fixed before it ran (:func:`decide_single_change`): the term joins the recipe if ``d_ce+distance`` beats round
 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and wins at least 4 of 5 folds (the rule for a
 change of training in round 8); then a recipe round of its own, guarded on the validation split and the
 ham10000_dev tune half, before the test split is read.
@@ -109,7 +109,7 @@ Round 14 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_lite2 
 bench/cv_round9.json``): a larger backbone. ``d_lite2`` is EfficientNet-Lite2 at its native 260 input (the
 256 x 256 images loaded at 260), all else default, with round 9's seeds and thread count. One Lite2 query
 costs 19.0 ms at p95 against Lite0's 11.6 ms (``bench/run.py --only backbone_query``), so a Lite2 recipe
-would hold about five members instead of eight. Rule, fixed before it ran (:func:`decide_round14`): Lite2
+would hold about five members instead of eight. Rule, fixed before it ran (:func:`decide_single_change`): Lite2
 becomes the recipe's backbone candidate if ``d_lite2+distance`` beats round 9's ``d_default+distance`` by more
 than 0.01 pooled mean AUC and wins at least 4 of 5 folds; a recipe round with as many Lite2 members as the
 latency rule allows would then decide, guarded on the validation split and the ham10000_dev tune half.
@@ -122,7 +122,7 @@ should let a longer run keep learning. ``d_long_aug`` trains 6 epochs (learning 
 two), crops down to 224 / 1.25 = 179 pixels enlarged (``zoom`` 1.25, against 205 at the default) and
 brightness / contrast / saturation jitter of 0.2, all else default (no colour constancy, so members still
 see one input); the kept epoch is chosen on the validation split as for every candidate. Round 9's seeds
-and thread count. Rule, fixed before it ran (:func:`decide_round15`): the settings join the recipe if
+and thread count. Rule, fixed before it ran (:func:`decide_single_change`): the settings join the recipe if
 ``d_long_aug+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and wins at
 least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the validation split and the
 ham10000_dev tune half) before the test split is read.
@@ -134,7 +134,7 @@ bench/cv_round9.json``): the stem and the blocks down to 1/8 resolution (6 of Li
 frozen since the first prototype, chosen for training speed (twice the images per second), never judged
 for retrieval. ``d_freeze1`` freezes the stem alone, so the early blocks' ImageNet filters can adapt to
 dermoscopic colour and texture; batch-norm statistics stay fixed as before; all else default; round 9's
-seeds and thread count. Rule, fixed before it ran (:func:`decide_round16`): the setting joins the recipe if
+seeds and thread count. Rule, fixed before it ran (:func:`decide_single_change`): the setting joins the recipe if
 ``d_freeze1+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and wins at
 least 4 of 5 folds; members would then share one stage instead of six, so a recipe round would first
 measure how many fit in 150 ms at the 95th percentile, then be guarded on the validation split and the
@@ -573,24 +573,20 @@ def decide_round9(table: dict, base: str = "d_default") -> dict:
     return {"views": report, "chosen": chosen}
 
 
-def decide_round13(table: dict) -> dict:
-    """Round 13's rule (module docstring): the cross-entropy term against round 9's models, distance votes."""
-    return {"ce_weight": _paired(table, "d_ce+distance", "d_default+distance", 0.01)}
+# Rounds 13-16 each judged one Disease candidate against round 9's ``d_default``, distance votes, by one rule
+# (module docstring): more than 0.01 pooled mean AUC and at least 4 of 5 folds. candidate: (summary key, rule name)
+SINGLE_CHANGE_ROUNDS = {
+    "d_ce": ("round13_rules", "ce_weight"),
+    "d_lite2": ("round14_rules", "lite2"),
+    "d_long_aug": ("round15_rules", "long_aug"),
+    "d_freeze1": ("round16_rules", "freeze1"),
+}
 
 
-def decide_round14(table: dict) -> dict:
-    """Round 14's rule (module docstring): Lite2 at 260 against round 9's Lite0 models, distance votes."""
-    return {"lite2": _paired(table, "d_lite2+distance", "d_default+distance", 0.01)}
-
-
-def decide_round15(table: dict) -> dict:
-    """Round 15's rule (module docstring): longer training with stronger augmentation, distance votes."""
-    return {"long_aug": _paired(table, "d_long_aug+distance", "d_default+distance", 0.01)}
-
-
-def decide_round16(table: dict) -> dict:
-    """Round 16's rule (module docstring): the stem alone frozen, distance votes."""
-    return {"freeze1": _paired(table, "d_freeze1+distance", "d_default+distance", 0.01)}
+def decide_single_change(table: dict, candidate: str) -> dict:
+    """The rule of rounds 13-16 for ``candidate`` (a key of :data:`SINGLE_CHANGE_ROUNDS`)."""
+    name = SINGLE_CHANGE_ROUNDS[candidate][1]
+    return {name: _paired(table, f"{candidate}+distance", "d_default+distance", 0.01)}
 
 
 def decide_views(table: dict, hier: str = "h_groups_half", disease: str = "d_default") -> dict:
@@ -750,14 +746,9 @@ def main() -> None:
     summary["threads_per_fold"] = max(1, (os.cpu_count() or 2) // min(a.workers, N_FOLDS))
     if "d_ham" in a.disease:
         summary["round8_rules"] = decide_round8(summary["candidates"])
-    if "d_ce" in a.disease:
-        summary["round13_rules"] = decide_round13(summary["candidates"])
-    if "d_lite2" in a.disease:
-        summary["round14_rules"] = decide_round14(summary["candidates"])
-    if "d_long_aug" in a.disease:
-        summary["round15_rules"] = decide_round15(summary["candidates"])
-    if "d_freeze1" in a.disease:
-        summary["round16_rules"] = decide_round16(summary["candidates"])
+    for cand, (key, _) in SINGLE_CHANGE_ROUNDS.items():
+        if cand in a.disease:
+            summary[key] = decide_single_change(summary["candidates"], cand)
     if a.disease and a.views:
         summary["round9_rules"] = decide_round9(summary["candidates"])
     if a.views and not a.disease:

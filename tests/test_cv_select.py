@@ -210,3 +210,21 @@ def test_round9_prefers_the_cheaper_view_set_unless_the_dearer_adds_more():
     table["d_default+flip4+distance"] = entry([0.75, 0.75, 0.69, 0.69, 0.69], 0.720)  # wins 2 of 5 folds only
     table["d_default+flip+distance"] = entry([0.69] * 5, 0.690)
     assert cv.decide_round9(table)["chosen"] == "none"
+
+
+def test_single_change_rounds_need_a_margin_and_four_folds():
+    """Rounds 13-16: a candidate joins only with > 0.01 pooled mean AUC over d_default and 4 of 5 folds won."""
+
+    def entry(pooled, folds):
+        return {"pooled_mean": pooled, "per_fold": {str(f): {"mean": m} for f, m in enumerate(folds)}}
+
+    base = entry(0.770, [0.79, 0.77, 0.80, 0.73, 0.74])
+    better = entry(0.785, [0.80, 0.78, 0.81, 0.74, 0.73])  # +0.015, 4 folds won
+    narrow = entry(0.778, [0.80, 0.78, 0.81, 0.74, 0.75])  # every fold, but +0.008
+    lucky = entry(0.790, [0.80, 0.78, 0.79, 0.72, 0.73])  # +0.02, 2 folds won
+    for cand, expect in (("d_ce", True), ("d_lite2", False), ("d_long_aug", False)):
+        cands = {"d_default+distance": base, f"{cand}+distance": {"d_ce": better, "d_lite2": narrow}.get(cand, lucky)}
+        (rule,) = cv.decide_single_change(cands, cand).values()
+        assert rule["passes"] is expect, (cand, rule)
+    (rule,) = cv.decide_single_change({"d_default+distance": base}, "d_freeze1").values()
+    assert rule == {"passes": False, "why": "unfinished"}

@@ -108,8 +108,10 @@ class EnsembleNet(nn.Module):
     def fold(self) -> int:
         """Inference only: each member's batch norms folded (``models.fold``). Members that shared their
         frozen stem still do: equal weights fold to equal weights."""
+        from chaiderm.models.fold import mark_folded
+
         n = sum(m.fold() for m in self.members)
-        self._chaiderm_folded = True
+        mark_folded(self)
         self._shared = None
         return n
 

@@ -69,8 +69,13 @@ def fold_batchnorms(module: nn.Module, x: torch.Tensor) -> int:
         # conv layers with a static padding module (EfficientNet's "same" padding) keep it: fuse deep-copies
         _set(module, conv_name, fused)
         _set(module, bn_name, nn.Identity())
-    module._chaiderm_folded = True  # type: ignore[attr-defined]
+    mark_folded(module)
     return len(pairs)
+
+
+def mark_folded(module: nn.Module) -> None:
+    """Mark ``module`` as holding folded parts (a container whose children were folded one by one)."""
+    module._chaiderm_folded = True  # type: ignore[attr-defined]
 
 
 def is_folded(module: nn.Module) -> bool:
