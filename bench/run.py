@@ -7,7 +7,7 @@ Sections (figures merged into ``bench/results.json`` with the machine and date):
 - ``normalise``: L2-normalised vs raw embeddings, Disease logic on ISIC 2017 train, val AUC per epoch
   (needs the ISIC data);
 - ``ensemble_query``: the ``query`` measurement through ensembles of 2, 3, 5, 8, 10 and 12 Lite0 members
-  (batch norms folded, as queries are served, and as saved);
+  (batch norms folded, as queries are served): members side by side, in turn, and as a ``serve`` request;
 - ``backbone_query``: the same through one model of each larger backbone (Lite1 at 224 and 240, Lite2 at 260);
 - ``ray``: archive embedding in one process and on a local Ray cluster with 1 and 2 actors (images/s);
 - ``serve``: 8 concurrent clients against ``chaiderm serve`` for a minute: query p50/p95 with 10
@@ -395,6 +395,44 @@ def _evidence_query_ms(pred, images: list) -> np.ndarray:
     return np.array(times) * 1000
 
 
+def _ensemble_query_ms(pred, images: list) -> dict[str, np.ndarray]:
+    """Milliseconds of each query with 10 evidence pairs, three ways taken in turn for every image (so the
+    shared machine's slow spells fall on all three alike): as ``query`` answers (members side by side on
+    the member pool), with the members in turn (``CHAIDERM_MEMBER_THREADS=1``, the code before the pool),
+    and as ``serve`` runs a request (the calling thread on one torch thread, members on the pool)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def timed(img) -> float:
+        t0 = time.perf_counter()
+        res = pred.predict(img, k=10, evidence=True)
+        assert len(res.qams) == 10
+        return (time.perf_counter() - t0) * 1000
+
+    request = ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,))
+    before = os.environ.get("CHAIDERM_MEMBER_THREADS")
+    out: dict[str, list[float]] = {"side_by_side": [], "in_turn": [], "serve_request": []}
+    try:
+        for warm in (True, False):
+            for img in images[:1] if warm else images:
+                os.environ.pop("CHAIDERM_MEMBER_THREADS", None)
+                a = timed(img)
+                os.environ["CHAIDERM_MEMBER_THREADS"] = "1"
+                b = timed(img)
+                os.environ.pop("CHAIDERM_MEMBER_THREADS", None)
+                c = request.submit(timed, img).result()
+                if not warm:
+                    out["side_by_side"].append(a)
+                    out["in_turn"].append(b)
+                    out["serve_request"].append(c)
+    finally:
+        request.shutdown()
+        if before is None:
+            os.environ.pop("CHAIDERM_MEMBER_THREADS", None)
+        else:
+            os.environ["CHAIDERM_MEMBER_THREADS"] = before
+    return {k: np.array(v) for k, v in out.items()}
+
+
 def bench_ensemble_query(isic: Path, tmp: Path, n_queries: int = 30, archive: int = 500) -> dict:
     """One query with 10 evidence pairs through ensembles of 2, 3, 5, 8, 10 and 12 Lite0 members, each over
     its own index of the same 500 archive images (the search itself is a small share of a query; bench
@@ -403,8 +441,8 @@ def bench_ensemble_query(isic: Path, tmp: Path, n_queries: int = 30, archive: in
     what they learned."""
     from chaiderm.config import ModelConfig, RunConfig
     from chaiderm.data.images import load_image
-    from chaiderm.models.embedding import build_model, load_model, save_model
-    from chaiderm.models.ensemble import combine
+    from chaiderm.models.embedding import build_model, save_model
+    from chaiderm.models.ensemble import combine, member_threads
     from chaiderm.pipeline import Predictor, build_index
 
     table, source, _ = _model_and_index(isic, tmp)
@@ -430,15 +468,16 @@ def bench_ensemble_query(isic: Path, tmp: Path, n_queries: int = 30, archive: in
         index.save(tmp / f"ens{n}_index")
         build_s = time.perf_counter() - t
         pred = Predictor.load(tmp / f"ens{n}", tmp / f"ens{n}_index")  # batch norms folded, as served
-        ms = _evidence_query_ms(pred, images)
-        # the same queries through the model as saved (batch norms as layers of their own)
-        ms_plain = _evidence_query_ms(Predictor(load_model(tmp / f"ens{n}")[0], pred.cfg, pred.index), images)
+        ms = _ensemble_query_ms(pred, images)
         out[f"members_{n}"] = {
             "dim": net.dim,
-            "median_ms": float(np.median(ms)),
-            "p95_ms": float(np.percentile(ms, 95)),
-            "median_ms_unfolded": float(np.median(ms_plain)),
-            "p95_ms_unfolded": float(np.percentile(ms_plain, 95)),
+            "member_threads": member_threads(),
+            "median_ms": float(np.median(ms["side_by_side"])),
+            "p95_ms": float(np.percentile(ms["side_by_side"], 95)),
+            "median_ms_in_turn": float(np.median(ms["in_turn"])),
+            "p95_ms_in_turn": float(np.percentile(ms["in_turn"], 95)),
+            "median_ms_serve_request": float(np.median(ms["serve_request"])),
+            "p95_ms_serve_request": float(np.percentile(ms["serve_request"], 95)),
             "index_build_s": build_s,
             "maps_gb": float(index.maps.nbytes / 2**30) if index.maps is not None else 0.0,
             "shared_stages": net.shared_stages(),

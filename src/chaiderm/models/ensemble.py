@@ -11,6 +11,9 @@ their settings in its ``config.json``, so ``index``, ``query``, ``evaluate`` and
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -20,6 +23,53 @@ from chaiderm.config import ModelConfig, RunConfig, TrainConfig
 from chaiderm.errors import ArtifactError
 
 ENSEMBLE = "ensemble"  # ModelConfig.backbone of an ensemble; ModelConfig.members holds its members
+
+_POOL: tuple[tuple[int, int], ThreadPoolExecutor] | None = None  # ((pid, threads), pool)
+_POOL_LOCK = threading.Lock()
+
+
+def member_threads() -> int:
+    """How many members of an ensemble run at once when it answers queries: the cores this process may
+    use, at most 8. ``CHAIDERM_MEMBER_THREADS=1`` runs them one after another (as in training)."""
+    env = os.environ.get("CHAIDERM_MEMBER_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ArtifactError(f"CHAIDERM_MEMBER_THREADS: '{env}' is not a whole number") from None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def _one_torch_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def member_pool() -> ThreadPoolExecutor | None:
+    """The process's one pool for ensemble members (None: run them in turn). Each of its threads runs one
+    member at a time on one torch thread. On a batch of one a member's convolutions barely use a second
+    thread (torch's intra-op threads mostly wait for each other), so two members side by side, one thread
+    each, finish sooner than the two in turn on two threads each. Shared by every ensemble and request of
+    the process, so concurrent queries (``serve``) never run more members at once than there are cores."""
+    global _POOL
+    n = member_threads()
+    if n < 2:
+        return None
+    with _POOL_LOCK:
+        # a forked child (Ray, data loaders) inherits the pool object but none of its threads
+        if _POOL is None or _POOL[0] != (os.getpid(), n):
+            pool = ThreadPoolExecutor(n, thread_name_prefix="chaiderm-member", initializer=_one_torch_thread)
+            _POOL = ((os.getpid(), n), pool)
+        return _POOL[1]
+
+
+def _member_maps(member: nn.Module, x: torch.Tensor, start: int, inference: bool) -> torch.Tensor:
+    # grad mode is per thread: the caller's inference mode must hold in the pool's thread too
+    with torch.inference_mode(inference), torch.no_grad():
+        return member.evidence_maps(x, start)[0]
 
 
 class EnsembleNet(nn.Module):
@@ -82,12 +132,22 @@ class EnsembleNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The members' evidence maps stacked: ``(B, sum of D, h, w)``; each member's part averages to
         its own embedding (L2-normalised where that member normalises). Bit-identical to running each
-        member on ``x``: the shared stages are the same modules' arithmetic on the same input."""
+        member on ``x`` with the same torch threads: the shared stages are the same modules' arithmetic on
+        the same input. Answering queries (eval mode, no gradients, CPU), the members after the shared
+        stages run side by side on ``member_pool``'s threads, one torch thread each."""
         # training mode would update each member's BN statistics, which a shared pass would skip
         n = 0 if self.training else self.shared_stages()
         for s in self.members[0].backbone.stages[:n]:
             x = s(x)
-        return torch.cat([m.evidence_maps(x, n)[0] for m in self.members], dim=1)
+        pool = None
+        # only where no gradient is asked for (autograd across threads would work but nothing needs it)
+        if not self.training and not torch.is_grad_enabled() and x.device.type == "cpu":
+            pool = member_pool()
+        if pool is None:
+            return torch.cat([m.evidence_maps(x, n)[0] for m in self.members], dim=1)
+        inference = torch.is_inference_mode_enabled()
+        parts = [pool.submit(_member_maps, m, x, n, inference) for m in self.members]
+        return torch.cat([p.result() for p in parts], dim=1)
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
         return fmap.mean(dim=(2, 3))

