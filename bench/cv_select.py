@@ -140,6 +140,16 @@ least 4 of 5 folds; members would then share one stage instead of six, so a reci
 measure how many fit in 150 ms at the 95th percentile, then be guarded on the validation split and the
 ham10000_dev tune half before the test split is read.
 Outcome: -0.025 pooled (0.745 against 0.770), 0 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+
+Round 17 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_dim256 --baseline
+bench/cv_round9.json``): the embedding's 1024 dimensions are the paper's, never judged here. The models
+overfit by the third epoch (round 15), and the new 1x1 projection (320 to 1024 channels) is most of what
+is trained from scratch; ``d_dim256`` projects to 256 instead (a quarter of the new weights), all else
+default, round 9's seeds and thread count. A member's embedding and stored maps would also shrink 4x, which
+is not part of the rule. Rule, fixed before it ran (:func:`decide_single_change`): 256 dimensions join the
+recipe if ``d_dim256+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and
+wins at least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the validation split
+and the ham10000_dev tune half) before the test split is read.
 """
 
 from __future__ import annotations
@@ -181,6 +191,8 @@ DISEASE: dict[str, tuple[dict, dict]] = {
     "d_long_aug": ({}, {"epochs": 6, "lr_step": 4, "zoom": 1.25, "colour_jitter": 0.2}),
     # round 16: the stem alone frozen (Lite0's default freezes 6 stages, down to 1/8 resolution)
     "d_freeze1": ({"freeze_stages": 1}, {}),
+    # round 17: a 256-d embedding instead of the paper's 1024
+    "d_dim256": ({"embedding_dim": 256}, {}),
 }
 # Disease candidates trained on more than the four ISIC folds: the extra source (a --ham folder)
 EXTRA_DATA = {"d_ham": "ham"}
@@ -573,18 +585,19 @@ def decide_round9(table: dict, base: str = "d_default") -> dict:
     return {"views": report, "chosen": chosen}
 
 
-# Rounds 13-16 each judged one Disease candidate against round 9's ``d_default``, distance votes, by one rule
+# Rounds 13-17 each judged one Disease candidate against round 9's ``d_default``, distance votes, by one rule
 # (module docstring): more than 0.01 pooled mean AUC and at least 4 of 5 folds. candidate: (summary key, rule name)
 SINGLE_CHANGE_ROUNDS = {
     "d_ce": ("round13_rules", "ce_weight"),
     "d_lite2": ("round14_rules", "lite2"),
     "d_long_aug": ("round15_rules", "long_aug"),
     "d_freeze1": ("round16_rules", "freeze1"),
+    "d_dim256": ("round17_rules", "dim256"),
 }
 
 
 def decide_single_change(table: dict, candidate: str) -> dict:
-    """The rule of rounds 13-16 for ``candidate`` (a key of :data:`SINGLE_CHANGE_ROUNDS`)."""
+    """The rule of rounds 13-17 for ``candidate`` (a key of :data:`SINGLE_CHANGE_ROUNDS`)."""
     name = SINGLE_CHANGE_ROUNDS[candidate][1]
     return {name: _paired(table, f"{candidate}+distance", "d_default+distance", 0.01)}
 
