@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,6 +161,45 @@ def test_an_ensemble_indexes_queries_and_evaluates_like_a_run(tmp_path, synth_di
 
     info = describe(Predictor.load(ens, ix), ens, ix)  # what the viewer's header says is loaded
     assert (info["logic"], info["backbone"]) == ("ensemble", "2 x tiny")
+
+
+def test_a_served_ensemble_answers_concurrent_requests_with_members_side_by_side(tmp_path, synth_dir):
+    """Requests of ``serve`` run on one torch thread each and share the member pool: four at once all
+    answer, each as the same query answered alone in-process, and the members ran on the pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from chaiderm.data.images import load_image
+    from chaiderm.data.records import load_table
+    from chaiderm.pipeline import Predictor
+    from chaiderm.web.app import create_app
+
+    runs = [_member(tmp_path / f"m{s}", s) for s in range(3)]
+    ens, ix = tmp_path / "ens", tmp_path / "ix"
+    assert runner.invoke(app, ["ensemble", *map(str, runs), "--out", str(ens)]).exit_code == 0
+    r = runner.invoke(app, ["index", "--model", str(ens), "--data", str(synth_dir), "--out", str(ix)])
+    assert r.exit_code == 0, r.output
+    paths = load_table(synth_dir, "test").paths[:4]
+    alone = [Predictor.load(ens, ix).predict(load_image(p), k=5) for p in paths]
+    server = create_app(ens, ix, tmp_path / "fb.db", workers=2)
+    where: set[str] = set()
+    with TestClient(server) as c:
+        for m in server.state.viewer.predictor.model.members:
+            m.proj.register_forward_hook(lambda *_: where.add(threading.current_thread().name))
+
+        def ask(path):
+            image = ("q.png", Path(path).read_bytes(), "image/png")
+            return c.post("/api/query", files={"image": image}, data={"k": "5"})
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(ask, paths))
+    for resp, own in zip(answers, alone, strict=True):
+        assert resp.status_code == 200, resp.text
+        got = resp.json()
+        assert [n["image_id"] for n in got["neighbors"]] == [n.image_id for n in own.prediction.neighbors]
+        assert abs(got["melanoma_probability"] - own.prediction.positive_probability) < 1e-5
+    assert where and all(n.startswith("chaiderm-member") for n in where), where
 
 
 def test_members_that_cannot_be_combined_are_refused(tmp_path, synth_dir):
