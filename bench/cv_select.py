@@ -150,6 +150,7 @@ is not part of the rule. Rule, fixed before it ran (:func:`decide_single_change`
 recipe if ``d_dim256+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and
 wins at least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the validation split
 and the ham10000_dev tune half) before the test split is read.
+Outcome: -0.005 pooled (0.765 against 0.770), 3 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
 """
 
 from __future__ import annotations
