@@ -243,6 +243,28 @@ def test_serve_start_up_failures_are_one_line(served, tmp_path):
     assert r.exit_code == 2 and "--port" in r.output and "http://" not in r.output
 
 
+def test_serve_says_what_a_query_costs_here_before_the_first_user(served, tmp_path, monkeypatch):
+    """Warm-up queries run before the address is announced: the first user does not pay torch's one-time
+    set-up, the operator reads what a query costs on this machine, and nothing is stored for them."""
+    import re
+    import sqlite3
+
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    db = tmp_path / "f.db"
+    r = runner.invoke(app, ["serve", "--model", str(served / "run"), "--index", str(served / "ix"), "--db", str(db),
+                            "--port", "0"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    took = re.search(r"a query with its evidence took (\d+) ms here", r.output)
+    assert took and r.output.index(took.group(0)) < r.output.index("evidence viewer on"), r.output
+    tables = [t for (t,) in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    for table in tables:
+        if table.startswith("sqlite"):
+            continue
+        assert sqlite3.connect(db).execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table
+
+
 def test_query_csv_is_scored_by_the_isic_organisers_scorer(served, synth_dir, tmp_path):
     """`query --csv` in the ISIC 2018 task 3 layout, scored by `isic-challenge-scoring`, not by us."""
     import csv

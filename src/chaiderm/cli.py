@@ -801,6 +801,10 @@ def serve(
     sock = _bind(host, port)  # before announcing the address: a port in use is one readable line
     scheme = "https" if ssl_certfile else "http"
     who = f"sign-in from {users}" if users else "no sign-in (loopback, one local user)"
+    console.print(
+        f"a query with its evidence took {application.state.query_ms:.0f} ms here "
+        "(median of the warm-up queries, on one request's threads)"
+    )
     console.print(f"evidence viewer on {scheme}://{host}:{port}/ ({who}; data in {db}); Ctrl-C stops it")
     config = uvicorn.Config(
         application,

@@ -354,6 +354,22 @@ class Predictor:
             qams = rams = np.zeros((0, 1, 1), np.float32)
         return QueryResult(pred, square, qams, rams, f_q, g_q)
 
+    def warm_up(self, n: int = 3, k: int = 10) -> float:
+        """Answer ``n`` queries of a plain grey image with ``k`` evidence pairs; the median milliseconds of
+        the queries after the first (which pays for torch's one-time set-up). A server calls it before its
+        first user: that user does not pay the set-up, and the operator learns what a query costs on this
+        machine, on the threads a request gets."""
+        import time
+
+        grey = np.full((self.cfg.model.load_size,) * 2 + (3,), 128, np.uint8)
+        k = max(1, min(k, len(self.index)))
+        times = []
+        for _ in range(max(2, n)):
+            t = time.perf_counter()
+            self.predict(grey, k=k, image_id="warm-up")
+            times.append((time.perf_counter() - t) * 1000)
+        return float(np.median(times[1:]))
+
     def _embeddings_of(self, image_ids: list[str]) -> np.ndarray:
         if len(image_ids) > MAX_EXAMPLES:
             raise DataError(None, f"at most {MAX_EXAMPLES} marked cases refine a query", code="bad_region")

@@ -74,6 +74,7 @@ def create_app(
         faiss.omp_set_num_threads(1)
     predictor = Predictor.load(model_dir, index_dir)
     predictor.index.warm_cache()
+    query_ms = predictor.warm_up()  # on this thread's torch threads: what a request gets
     store = FeedbackStore(db_path)
     user_file = Users(users) if users is not None else None
     access = Access(user_file, Sessions(store), AuditLog(store), secure_cookies=secure_cookies)
@@ -124,6 +125,7 @@ def create_app(
     app = FastAPI(title="chaiderm", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.viewer = state
     app.state.access = access
+    app.state.query_ms = query_ms
     app.state.metrics = metrics
     app.include_router(session.router)
     app.include_router(viewer.router)
