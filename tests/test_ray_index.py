@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -89,3 +90,18 @@ def test_cli_index_on_ray(ray_cluster, model_run, synth_dir, tmp_path):
     assert r.exit_code == 2 and "--ray-workers: needs --ray" in r.output
     r = CliRunner().invoke(app, [*args, "--ray", "127.0.0.1:9"])  # nobody there: an answer in seconds
     assert r.exit_code == 2 and "no Ray cluster answers at '127.0.0.1:9'" in r.output, r.output
+
+
+def test_an_actor_runs_ensemble_members_side_by_side_only_within_its_share(model_run, tmp_path, monkeypatch):
+    """Two one-thread actors on two cores must not each start a pool of two member threads."""
+    from chaiderm.index.ray_embed import _Embedder
+
+    monkeypatch.setenv("CHAIDERM_MEMBER_THREADS", "8")  # what the process would use alone; restored after
+    _Embedder(str(model_run[2]), "none", False, str(tmp_path), 1, None)
+    assert os.environ["CHAIDERM_MEMBER_THREADS"] == "1"
+    _Embedder(str(model_run[2]), "none", False, str(tmp_path), 2, None)
+    assert os.environ["CHAIDERM_MEMBER_THREADS"] == "1"  # never above what the process had
+    monkeypatch.setenv("CHAIDERM_MEMBER_THREADS", "8")
+    _Embedder(str(model_run[2]), "none", False, str(tmp_path), 2, None)
+    assert os.environ["CHAIDERM_MEMBER_THREADS"] == "2"
+    torch.set_num_threads(2)
