@@ -317,7 +317,9 @@ def run_fold(
     from chaiderm.models.embedding import load_model
     from chaiderm.training import train
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // min(workers, N_FOLDS)))
+    threads = max(1, (os.cpu_count() or 2) // min(workers, N_FOLDS))
+    torch.set_num_threads(threads)
+    os.environ["CHAIDERM_MEMBER_THREADS"] = str(threads)  # folds side by side share the cores: members too
     tr_t, va_t = _tables(isic, limit)
     full = load_table(isic, "train")  # groups come from every rated image, also in a --limit smoke run
     ratings = read_enhance(enhance)
