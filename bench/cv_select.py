@@ -151,6 +151,17 @@ recipe if ``d_dim256+distance`` beats round 9's ``d_default+distance`` by more t
 wins at least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the validation split
 and the ham10000_dev tune half) before the test split is read.
 Outcome: -0.005 pooled (0.765 against 0.770), 3 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+
+Round 18 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_freeze12 --baseline
+bench/cv_round9.json``): round 16 found that training more of the backbone (the stem alone frozen) lost
+0.025 in every fold, the models fitting the 1600 images faster and transferring worse. The other direction
+was never tried: ``d_freeze12`` keeps the first 12 of Lite0's 18 stages frozen (everything down to 1/16
+resolution, against 1/8 by default), so only the 7 x 7 stages, the head and the projection learn; all else
+default, round 9's seeds and thread count. Members would also share twice the stem, so queries would be
+cheaper; that is not part of the rule. Rule, fixed before it ran (:func:`decide_single_change`): the setting
+joins the recipe if ``d_freeze12+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled
+mean AUC and wins at least 4 of 5 folds; then a recipe round of its own (members counted by the latency
+rule, guarded on the validation split and the ham10000_dev tune half) before the test split is read.
 """
 
 from __future__ import annotations
@@ -194,6 +205,8 @@ DISEASE: dict[str, tuple[dict, dict]] = {
     "d_freeze1": ({"freeze_stages": 1}, {}),
     # round 17: a 256-d embedding instead of the paper's 1024
     "d_dim256": ({"embedding_dim": 256}, {}),
+    # round 18: the first 12 stages frozen (down to 1/16 resolution) instead of 6
+    "d_freeze12": ({"freeze_stages": 12}, {}),
 }
 # Disease candidates trained on more than the four ISIC folds: the extra source (a --ham folder)
 EXTRA_DATA = {"d_ham": "ham"}
@@ -588,7 +601,7 @@ def decide_round9(table: dict, base: str = "d_default") -> dict:
     return {"views": report, "chosen": chosen}
 
 
-# Rounds 13-17 each judged one Disease candidate against round 9's ``d_default``, distance votes, by one rule
+# Rounds 13-18 each judged one Disease candidate against round 9's ``d_default``, distance votes, by one rule
 # (module docstring): more than 0.01 pooled mean AUC and at least 4 of 5 folds. candidate: (summary key, rule name)
 SINGLE_CHANGE_ROUNDS = {
     "d_ce": ("round13_rules", "ce_weight"),
@@ -596,11 +609,12 @@ SINGLE_CHANGE_ROUNDS = {
     "d_long_aug": ("round15_rules", "long_aug"),
     "d_freeze1": ("round16_rules", "freeze1"),
     "d_dim256": ("round17_rules", "dim256"),
+    "d_freeze12": ("round18_rules", "freeze12"),
 }
 
 
 def decide_single_change(table: dict, candidate: str) -> dict:
-    """The rule of rounds 13-17 for ``candidate`` (a key of :data:`SINGLE_CHANGE_ROUNDS`)."""
+    """The rule of rounds 13-18 for ``candidate`` (a key of :data:`SINGLE_CHANGE_ROUNDS`)."""
     name = SINGLE_CHANGE_ROUNDS[candidate][1]
     return {name: _paired(table, f"{candidate}+distance", "d_default+distance", 0.01)}
 
