@@ -162,6 +162,7 @@ cheaper; that is not part of the rule. Rule, fixed before it ran (:func:`decide_
 joins the recipe if ``d_freeze12+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled
 mean AUC and wins at least 4 of 5 folds; then a recipe round of its own (members counted by the latency
 rule, guarded on the validation split and the ham10000_dev tune half) before the test split is read.
+Outcome: -0.018 pooled (0.752 against 0.770), 2 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
 """
 
 from __future__ import annotations
