@@ -61,6 +61,8 @@ def member_pool() -> ThreadPoolExecutor | None:
     with _POOL_LOCK:
         # a forked child (Ray, data loaders) inherits the pool object but none of its threads
         if _POOL is None or _POOL[0] != (os.getpid(), n):
+            if _POOL is not None and _POOL[0][0] == os.getpid():
+                _POOL[1].shutdown(wait=False)  # another size asked for: the old threads end when idle
             pool = ThreadPoolExecutor(n, thread_name_prefix="chaiderm-member", initializer=_one_torch_thread)
             _POOL = ((os.getpid(), n), pool)
         return _POOL[1]
