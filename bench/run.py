@@ -383,16 +383,19 @@ def bench_serve(isic: Path, tmp: Path, clients: int = 8, seconds: float = 45.0) 
     }
 
 
+def _one_query_ms(pred, img) -> float:
+    """Milliseconds of one query with 10 neighbours and their 10 QAM/RAM pairs."""
+    t0 = time.perf_counter()
+    res = pred.predict(img, k=10, evidence=True)
+    ms = (time.perf_counter() - t0) * 1000
+    assert len(res.qams) == 10
+    return ms
+
+
 def _evidence_query_ms(pred, images: list) -> np.ndarray:
     """Milliseconds of each query with 10 neighbours and their 10 QAM/RAM pairs, after one warm-up query."""
     pred.predict(images[0], k=10)
-    times = []
-    for img in images:
-        t0 = time.perf_counter()
-        res = pred.predict(img, k=10, evidence=True)
-        times.append(time.perf_counter() - t0)
-        assert len(res.qams) == 10
-    return np.array(times) * 1000
+    return np.array([_one_query_ms(pred, img) for img in images])
 
 
 def _ensemble_query_ms(pred, images: list) -> dict[str, np.ndarray]:
@@ -402,12 +405,6 @@ def _ensemble_query_ms(pred, images: list) -> dict[str, np.ndarray]:
     and as ``serve`` runs a request (the calling thread on one torch thread, members on the pool)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def timed(img) -> float:
-        t0 = time.perf_counter()
-        res = pred.predict(img, k=10, evidence=True)
-        assert len(res.qams) == 10
-        return (time.perf_counter() - t0) * 1000
-
     request = ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,))
     before = os.environ.get("CHAIDERM_MEMBER_THREADS")
     out: dict[str, list[float]] = {"side_by_side": [], "in_turn": [], "serve_request": []}
@@ -415,11 +412,11 @@ def _ensemble_query_ms(pred, images: list) -> dict[str, np.ndarray]:
         for warm in (True, False):
             for img in images[:1] if warm else images:
                 os.environ.pop("CHAIDERM_MEMBER_THREADS", None)
-                a = timed(img)
+                a = _one_query_ms(pred, img)
                 os.environ["CHAIDERM_MEMBER_THREADS"] = "1"
-                b = timed(img)
+                b = _one_query_ms(pred, img)
                 os.environ.pop("CHAIDERM_MEMBER_THREADS", None)
-                c = request.submit(timed, img).result()
+                c = request.submit(_one_query_ms, pred, img).result()
                 if not warm:
                     out["side_by_side"].append(a)
                     out["in_turn"].append(b)
