@@ -163,6 +163,17 @@ joins the recipe if ``d_freeze12+distance`` beats round 9's ``d_default+distance
 mean AUC and wins at least 4 of 5 folds; then a recipe round of its own (members counted by the latency
 rule, guarded on the validation split and the ham10000_dev tune half) before the test split is read.
 Outcome: -0.018 pooled (0.752 against 0.770), 2 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+
+Round 19 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_batch96 --baseline
+bench/cv_round9.json``): every Disease batch holds 16 images of each diagnosis (48), so an anchor meets at
+most 32 images of the other two diagnoses, and the loss is averaged over the triplets still active. Metric
+learning usually gains from more negatives per anchor, the hard ones being rare. ``d_batch96`` draws batches of
+96 (32 per diagnosis): the same images per epoch and the same three epochs, so the same compute, half the
+optimiser steps and about eight times the in-batch triplets per step; all else default, round 9's seeds and
+thread count. Rule, fixed before it ran (:func:`decide_single_change`): the setting joins the recipe if
+``d_batch96+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and wins at
+least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the validation split and the
+ham10000_dev tune half) before the test split is read.
 """
 
 from __future__ import annotations
@@ -208,6 +219,8 @@ DISEASE: dict[str, tuple[dict, dict]] = {
     "d_dim256": ({"embedding_dim": 256}, {}),
     # round 18: the first 12 stages frozen (down to 1/16 resolution) instead of 6
     "d_freeze12": ({"freeze_stages": 12}, {}),
+    # round 19: batches of 96 (32 per diagnosis) instead of 48
+    "d_batch96": ({}, {"batch_size": 96}),
 }
 # Disease candidates trained on more than the four ISIC folds: the extra source (a --ham folder)
 EXTRA_DATA = {"d_ham": "ham"}
@@ -602,7 +615,7 @@ def decide_round9(table: dict, base: str = "d_default") -> dict:
     return {"views": report, "chosen": chosen}
 
 
-# Rounds 13-18 each judged one Disease candidate against round 9's ``d_default``, distance votes, by one rule
+# Rounds 13-19 each judged one Disease candidate against round 9's ``d_default``, distance votes, by one rule
 # (module docstring): more than 0.01 pooled mean AUC and at least 4 of 5 folds. candidate: (summary key, rule name)
 SINGLE_CHANGE_ROUNDS = {
     "d_ce": ("round13_rules", "ce_weight"),
@@ -611,11 +624,12 @@ SINGLE_CHANGE_ROUNDS = {
     "d_freeze1": ("round16_rules", "freeze1"),
     "d_dim256": ("round17_rules", "dim256"),
     "d_freeze12": ("round18_rules", "freeze12"),
+    "d_batch96": ("round19_rules", "batch96"),
 }
 
 
 def decide_single_change(table: dict, candidate: str) -> dict:
-    """The rule of rounds 13-18 for ``candidate`` (a key of :data:`SINGLE_CHANGE_ROUNDS`)."""
+    """The rule of rounds 13-19 for ``candidate`` (a key of :data:`SINGLE_CHANGE_ROUNDS`)."""
     name = SINGLE_CHANGE_ROUNDS[candidate][1]
     return {name: _paired(table, f"{candidate}+distance", "d_default+distance", 0.01)}
 
