@@ -173,7 +173,7 @@ optimiser steps and about eight times the in-batch triplets per step; all else d
 thread count. Rule, fixed before it ran (:func:`decide_single_change`): the setting joins the recipe if
 ``d_batch96+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and wins at
 least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the validation split and the
-ham10000_dev tune half) before the test split is read.
+ham10000_dev tune half) before the test split is read.Outcome: -0.023 pooled (0.747 against 0.770), 1 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
 """
 
 from __future__ import annotations
