@@ -265,6 +265,37 @@ def test_serve_says_what_a_query_costs_here_before_the_first_user(served, tmp_pa
         assert sqlite3.connect(db).execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table
 
 
+def test_serve_warns_when_a_query_costs_more_than_its_budget_here(served, tmp_path, monkeypatch):
+    """A machine slower than the one the recipe was sized on: the operator is told before the address, with
+    what would answer faster; within the budget nothing is said."""
+    import uvicorn
+
+    from chaiderm.pipeline import QUERY_BUDGET_MS, Predictor
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    args = ["serve", "--model", str(served / "run"), "--index", str(served / "ix"), "--port", "0"]
+    monkeypatch.setattr(Predictor, "warm_up", lambda self, n=3, k=10: QUERY_BUDGET_MS + 250)
+    r = runner.invoke(app, [*args, "--db", str(tmp_path / "slow.db")])
+    assert r.exit_code == 0, r.output
+    line = f"warning: a query takes {QUERY_BUDGET_MS + 250:.0f} ms here, above the {QUERY_BUDGET_MS:.0f} ms"
+    assert line in r.output and r.output.index(line) < r.output.index("evidence viewer on"), r.output
+    monkeypatch.setattr(Predictor, "warm_up", lambda self, n=3, k=10: QUERY_BUDGET_MS - 1)
+    r = runner.invoke(app, [*args, "--db", str(tmp_path / "fast.db")])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+
+
+def test_names_with_brackets_are_printed_as_they_are(tmp_path):
+    """Paths are data, not console markup: an output folder named like a closing tag once raised after the
+    work was done, and one named like a style lost its name."""
+    for name in ("[/b]set", "[red]set"):
+        out = tmp_path / name
+        r = runner.invoke(app, ["synth", "--out", str(out), "--n-train", "6", "--n-val", "3", "--n-test", "3",
+                                "--size", "32"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        assert f"to {out}" in r.output.replace("\n", ""), r.output
+        assert (out / "train").is_dir()
+
+
 def test_query_csv_is_scored_by_the_isic_organisers_scorer(served, synth_dir, tmp_path):
     """`query --csv` in the ISIC 2018 task 3 layout, scored by `isic-challenge-scoring`, not by us."""
     import csv

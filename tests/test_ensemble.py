@@ -283,3 +283,28 @@ def test_the_recommended_recipe_is_eight_disease_seeds_by_name(tmp_path, synth_d
         assert r.exit_code == 2 and "--recipe recommended sets" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, [*args[:-1], "best", "--force"])
     assert r.exit_code == 2 and "known: recommended" in r.output
+
+
+def test_a_slow_query_is_answered_with_what_would_be_faster(tmp_path):
+    """Above the budget, an ensemble's operator is pointed at its own members (fewer make a faster model
+    without training); a single model's is told the machine is slower; within the budget, nothing."""
+    from torch import nn
+
+    from chaiderm.pipeline import QUERY_BUDGET_MS, query_cost_warning
+
+    class Members(nn.Module):
+        def __init__(self, n: int):
+            super().__init__()
+            self.members = nn.ModuleList(nn.Identity() for _ in range(n))
+
+    run = tmp_path / "recipe"
+    assert query_cost_warning(QUERY_BUDGET_MS, Members(8), run) is None
+    eight = query_cost_warning(QUERY_BUDGET_MS + 30, Members(8), run)
+    assert eight.startswith(f"a query takes {QUERY_BUDGET_MS + 30:.0f} ms here") and "8 members" in eight
+    assert "chaiderm ensemble RUN RUN ..." in eight and "chaiderm index" in eight
+    for seed in (3, 4, 5):
+        (run / "members" / f"seed{seed}").mkdir(parents=True)
+    named = query_cost_warning(QUERY_BUDGET_MS + 30, Members(3), run)
+    assert f"chaiderm ensemble {run / 'members' / 'seed3'} {run / 'members' / 'seed4'} ..." in named
+    single = query_cost_warning(QUERY_BUDGET_MS + 30, nn.Identity(), run)
+    assert "members" not in single and "slower" in single

@@ -13,12 +13,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from chaiderm.config import DEFAULT_VIEWS
 from chaiderm.errors import ChaidermError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evidence-based melanoma classification (CHAI).")
-console = Console(stderr=True)
+# no markup: paths and error texts printed here are data, and "[/x]" in one would raise mid-command
+console = Console(stderr=True, markup=False)
 groups_app = typer.Typer(no_args_is_help=True, help="Make similarity-group CSVs for training.")
 app.add_typer(groups_app, name="groups")
 archive_app = typer.Typer(no_args_is_help=True, help="Grow, shrink and inspect an index without rebuilding it.")
@@ -30,10 +32,10 @@ USERS_FILE = Path("chaiderm-users.json")
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
@@ -54,6 +56,10 @@ def _errors(skip_bad_hint: bool = False):
             hint = "\n  (remove or replace the file, or pass --skip-bad to skip unreadable images and count them)"
         typer.echo(f"error: {e}{hint}", err=True)  # plain and unwrapped: the message names the file
         raise typer.Exit(2) from None
+
+
+def _warn(message: str) -> None:
+    console.print(Text.assemble(("warning:", "yellow"), " ", message))
 
 
 def _fail(message: str) -> typer.Exit:
@@ -301,7 +307,7 @@ def train_cmd(
             try:
                 val_table = load_table(vd, vs, groups)
             except ChaidermError as e:
-                console.print(f"[yellow]warning:[/yellow] no validation data ({e}); training without it")
+                _warn(f"no validation data ({e}); training without it")
         cfg = RunConfig(
             model=ModelConfig(
                 backbone=backbone,
@@ -387,9 +393,7 @@ def train_cmd(
             return
         result = _run_training(cfg, table, out, **kw)
     if result.skipped:
-        console.print(
-            f"[yellow]warning:[/yellow] skipped {len(result.skipped)} unreadable image(s), e.g. {result.skipped[0]}"
-        )
+        _warn(f"skipped {len(result.skipped)} unreadable image(s), e.g. {result.skipped[0]}")
     console.print(f"model written to {out} (best epoch {result.best_epoch})")
 
 
@@ -417,7 +421,7 @@ def _read_feedback(path: Path, table):
         (fb.unknown_ids, "clicks on images outside the training data"),
     ):
         if n:
-            console.print(f"note: {n} {why}: not used", markup=False, highlight=False)
+            console.print(f"note: {n} {why}: not used", highlight=False)
     return fb
 
 
@@ -506,7 +510,7 @@ def index_cmd(
             )
             if not allow_incomplete:
                 raise _fail(msg + ", or index it as it is with --allow-incomplete")
-            console.print(f"[yellow]warning:[/yellow] {msg}; indexing it as it is (--allow-incomplete)")
+            _warn(f"{msg}; indexing it as it is (--allow-incomplete)")
         if views is not None:
             cfg.model.views = views  # recorded in the index; queries follow it
         table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")), groups)
@@ -532,7 +536,7 @@ def index_cmd(
             )
         index.save(out)
     if errors:
-        console.print(f"[yellow]warning:[/yellow] skipped {len(errors)} unreadable image(s), e.g. {errors[0]}")
+        _warn(f"skipped {len(errors)} unreadable image(s), e.g. {errors[0]}")
     console.print(f"indexed {len(index)} images into {out}")
 
 
@@ -597,7 +601,7 @@ def archive_add_cmd(
         if new is not ix:
             new.save(index)  # atomic: a killed add leaves the index as it was
     for m in messages:
-        console.print(f"note: {m}", markup=False, highlight=False)
+        console.print(f"note: {m}", highlight=False)
     console.print(f"added {len(new) - len(ix)} case(s); {index} now holds {len(new)}")
 
 
@@ -758,6 +762,7 @@ def serve(
 
     import uvicorn
 
+    from chaiderm.pipeline import query_cost_warning
     from chaiderm.web.app import create_app
 
     if not 1 <= max_upload_mb <= 200:
@@ -805,6 +810,9 @@ def serve(
         f"a query with its evidence took {application.state.query_ms:.0f} ms here "
         "(median of the warm-up queries, on one request's threads)"
     )
+    advice = query_cost_warning(application.state.query_ms, application.state.viewer.predictor.model, model)
+    if advice:
+        _warn(advice)
     console.print(f"evidence viewer on {scheme}://{host}:{port}/ ({who}; data in {db}); Ctrl-C stops it")
     config = uvicorn.Config(
         application,

@@ -36,11 +36,36 @@ __all__ = [
     "add_to_index",
     "build_index",
     "load_image",
+    "query_cost_warning",
     "read_feedback_triplets",
     "render_heatmap",
     "to_png_bytes",
     "weights_digest",
 ]
+
+
+# What a query with 10 evidence pairs may cost on 2 cores (issue 16); the recipe's member count was sized to it
+QUERY_BUDGET_MS = 150.0
+
+
+def query_cost_warning(query_ms: float, model: torch.nn.Module, run_dir: str | Path) -> str | None:
+    """One line for an operator whose machine answers slower than :data:`QUERY_BUDGET_MS`, saying what would
+    answer faster; None within the budget."""
+    if query_ms <= QUERY_BUDGET_MS:
+        return None
+    head = f"a query takes {query_ms:.0f} ms here, above the {QUERY_BUDGET_MS:.0f} ms it is meant to take"
+    members = getattr(model, "members", None)
+    if members is not None and len(members) > 2:
+        # a recipe's members stay in RUN/members/: fewer of them make a faster model without training
+        kept = Path(run_dir) / "members"
+        found = sorted(p for p in kept.iterdir() if p.is_dir()) if kept.is_dir() else []
+        runs = f"{found[0]} {found[1]} ..." if len(found) > 1 else "RUN RUN ..."
+        return (
+            f"{head}: this model has {len(members)} members; an ensemble of fewer answers faster at some "
+            f"accuracy (`chaiderm ensemble {runs} --out NEW_RUN`, then `chaiderm index --model NEW_RUN`; "
+            "docs/accuracy.md has what three and five members reach)"
+        )
+    return f"{head} (this machine is slower, or busy with other work)"
 
 
 def weights_digest(run_dir: str | Path) -> str:
