@@ -173,7 +173,16 @@ optimiser steps and about eight times the in-batch triplets per step; all else d
 thread count. Rule, fixed before it ran (:func:`decide_single_change`): the setting joins the recipe if
 ``d_batch96+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and wins at
 least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the validation split and the
-ham10000_dev tune half) before the test split is read.Outcome: -0.023 pooled (0.747 against 0.770), 1 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+ham10000_dev tune half) before the test split is read.
+Outcome: -0.023 pooled (0.747 against 0.770), 1 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+Round 20 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_batch24 --baseline
+bench/cv_round9.json``): round 19's larger batches came with half the optimiser steps and lost 0.023, lower at
+every k. The other direction: ``d_batch24`` draws batches of 24 (8 per diagnosis), the same images and three
+epochs, so the same compute, twice the optimiser steps (about 200 a fold) and fewer in-batch triplets per step;
+all else default, round 9's seeds and thread count. Rule, fixed before it ran (:func:`decide_single_change`):
+the setting joins the recipe if ``d_batch24+distance`` beats round 9's ``d_default+distance`` by more than 0.01
+pooled mean AUC and wins at least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the
+validation split and the ham10000_dev tune half) before the test split is read.
 """
 
 from __future__ import annotations
@@ -221,6 +230,8 @@ DISEASE: dict[str, tuple[dict, dict]] = {
     "d_freeze12": ({"freeze_stages": 12}, {}),
     # round 19: batches of 96 (32 per diagnosis) instead of 48
     "d_batch96": ({}, {"batch_size": 96}),
+    # round 20: batches of 24 (8 per diagnosis): twice the optimiser steps
+    "d_batch24": ({}, {"batch_size": 24}),
 }
 # Disease candidates trained on more than the four ISIC folds: the extra source (a --ham folder)
 EXTRA_DATA = {"d_ham": "ham"}
@@ -615,7 +626,7 @@ def decide_round9(table: dict, base: str = "d_default") -> dict:
     return {"views": report, "chosen": chosen}
 
 
-# Rounds 13-19 each judged one Disease candidate against round 9's ``d_default``, distance votes, by one rule
+# Rounds 13-20 each judged one Disease candidate against round 9's ``d_default``, distance votes, by one rule
 # (module docstring): more than 0.01 pooled mean AUC and at least 4 of 5 folds. candidate: (summary key, rule name)
 SINGLE_CHANGE_ROUNDS = {
     "d_ce": ("round13_rules", "ce_weight"),
@@ -625,11 +636,12 @@ SINGLE_CHANGE_ROUNDS = {
     "d_dim256": ("round17_rules", "dim256"),
     "d_freeze12": ("round18_rules", "freeze12"),
     "d_batch96": ("round19_rules", "batch96"),
+    "d_batch24": ("round20_rules", "batch24"),
 }
 
 
 def decide_single_change(table: dict, candidate: str) -> dict:
-    """The rule of rounds 13-19 for ``candidate`` (a key of :data:`SINGLE_CHANGE_ROUNDS`)."""
+    """The rule of rounds 13-20 for ``candidate`` (a key of :data:`SINGLE_CHANGE_ROUNDS`)."""
     name = SINGLE_CHANGE_ROUNDS[candidate][1]
     return {name: _paired(table, f"{candidate}+distance", "d_default+distance", 0.01)}
 

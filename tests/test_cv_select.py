@@ -213,7 +213,7 @@ def test_round9_prefers_the_cheaper_view_set_unless_the_dearer_adds_more():
 
 
 def test_single_change_rounds_need_a_margin_and_four_folds():
-    """Rounds 13-19: a candidate joins only with > 0.01 pooled mean AUC over d_default and 4 of 5 folds won."""
+    """Rounds 13-20: a candidate joins only with > 0.01 pooled mean AUC over d_default and 4 of 5 folds won."""
 
     def entry(pooled, folds):
         return {"pooled_mean": pooled, "per_fold": {str(f): {"mean": m} for f, m in enumerate(folds)}}
