@@ -175,6 +175,7 @@ thread count. Rule, fixed before it ran (:func:`decide_single_change`): the sett
 least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the validation split and the
 ham10000_dev tune half) before the test split is read.
 Outcome: -0.023 pooled (0.747 against 0.770), 1 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+
 Round 20 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_batch24 --baseline
 bench/cv_round9.json``): round 19's larger batches came with half the optimiser steps and lost 0.023, lower at
 every k. The other direction: ``d_batch24`` draws batches of 24 (8 per diagnosis), the same images and three
@@ -183,6 +184,9 @@ all else default, round 9's seeds and thread count. Rule, fixed before it ran (:
 the setting joins the recipe if ``d_batch24+distance`` beats round 9's ``d_default+distance`` by more than 0.01
 pooled mean AUC and wins at least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the
 validation split and the ham10000_dev tune half) before the test split is read.
+Outcome: -0.019 pooled (0.752 against 0.770), 2 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+Rounds 13-20 each compared against seed 0 of ``d_default``, the higher of its two seeds (round 11: 0.770 and
+0.753); ``bench/cv_seed_yardstick.py`` sets every candidate beside both.
 """
 
 from __future__ import annotations

@@ -228,3 +228,35 @@ def test_single_change_rounds_need_a_margin_and_four_folds():
         assert rule["passes"] is expect, (cand, rule)
     (rule,) = cv.decide_single_change({"d_default+distance": base}, "d_freeze1").values()
     assert rule == {"passes": False, "why": "unfinished"}
+
+
+def test_seed_yardstick_sets_a_candidate_beside_both_seeds_and_reads_the_committed_rounds(capsys, tmp_path):
+    """bench/cv_seed_yardstick.py: differences and folds won against each seed and their per-fold mean; it
+    runs on the committed round files alone (no data, no training)."""
+    spec = importlib.util.spec_from_file_location("ys", Path(__file__).parents[1] / "bench" / "cv_seed_yardstick.py")
+    ys = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ys)
+
+    def entry(pooled, folds):
+        return {"pooled_mean": pooled, "per_fold": {str(f): {"mean": m} for f, m in enumerate(folds)}}
+
+    seed0, seed100 = entry(0.77, [0.80, 0.78, 0.80, 0.73, 0.74]), entry(0.75, [0.78, 0.71, 0.76, 0.74, 0.77])
+    r = ys.compare(entry(0.76, [0.795, 0.75, 0.79, 0.74, 0.75]), seed0, seed100)
+    assert r["vs_seed0"] == pytest.approx(-0.01) and r["vs_seed100"] == pytest.approx(0.01)
+    assert r["vs_seed_mean"] == pytest.approx(0.0)
+    assert (r["folds_won_vs_seed0"], r["folds_won_vs_seed100"], r["folds_won_vs_seed_mean"]) == (2, 3, 4)
+    with pytest.raises(ValueError, match="folds differ"):
+        ys.compare(entry(0.76, [0.7] * 4), seed0, seed100)
+    out = tmp_path / "y.json"
+    import sys
+
+    argv, sys.argv = sys.argv, ["cv_seed_yardstick.py", "--out", str(out)]
+    try:
+        ys.main()
+    finally:
+        sys.argv = argv
+    import json
+
+    written = json.loads(out.read_text())
+    assert set(written["candidates"]) == set(ys.CANDIDATES)
+    assert written["seeds"]["seed0"] > written["seeds"]["seed100"]  # round 11: seed 0 was the higher draw
