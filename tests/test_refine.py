@@ -61,7 +61,15 @@ def test_api_region_and_refine(client, synth_dir):
     assert q.status_code == 200 and q.json()["region"] == "4,4,40,40"
     qam = q.json()["neighbors"][0]["qam_url"]
     assert "region=4%2C4%2C40%2C40" in qam and client.get(qam).status_code == 200
-    for region, why in (("0,0,3,3", "covers no map cell"), ("0,0,500,10", "outside"), ("1,2", "four numbers")):
+    cases = (
+        ("0,0,3,3", "covers no map cell"),
+        ("0,0,500,10", "outside"),
+        ("1,2", "four numbers"),
+        ("inf,0,64,64", "four numbers"),  # was a plain-text 500 (OverflowError)
+        ("nan,0,64,64", "four numbers"),
+        (";;;", "four numbers"),  # was taken as "no region"
+    )
+    for region, why in cases:
         r = client.post("/api/query", files=files, data={"region": region})
         assert r.status_code == 422 and why in r.json()["detail"], r.text
     plain = client.post("/api/query", files=files, data={"k": "10"}).json()
@@ -90,3 +98,5 @@ def test_cli_region(served, synth_dir, tmp_path):
     assert json.loads((tmp_path / "SYN_test_00004.json").read_text())["region"] == "0,0,40,40"  # 72 px image
     r = CliRunner().invoke(cli, [*base, "--region", "0,0,900,40"])
     assert r.exit_code == 2 and "outside" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, [*base, "--region", "inf,0,40,40"])
+    assert r.exit_code == 2 and "four numbers" in r.output, r.output  # was a traceback

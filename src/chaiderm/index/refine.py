@@ -39,14 +39,17 @@ def parse_regions(text: str | None, side: int | None = None) -> list[Region]:
     if text is None or not text.strip():
         return []
     boxes = [b for b in text.replace(" ", "").split(";") if b]
+    if not boxes:  # only separators: a typo, not a request for the whole image
+        raise _bad(f"region '{text.strip()}': give x0,y0,x1,y1 as four numbers (pixels)")
     if len(boxes) > MAX_REGIONS:
         raise _bad(f"region: at most {MAX_REGIONS} boxes, not {len(boxes)}")
     out = []
     for b in boxes:
         parts = b.split(",")
         try:
+            # inf and nan parse as floats; int() then raises OverflowError or ValueError
             x0, y0, x1, y1 = (int(round(float(p))) for p in parts)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise _bad(f"region '{b}': give x0,y0,x1,y1 as four numbers (pixels)") from None
         if len(parts) != 4:
             raise _bad(f"region '{b}': give x0,y0,x1,y1 as four numbers (pixels)")
