@@ -581,3 +581,59 @@ def test_a_model_that_votes_by_distance_is_followed_by_query_and_evaluate(served
         app, ["train", "--data", str(synth_dir), "--out", str(tmp_path / "v"), "--vote", "nearest", *TINY]
     )
     assert r.exit_code == 2 and "vote: 'nearest'" in r.output and not (tmp_path / "v").exists()
+
+
+def _self_signed(folder):
+    """A throwaway certificate and key (PEM), made by the openssl command."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    c, k = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(k), "-out", str(c), "-days", "1", "-subj", "/CN=localhost"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return c, k
+
+
+def test_hostile_cli_arguments_are_one_line_and_the_port_announced_is_the_port_listened_on(
+    served, synth_dir, tmp_path, monkeypatch
+):
+    """Audit failures 11, 12 and 15: `serve --port 99999` announced 99999 and listened elsewhere; a swapped
+    certificate and key, `query --out /proc/...` and `synth --out /proc/...` printed tracebacks;
+    `purge --older-than nan` was accepted."""
+    import uvicorn
+
+    listened = {}
+    def run(self, sockets=None):
+        listened.update(port=sockets[0].getsockname()[1])
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    base = ["serve", "--model", str(served / "run"), "--index", str(served / "ix"), "--db", str(tmp_path / "s.db")]
+    r = runner.invoke(app, [*base, "--port", "99999"])
+    assert r.exit_code == 2 and "--port must be between 1 and 65535" in r.output and "http" not in r.output
+    r = runner.invoke(app, [*base, "--port", "0"])
+    assert r.exit_code == 0, r.output
+    assert f"http://127.0.0.1:{listened['port']}/" in r.output and listened["port"] != 0
+    cert, key = _self_signed(tmp_path)
+    r = runner.invoke(app, [*base, "--port", "0", "--ssl-certfile", str(key), "--ssl-keyfile", str(cert)])
+    assert r.exit_code == 2 and "not a matching PEM certificate and private key" in r.output, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    r = runner.invoke(app, [*base, "--keep-queries", "nan"])
+    assert r.exit_code == 2 and "--keep-queries" in r.output
+    q = str(synth_dir / "test" / "images" / "SYN_test_00000.png")
+    r = runner.invoke(app, ["query", q, "--model", str(served / "run"), "--index", str(served / "ix"),
+                            "--out", "/proc/cq"])  # fmt: skip
+    assert r.exit_code == 2 and r.output.startswith("error: /proc/cq") and "Traceback" not in r.output, r.output
+    r = runner.invoke(app, ["synth", "--out", "/proc/x", "--n-train", "3", "--n-val", "3", "--n-test", "3"])
+    assert r.exit_code == 2 and "error: /proc/x" in r.output, r.output
+    db = tmp_path / "p.db"
+    from chaiderm.data.feedback import FeedbackStore
+
+    FeedbackStore(db)
+    for bad in ("nan", "-1"):
+        r = runner.invoke(app, ["purge", "--db", str(db), "--older-than", bad])
+        assert r.exit_code == 2 and "--older-than must be 0 or more days" in r.output, r.output

@@ -17,8 +17,7 @@ from typing import Any
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _begin(path, lambda: tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -30,6 +29,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _begin(path: Path, make_temporary: Any) -> Any:
+    """The temporary file or folder beside ``path``; a place that cannot be written is an error that
+    names ``path`` (the user's word), not the temporary name."""
+    from chaiderm.errors import DataError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return make_temporary()
+    except OSError as e:
+        raise DataError(path, f"cannot be written here ({e.strerror or e})", code="unwritable") from None
 
 
 def file_digest(path: str | Path, length: int = 24) -> str:
@@ -66,8 +77,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     The old folder (if any) is only removed once the new one is complete.
     """
     path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(_begin(path, lambda: tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)))
     try:
         yield tmp
         old = None

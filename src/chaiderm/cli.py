@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -55,6 +56,12 @@ def _errors(skip_bad_hint: bool = False):
         if skip_bad_hint and getattr(e, "code", None) in BAD_IMAGE:
             hint = "\n  (remove or replace the file, or pass --skip-bad to skip unreadable images and count them)"
         typer.echo(f"error: {e}{hint}", err=True)  # plain and unwrapped: the message names the file
+        raise typer.Exit(2) from None
+    except OSError as e:
+        # a folder that cannot be written (--out /proc/x), a full disk, a TLS file that is not what it
+        # claims: the environment's fault, said in one line with the path, never a traceback
+        where = e.filename if e.filename is not None else "error"
+        typer.echo(f"error: {where}: {e.strerror or e}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -769,11 +776,17 @@ def serve(
         raise _fail(f"--max-upload-mb must be between 1 and 200, not {max_upload_mb}")
     if workers is not None and not 1 <= workers <= 16:
         raise _fail(f"--workers must be between 1 and 16, not {workers}")
+    if not 0 <= port <= 65535:
+        raise _fail(f"--port must be between 1 and 65535 (0: any free port), not {port}")
+    if keep_queries is not None and (not math.isfinite(keep_queries) or keep_queries < 0):
+        raise _fail(f"--keep-queries must be 0 (keep no query images) or more days, not {keep_queries:g}")
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise _fail("--ssl-certfile and --ssl-keyfile go together")
     for f in (ssl_certfile, ssl_keyfile):
         if f is not None and not f.is_file():
             raise _fail(f"{f}: file not found")
+    if ssl_certfile is not None and ssl_keyfile is not None:
+        _check_tls(ssl_certfile, ssl_keyfile)  # before the model loads: uvicorn would raise only after
     if users is None and not _is_loopback(host):
         raise _fail(
             f"--host {host} would let anyone who reaches this port see every archive and query image and write "
@@ -804,6 +817,7 @@ def serve(
         logger.setLevel(logging.INFO)
         logger.propagate = False
     sock = _bind(host, port)  # before announcing the address: a port in use is one readable line
+    port = sock.getsockname()[1]  # the port really listened on (--port 0 picks a free one)
     scheme = "https" if ssl_certfile else "http"
     who = f"sign-in from {users}" if users else "no sign-in (loopback, one local user)"
     console.print(
@@ -823,6 +837,20 @@ def serve(
         forwarded_allow_ips="127.0.0.1" if behind_https_proxy else None,
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _check_tls(certfile: Path, keyfile: Path) -> None:
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(certfile), str(keyfile))
+    except ssl.SSLError as e:
+        raise _fail(
+            f"{certfile} / {keyfile}: not a matching PEM certificate and private key ({e.reason or e}); "
+            "--ssl-certfile takes the certificate, --ssl-keyfile its key"
+        ) from None
+    except OSError as e:
+        raise _fail(f"{e.filename or certfile}: cannot read ({e.strerror or e})") from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -1003,7 +1031,7 @@ def purge(
     from chaiderm.data.feedback import FeedbackStore
     from chaiderm.errors import DataError
 
-    if older_than < 0:
+    if not math.isfinite(older_than) or older_than < 0:
         raise _fail(f"--older-than must be 0 or more days, not {older_than:g}")
     with _errors():
         if not db.is_file():

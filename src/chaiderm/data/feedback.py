@@ -135,7 +135,7 @@ class FeedbackStore:
     def purge(self, older_than_days: float, *, now: float | None = None) -> int:
         """Erase the images of queries recorded more than ``older_than_days`` ago; the rows (and the
         feedback on them) stay. Freed pages are overwritten (secure_delete), not merely unlinked."""
-        if older_than_days < 0:
+        if not older_than_days >= 0:  # NaN compares false with everything and would erase nothing, silently
             raise ValueError("older_than_days must be >= 0")
         cutoff = (time.time() if now is None else now) - older_than_days * DAY_S
         with self.connect() as con:

@@ -65,7 +65,7 @@ def create_app(
     """The viewer app. ``users`` (a users file) turns sign-in on; without it the server has one local
     user and must stay on loopback (the CLI refuses anything else). ``keep_queries_days``: query images
     older than this are erased (0: never stored). ``workers``: inferences at once (default: the cores)."""
-    if keep_queries_days is not None and keep_queries_days < 0:
+    if keep_queries_days is not None and not keep_queries_days >= 0:  # NaN too
         raise DataError(None, "--keep-queries must be 0 (keep no query images) or more days")
     workers = inference_workers(workers or os.cpu_count())
     if workers > 1:
