@@ -86,3 +86,25 @@ def test_other_dicom_classes_and_broken_files_are_refused(tmp_path):
     thin = write_dicom(tmp_path / "thin.dcm", np.zeros((4, 200, 3)))
     with pytest.raises(DataError, match="outside the accepted sides"):
         load_image(thin)
+
+
+def test_index_skip_bad_skips_a_ct_dicom_among_the_archive(served, tmp_path):
+    """Audit failure 10: `index --skip-bad` stopped on a CT DICOM although its own message suggests --skip-bad."""
+    from typer.testing import CliRunner
+
+    from chaiderm.cli import app
+
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        write_dicom(tmp_path / "images" / f"c{i}.dcm", rng.integers(0, 255, (72, 72, 3)), PatientID=f"P{i}")
+    write_dicom(tmp_path / "images" / "ct.dcm", np.zeros((72, 72, 3)), sop=CTImageStorage)
+    (tmp_path / "labels.csv").write_text("image_id,diagnosis\nc0,mel\nc1,nv\nc2,mel\nc3,nv\nct,nv\n")
+    args = ["index", "--model", str(served / "run"), "--data", str(tmp_path), "--out", str(tmp_path / "ix")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "ct.dcm" in r.output and "--skip-bad" in r.output, r.output
+    r = CliRunner().invoke(app, [*args, "--skip-bad"])
+    assert r.exit_code == 0 and "ct.dcm" in r.output, r.output
+    from chaiderm.index.archive import ArchiveIndex
+
+    assert sorted(ArchiveIndex.load(tmp_path / "ix").image_ids) == ["c0", "c1", "c2", "c3"]

@@ -274,7 +274,12 @@ def read_folder(root: str | Path, labels: str | Path | None = None) -> ImageTabl
         if path.lower().endswith(".dcm"):  # what the DICOM tags say, where the CSV is silent
             from chaiderm.data.dicom import dicom_metadata
 
-            for k, v in dicom_metadata(path).items():
+            try:
+                tags = dicom_metadata(path)
+            except DataError:
+                # a CT or a broken file: refused (or skipped, with --skip-bad) by name when its image is read
+                continue
+            for k, v in tags.items():
                 m.setdefault(k, v)
     return ImageTable(
         ids, paths, diagnoses, groups, masks, source=f"folder:{root}", synthetic=synthetic, metadata=metadata
