@@ -59,6 +59,18 @@ def archive(served, synth_dir, tmp_path):
     return data, tmp_path / "ix"
 
 
+def test_identifying_fields_are_never_filtered_on_nor_listed():
+    """Audit (privacy): a filter error listed up to 30 stored values of any field, patient ids included."""
+    meta = [dict(m, patient_id=f"PAT-SECRET-{i}", lesion_id=f"L{i}") for i, m in enumerate(META)]
+    for text in ("patient_id = x", "lesion_id = L1", "PATIENT_ID = PAT-SECRET-0"):
+        with pytest.raises(DataError, match="identifies a person or lesion") as e:
+            parse_where(text, DIAG, meta)
+        assert "SECRET" not in str(e.value) and "L1" not in str(e.value).replace(text, "")
+    with pytest.raises(DataError) as e:
+        parse_where("height > 3", DIAG, meta)
+    assert "patient_id" not in str(e.value) and "lesion_id" not in str(e.value)
+
+
 def test_filtered_neighbours_are_the_exact_nearest_that_pass(served, archive, synth_dir):
     data, ix = archive
     p = Predictor.load(served / "run", ix)
@@ -127,10 +139,10 @@ def test_an_archive_case_finds_no_image_of_its_own_lesion(served, synth_dir, tmp
     ix.save(tmp_path / "ix")
     p = Predictor.load(served / "run", tmp_path / "ix")
     img = load_image(root / "images" / f"{ids[5]}.png")
-    for where in (None, "lesion_id != L9"):
-        res = p.predict(img, k=20, exclude_id=ids[5], where=where)
+    for where, k in ((None, 20), ("diagnosis = melanoma", 10)):  # lesion ids themselves cannot be filtered on
+        res = p.predict(img, k=k, exclude_id=ids[5], where=where)
         lesions = {n.metadata["lesion_id"] for n in res.prediction.neighbors}
-        assert "L1" not in lesions and len(res.prediction.neighbors) == 20
+        assert "L1" not in lesions and len(res.prediction.neighbors) == k
     res = p.predict(img, k=20)  # an uploaded image is no archive case: nothing is excluded
     assert res.prediction.neighbors[0].image_id == ids[5]
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from chaiderm.data.diagnoses import canonical
+from chaiderm.data.records import IDENTIFYING
 from chaiderm.errors import DataError
 
 OPS: dict[str, Callable] = {
@@ -77,13 +78,15 @@ def parse_where(text: str, diagnoses: list[str], metadata: list[dict[str, str]])
     """Parse ``text`` against an archive, whose fields and values make the error messages."""
     if len(text) > MAX_LENGTH:
         raise _bad(f"longer than {MAX_LENGTH} characters")
-    fields = {"diagnosis"} | {f for m in metadata for f in m}
+    fields = {"diagnosis"} | {f for m in metadata for f in m if f not in IDENTIFYING}
     clauses = []
     for part in re.split(r"\s+and\s+", text.strip(), flags=re.I):
         m = _CLAUSE.match(part)
         if not part.strip() or m is None:
             raise _bad(f"cannot read '{part.strip()}'; write {SYNTAX}")
         field, op, value = m.group(1).lower(), m.group(2), m.group(3)
+        if field in IDENTIFYING:
+            raise _bad(f"'{field}' identifies a person or lesion and cannot be filtered on")
         if field not in fields:
             raise _bad(f"unknown field '{field}'; this archive has {', '.join(sorted(fields))}")
         try:
