@@ -282,12 +282,62 @@ def test_server_that_keeps_no_query_images(served, synth_dir, tmp_path):
         assert FeedbackStore(tmp_path / "fb.db").query_image(q["query_id"]) is None
         ok = c.post("/api/feedback", json={"query_id": q["query_id"], "image_id": "SYN_train_00001", "relevant": True})
         assert ok.status_code == 200  # feedback on an unstored query still works
+        # audit failure 9: moving the k slider or refining answered 410 "upload it again"
+        qid, first = q["query_id"], q["neighbors"][0]["image_id"]
         app.state.viewer.cache.clear()
-        gone = c.get(f"/api/query/{q['query_id']}")
+        assert c.get(f"/api/query/{qid}", params={"k": 5}).status_code == 200
+        refined = c.get(f"/api/query/{qid}", params={"similar": first})
+        assert refined.status_code == 200 and c.get(refined.json()["neighbors"][0]["ram_url"]).status_code == 200
+        assert FeedbackStore(tmp_path / "fb.db").query_image(qid) is None  # still never written
+        app.state.viewer.held.clear()  # the hour the server holds it has passed
+        app.state.viewer.cache.clear()
+        gone = c.get(f"/api/query/{qid}")
         assert gone.status_code == 410 and "upload it again" in gone.json()["detail"]
         arch = c.post("/api/query", data={"archive_id": "SYN_train_00003"}).json()
         app.state.viewer.cache.clear()
         assert c.get(f"/api/query/{arch['query_id']}").status_code == 200  # archive cases reload from the archive
+
+
+def test_a_purged_image_is_not_served_from_a_running_servers_memory(served, synth_dir, tmp_path):
+    """Audit failure 4: after `chaiderm purge`, a running server still served the image and its maps from
+    memory while /api/query/{id} said 410."""
+    db = tmp_path / "fb.db"
+    app = create_app(served / "run", served / "ix", db)
+    with TestClient(app) as c:
+        q = c.post("/api/query", files={"image": ("q.png", _png(synth_dir), "image/png")}).json()
+        image, qam = q["query_image_url"], q["neighbors"][0]["qam_url"]
+        assert c.get(image).status_code == 200 and c.get(qam).status_code == 200
+        r = _cli("purge", "--db", str(db), "--older-than", "0")  # another process, as an operator runs it
+        assert r.returncode == 0, r.stderr
+        for url in (image, qam, f"/api/query/{q['query_id']}"):
+            assert c.get(url).status_code == 410, url
+        assert not app.state.viewer.cache  # nothing of it is left in memory
+
+
+def test_viewers_receive_no_patient_or_lesion_identifiers(served, synth_dir, tmp_path):
+    """Audit (privacy): patient_id went to every viewer with each neighbour."""
+    from chaiderm.data.records import load_table
+    from chaiderm.models import load_model
+    from chaiderm.pipeline import build_index
+
+    ids = load_table(synth_dir, "train").image_ids[:40]
+    root = tmp_path / "a"
+    (root / "images").mkdir(parents=True)
+    lines = ["image_id,diagnosis,patient_id,lesion_id,sex"]
+    for n, i in enumerate(ids):
+        shutil.copy(synth_dir / "train" / "images" / f"{i}.png", root / "images")
+        lines.append(f"{i},{'melanoma' if n % 2 else 'nevus'},PAT-SECRET-{n},LES-{n},female")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    model, cfg = load_model(served / "run")
+    ix, _ = build_index(model, cfg, load_table(root), model_dir=served / "run")
+    ix.save(tmp_path / "ix")
+    with TestClient(create_app(served / "run", tmp_path / "ix", tmp_path / "fb.db")) as c:
+        r = c.post("/api/query", files={"image": ("q.png", _png(synth_dir), "image/png")}, data={"k": "10"})
+        assert r.status_code == 200 and "SECRET" not in r.text and "LES-" not in r.text
+        assert r.json()["neighbors"][0]["metadata"] == {"sex": "female"}
+        bad = c.post("/api/query", files={"image": ("q.png", _png(synth_dir), "image/png")},
+                     data={"where": "patient_id = PAT-SECRET-1"})  # fmt: skip
+        assert bad.status_code == 422 and "SECRET-2" not in bad.text
 
 
 def test_purge_erases_old_images_and_keeps_feedback(tmp_path, synth_dir):

@@ -128,6 +128,20 @@ class FeedbackStore:
             return None
         return (None if row[2] is not None else bytes(row[0])), row[1]
 
+    def query_state(self, query_id: str) -> tuple[str, str | None] | None:
+        """``(state, archive id or None)`` without reading the image: ``kept``, ``purged`` (erased by the
+        retention policy or `chaiderm purge`) or ``not_kept`` (a server that stores no query images wrote
+        only the row: its purge time is its creation time); None for an unknown query."""
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT archive_id, created, purged FROM queries WHERE query_id = ?", (query_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        archive_id, created, purged = row
+        state = "kept" if purged is None else "not_kept" if purged == created else "purged"
+        return state, archive_id
+
     def query_image(self, query_id: str) -> bytes | None:
         rec = self.query_record(query_id)
         return None if rec is None else rec[0]

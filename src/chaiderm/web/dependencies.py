@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import Request
 
 from chaiderm.errors import ChaidermError
@@ -22,6 +23,7 @@ from chaiderm.pipeline import FeedbackStore, Predictor, QueryResult
 # every thread that ever decoded one keeps that much in its malloc arena afterwards. Two threads keep
 # both cores busy and the server's memory bounded whatever the number of clients (bench/server_memory.py)
 MAX_DECODES = 2
+HOLD_S = 3600.0  # how long a server that stores no query images holds one in memory for its page
 
 
 def inference_workers(cores: int | None) -> int:
@@ -44,6 +46,7 @@ class ViewerState:
         default_factory=lambda: ThreadPoolExecutor(MAX_DECODES, thread_name_prefix="chaiderm-decode")
     )
     cache: OrderedDict[str, QueryResult] = field(default_factory=OrderedDict)
+    held: OrderedDict[str, tuple[float, np.ndarray]] = field(default_factory=OrderedDict)
     cache_size: int = 64
     index_dir: Path | None = None  # watched: an index changed on disk (`chaiderm archive`) is reloaded
     describe: Callable[[Predictor], dict[str, Any]] | None = None
@@ -134,6 +137,30 @@ class ViewerState:
             self.cache.clear()
             if self.describe is not None:
                 self.info = self.describe(fresh)
+
+    def hold(self, query_id: str, image: np.ndarray) -> None:
+        """A query image of a server that stores none (``keep_queries_days == 0``), kept in memory only, so
+        that its page can still change k or refine; gone after :data:`HOLD_S` or when newer ones push it out."""
+        with self.lock:
+            self.held[query_id] = (time.monotonic() + HOLD_S, image)
+            self.held.move_to_end(query_id)
+            while len(self.held) > self.cache_size:
+                self.held.popitem(last=False)
+
+    def holding(self, query_id: str) -> np.ndarray | None:
+        with self.lock:
+            hit = self.held.get(query_id)
+            if hit is not None and hit[0] < time.monotonic():
+                del self.held[query_id]
+                hit = None
+        return None if hit is None else hit[1]
+
+    def forget(self, query_id: str) -> None:
+        """Drop everything held in memory for a query (its image was purged): results, refinements, image."""
+        with self.lock:
+            self.held.pop(query_id, None)
+            for key in [k for k in self.cache if k == query_id or k.startswith(query_id + "?")]:
+                del self.cache[key]
 
     def remember(self, key: str, result: QueryResult) -> None:
         with self.lock:

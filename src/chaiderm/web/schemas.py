@@ -11,7 +11,7 @@ class NeighborOut(BaseModel):
     diagnosis: str
     group: str | None
     distance: float
-    metadata: dict[str, str] = {}  # age, sex, site, lesion_id, patient_id, attribution, license where known
+    metadata: dict[str, str] = {}  # age, sex, site, attribution, license where known; never patient or lesion ids
     image_url: str
     qam_url: str
     ram_url: str

@@ -21,7 +21,7 @@ from chaiderm.data.audit import ACTIONS, Entry, parse_time
 from chaiderm.data.diagnoses import canonical
 from chaiderm.data.feedback import content_id
 from chaiderm.data.images import UPLOAD_FORMATS
-from chaiderm.data.records import ImageTable
+from chaiderm.data.records import IDENTIFYING, ImageTable
 from chaiderm.errors import ChaidermError, DataError
 from chaiderm.evidence.render import MAP_STYLES
 from chaiderm.index.refine import Region, parse_regions
@@ -202,7 +202,8 @@ def _to_out(
                 diagnosis=n.diagnosis,
                 group=n.group,
                 distance=n.distance,
-                metadata=n.metadata,
+                # identifiers stay on the server: they keep a query away from its own lesion, no viewer needs them
+                metadata={k: v for k, v in n.metadata.items() if k not in IDENTIFYING},
                 image_url=f"/api/images/{quote(n.image_id, safe='')}",
                 qam_url=f"/api/maps/{q}/{quote(n.image_id, safe='')}/qam.png{extra}",
                 ram_url=f"/api/maps/{q}/{quote(n.image_id, safe='')}/ram.png{extra}",
@@ -264,24 +265,48 @@ async def post_query(
         query_id=content_id(data),
         keep_image=state.keep_queries_days != 0,
     )
+    if state.keep_queries_days == 0 and image is not None:
+        state.hold(query_id, decoded)  # in memory only, for this page's next k or refinement
     exclude = archive_id if image is None else None
     await run_in_threadpool(audit, request, "query", query_id, f"archive case {exclude}" if exclude else None)
     res = await run_in_threadpool(_predict, state, query_id, decoded, k, exclude, where, refine)
     return _to_out(query_id, res, exclude, where, refine)
 
 
-def _stored(state: ViewerState, query_id: str) -> tuple[bytes, str | None]:
-    rec = _store(state.store.query_record, query_id)
+def _known(state: ViewerState, query_id: str) -> tuple[str, str | None]:
+    """The query's state in the database (``FeedbackStore.query_state``) and its archive id; 404 when it is
+    unknown. A purged image is forgotten from memory too: a purge (the server's or `chaiderm purge`) ends
+    every way of seeing it, cached results and maps included."""
+    rec = _store(state.store.query_state, query_id)
     if rec is None:
         raise HTTPException(404, detail=f"unknown query '{query_id}'")
-    data, archive_id = rec
-    if data is None and archive_id is not None:
-        return _archive_bytes(state, archive_id), archive_id  # an archive case: its image is still there
-    if data is None:
+    status, archive_id = rec
+    if status == "purged" and archive_id is None:
+        state.forget(query_id)
         raise HTTPException(
             410, detail="this query's image is no longer kept (the server's retention policy): upload it again"
         )
-    return data, archive_id
+    return status, archive_id
+
+
+def _query_image(state: ViewerState, query_id: str) -> tuple[np.ndarray, str | None]:
+    """The decoded query image to search with, and its archive id (an archive case excludes itself)."""
+    status, archive_id = _known(state, query_id)
+    if archive_id is not None and status != "kept":  # an archive case: its image is still in the archive
+        data = _archive_bytes(state, archive_id)
+    elif status == "not_kept":
+        image = state.holding(query_id)
+        if image is None:
+            raise HTTPException(
+                410, detail="this server stores no query images and no longer holds this one: upload it again"
+            )
+        return image, archive_id
+    else:
+        rec = _store(state.store.query_record, query_id)
+        if rec is None or rec[0] is None:  # purged between the two reads
+            raise HTTPException(410, detail="this query's image is no longer kept: upload it again")
+        data = rec[0]
+    return _decode(state, data, f"stored query '{query_id}'"), archive_id
 
 
 @router.get("/api/query/{query_id}", response_model=QueryOut)
@@ -300,18 +325,17 @@ def get_query(
     not similar), without uploading it again (an archive case still excludes itself)."""
     _check_k(k)
     refine = Refine.parse(region, similar, not_similar, state.predictor.cfg.model.load_size)
-    data, archive_id = _stored(state, query_id)
+    image, archive_id = _query_image(state, query_id)
     audit(request, "view_query", query_id, f"k={k}" + (f" refined {refine.params()}" if refine else ""))
-    image = _decode(state, data, f"stored query '{query_id}'")
     res = _predict(state, query_id, image, k, archive_id, where, refine)
     return _to_out(query_id, res, archive_id, where, refine)
 
 
 def _result(state: ViewerState, query_id: str, refine: Refine = NO_REFINE) -> QueryResult:
+    _known(state, query_id)  # purged since it was cached: 410, and the cached result is dropped
     res = state.recall(refine.key(query_id))
     if res is None:  # evicted from the cache: recompute from the stored image, excluding itself again
-        data, archive_id = _stored(state, query_id)
-        image = _decode(state, data, f"stored query '{query_id}'")
+        image, archive_id = _query_image(state, query_id)
         res = _predict(state, query_id, image, 10, archive_id, None, refine)
     return res
 
