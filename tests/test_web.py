@@ -138,7 +138,11 @@ def test_thin_and_non_listed_uploads_refused(client):
     buf = io.BytesIO()
     Image.new("L", (1, 20_000)).save(buf, "PNG")  # 138 bytes that would upsample to 1.2 GB
     r = client.post("/api/query", files={"image": ("thin.png", buf.getvalue(), "image/png")})
-    assert r.status_code == 413 and "thin.png" in r.json()["detail"] and "1x20000" in r.json()["detail"]
+    assert r.status_code == 422 and "thin.png" in r.json()["detail"] and "1x20000" in r.json()["detail"]
+    buf = io.BytesIO()
+    Image.new("RGB", (7, 7)).save(buf, "PNG")  # too small, not too large: was 413 "Payload Too Large"
+    r = client.post("/api/query", files={"image": ("tiny.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 422 and "7x7" in r.json()["detail"] and "under 8 pixels" in r.json()["detail"]
     for fmt in ("EPS", "TIFF", "BMP"):
         buf = io.BytesIO()
         Image.new("RGB", (64, 64)).save(buf, fmt)

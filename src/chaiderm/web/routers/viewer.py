@@ -38,7 +38,7 @@ CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 K_MIN, K_MAX = 1, 40
 MAP_SIDE = 320  # the page shows maps at 320 px
 FAST_PNG = 1  # zlib level for what the server encodes per request (render.to_png_bytes)
-STATUS = {"not_image": 415, "too_large": 413, "bad_shape": 413, "empty": 400, "corrupt": 400, "unavailable": 503}
+STATUS = {"not_image": 415, "too_large": 413, "bad_shape": 422, "empty": 400, "corrupt": 400, "unavailable": 503}
 
 
 def audit(request: Request, action: str, target: str | None = None, detail: str | None = None) -> None:
