@@ -47,3 +47,19 @@ def test_demo_settings_give_maps_of_at_least_7x7_without_a_padding_imprint():
     assert min(maps.shape[2:]) >= 7
     a = maps[0].sum(0)
     assert float(a.std()) <= 1e-5 * float(a.mean()) + 1e-12  # a uniform image: a flat map
+
+
+def test_demo_command_ends_with_a_short_table_and_the_serve_line(tmp_path):
+    """The demo's last screen was a 60-line JSON dump before the `chaiderm serve` line."""
+    from typer.testing import CliRunner
+
+    from chaiderm.cli import app
+
+    args = ["demo", "--out", str(tmp_path / "d"), "--backbone", "tiny", "--n-train", "90", "--n-test", "45",
+            "--size", "64", "--image-size", "56", "--epochs", "1", "--queries", "1", "--difficulty", "easy"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    tail = r.output[r.output.index("synthetic images, not patients") :].splitlines()
+    assert len(tail) <= 16 and "{" not in "\n".join(tail), "\n".join(tail)
+    assert any("Hierarchical" in ln and "s" in ln for ln in tail) and any("Baseline (ImageNet, not trained)" in ln for ln in tail)
+    assert tail[-1].strip().startswith("chaiderm serve --model ")

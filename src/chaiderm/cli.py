@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
@@ -1289,9 +1288,31 @@ def demo(
             p.update(tasks[name, epoch], completed=step, info=f"loss {loss:.4f}")
 
         summary = run_demo(out, settings, log=lambda msg: p.console.print(msg, markup=False), on_step=on_step)
-    typer.echo(json.dumps({k: summary[k] for k in ("metrics", "seconds")}, indent=2))
-    typer.echo(f"report: {Path(out) / 'report.html'}\nresults: {Path(out) / 'demo.json'}")
+    Console(markup=False, highlight=False).print(demo_table(summary))
+    typer.echo(f"report: {Path(out) / 'report.html'}   figures: {Path(out) / 'demo.json'}")
     typer.echo(f"\nopen the evidence viewer on this model and archive:\n  {summary['serve']}")
+
+
+def demo_table(summary: dict) -> Table:
+    """The demo's last screen: one row per embedding, the figures a newcomer compares (all in demo.json)."""
+    table = Table(title="synthetic images, not patients", title_justify="left")
+    for col in ("embedding", "melanoma AUC@10", "REL@10", "trained in"):
+        table.add_column(col, justify="left" if col == "embedding" else "right")
+    for name, m in summary["metrics"].items():
+        auc, rel = (m.get("auc") or {}).get("10"), (m.get("rel") or {}).get("10")
+        took = summary["seconds"].get(f"train_{name.lower()}")
+        table.add_row(
+            name if took is not None else f"{name} (ImageNet, not trained)",
+            "-" if auc is None else f"{auc:.3f}",
+            "-" if rel is None else f"{rel:.2f}",
+            "-" if took is None else f"{took:.0f} s",
+        )
+    table.caption = (
+        "AUC@10: melanoma against the rest by a vote of the 10 nearest archive cases; REL@10: how many of "
+        f"them share the query's similarity group. All in {summary['seconds']['total']:.0f} s."
+    )
+    table.caption_justify = "left"
+    return table
 
 
 def main() -> None:
