@@ -75,7 +75,7 @@ def test_a_password_change_ends_every_session_at_once(make):
     assert _me(c, bearer).status_code == 200 and _me(c, cookie=cookie).status_code == 200
     r = _cli("users", "add", "vera", "--role", "viewer", "--replace", "--users", str(c.users), "--password-stdin",
              stdin=NEW_PASSWORD + "\n")  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and "sessions" in r.stderr + r.stdout, r.stderr
     assert _me(c, bearer).status_code == 401  # at the very next request, not after a cache or a restart
     assert _me(c, cookie=cookie).status_code == 401
     assert _me(c, others).status_code == 200  # nobody else is signed out

@@ -867,12 +867,14 @@ def users_add(
         check_name(name)
         check_role(role)
         uf = Users(users, create=True)
-        if name in uf.users and not replace:
+        existed = name in uf.users
+        if existed and not replace:
             raise _fail(f"{users}: user '{name}' exists; add --replace to change the role or password")
         password = _new_password(password_stdin)
         check_password(password)
         uf.add(name, role, password, replace=replace)
-    console.print(f"{name} ({role}) saved in {users}")
+    ended = "; their sessions on a running server end at their next request" if existed else ""
+    console.print(f"{name} ({role}) saved in {users}{ended}")
 
 
 @users_app.command("remove")
