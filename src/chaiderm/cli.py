@@ -759,7 +759,11 @@ def serve(
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
     behind_https_proxy: Annotated[
         bool,
-        typer.Option(help="a TLS-terminating proxy on this machine forwards to us: secure cookies, its client IPs"),
+        typer.Option(
+            help="a TLS-terminating proxy on this machine forwards to us: secure cookies; the client address is "
+            "the last X-Forwarded-For value on connections from loopback, audited as 'CLIENT via 127.0.0.1' "
+            "(any local process can set it)"
+        ),
     ] = False,
     access_log: Annotated[Path | None, typer.Option(help="append one JSON line per request to this file")] = None,
 ) -> None:
@@ -805,6 +809,7 @@ def serve(
             keep_queries_days=keep_queries,
             workers=workers,
             secure_cookies=ssl_certfile is not None or behind_https_proxy,
+            behind_proxy=behind_https_proxy,
         )
     if access_log is not None:
         try:
@@ -832,8 +837,7 @@ def serve(
         log_level="warning",
         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
         ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
-        proxy_headers=behind_https_proxy,
-        forwarded_allow_ips="127.0.0.1" if behind_https_proxy else None,
+        proxy_headers=False,  # the app reads them itself (web.access.Forwarded), keeping the peer beside them
     )
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -890,12 +894,14 @@ def users_add(
         check_name(name)
         check_role(role)
         uf = Users(users, create=True)
-        if name in uf.users and not replace:
+        existed = name in uf.users
+        if existed and not replace:
             raise _fail(f"{users}: user '{name}' exists; add --replace to change the role or password")
         password = _new_password(password_stdin)
         check_password(password)
         uf.add(name, role, password, replace=replace)
-    console.print(f"{name} ({role}) saved in {users}")
+    ended = "; their sessions on a running server end at their next request" if existed else ""
+    console.print(f"{name} ({role}) saved in {users}{ended}")
 
 
 @users_app.command("remove")

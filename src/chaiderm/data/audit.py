@@ -48,6 +48,7 @@ ACTIONS = (
     "archive_remove",
     "audit_read",
     "forbidden",  # a signed-in user asked for more than their role allows
+    "refused",  # a presented session (401: ended, unknown) or CSRF token (403) refused before any route
     "purge",
 )
 

@@ -30,6 +30,15 @@ CREATE TABLE IF NOT EXISTS feedback (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_query ON feedback(query_id);
+-- who posted a query (by account id; the name only to read it by): a signed-in viewer or expert sees only
+-- the queries they posted; the same image posted by two users is one query owned by both
+CREATE TABLE IF NOT EXISTS query_owners (
+    query_id TEXT NOT NULL REFERENCES queries(query_id),
+    owner TEXT NOT NULL,
+    user TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (query_id, owner)
+);
 """
 # columns added since the first release; older databases gain them on open
 ADDED_COLUMNS = {
@@ -95,12 +104,20 @@ class FeedbackStore:
             raise DataError(self.path, f"feedback database {what} ({e})", code="unavailable") from None
 
     def add_query(
-        self, image: bytes, archive_id: str | None = None, *, query_id: str | None = None, keep_image: bool = True
+        self,
+        image: bytes,
+        archive_id: str | None = None,
+        *,
+        query_id: str | None = None,
+        keep_image: bool = True,
+        owner: str | None = None,
+        user: str | None = None,
     ) -> str:
         """Record a query (once per content); ``archive_id`` marks an archive case queried as itself,
         which every later search of this query excludes. ``query_id`` (default: the content id of
         ``image``) lets a caller keep the id of the bytes it received while storing others. With
-        ``keep_image=False`` (a server that keeps no query images) only the id and time are written."""
+        ``keep_image=False`` (a server that keeps no query images) only the id and time are written.
+        ``owner`` (an account id; ``user`` its name) is recorded as one of the query's owners."""
         qid = query_id or content_id(image)
         now = time.time()
         with self.connect() as con:
@@ -116,7 +133,20 @@ class FeedbackStore:
                 )
             if archive_id is not None:
                 con.execute("UPDATE queries SET archive_id = ? WHERE query_id = ?", (archive_id, qid))
+            if owner is not None:
+                con.execute(
+                    "INSERT OR IGNORE INTO query_owners(query_id, owner, user, created) VALUES (?, ?, ?, ?)",
+                    (qid, owner, user, now),
+                )
         return qid
+
+    def owns(self, query_id: str, owner: str) -> bool:
+        """Whether ``owner`` (an account id) posted this query."""
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT 1 FROM query_owners WHERE query_id = ? AND owner = ?", (query_id, owner)
+            ).fetchone()
+        return row is not None
 
     def query_record(self, query_id: str) -> tuple[bytes | None, str | None] | None:
         """``(image bytes, archive id or None)`` of a recorded query; the bytes are None once purged."""

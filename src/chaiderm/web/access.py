@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chaiderm.data.audit import AuditLog
@@ -24,6 +26,7 @@ PUBLIC = {("GET", "/healthz"), ("GET", "/login"), ("POST", "/api/session"), ("PO
 PUBLIC_PREFIX = "/static/"  # the pages' own scripts and styles: code, never data
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 CSRF_HEADER = "x-csrf-token"
+PEER = "chaiderm.peer"  # scope key: the loopback peer a forwarded request came through
 
 
 @dataclass
@@ -42,8 +45,54 @@ class Access:
 
 
 def client_address(scope: Scope) -> str:
+    """The address to record: the peer, or behind a proxy ``"CLIENT via PEER"``: what the proxy said and
+    the connection it came on, since any process on the proxy's machine can say the same."""
+    client = scope.get("client")
+    host = client[0] if client else "unknown"
+    peer = scope.get(PEER)
+    return f"{host} via {peer}" if peer else host
+
+
+def throttle_address(scope: Scope) -> str:
+    """The address failed sign-ins are counted for: the forwarded client's (what the proxy saw)."""
     client = scope.get("client")
     return client[0] if client else "unknown"
+
+
+class Forwarded:
+    """Behind a TLS-terminating proxy on this machine (``serve --behind-https-proxy``): a request that
+    arrives from loopback takes its client address from the *last* X-Forwarded-For value (the one the
+    proxy itself set or appended; earlier values come from the client and are ignored) and its scheme from
+    X-Forwarded-Proto. The peer is kept beside it (see ``client_address``). Values that are not an IP
+    address are ignored, so an invented string never reaches the audit log."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] == "http" and client and _loopback(client[0]):
+            forwarded = [v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-forwarded-for"]
+            last = ",".join(forwarded).split(",")[-1].strip() if forwarded else ""
+            if last and _is_ip(last):
+                scope[PEER] = client[0]
+                scope["client"] = (str(ipaddress.ip_address(last)), 0)
+            proto = dict(scope.get("headers", [])).get(b"x-forwarded-proto", b"").decode("latin-1").strip()
+            if proto in ("http", "https"):
+                scope["scheme"] = proto
+        await self.app(scope, receive, send)
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _loopback(host: str) -> bool:
+    return _is_ip(host) and ipaddress.ip_address(host).is_loopback
 
 
 def _bearer(headers: dict[bytes, bytes]) -> str | None:
@@ -63,7 +112,9 @@ def _cookie(headers: dict[bytes, bytes]) -> str | None:
 class SignedIn:
     """Puts ``request.state.user`` on every request; without a valid session answers 401 (the sign-in
     page for a browser's page request, JSON for the API) and, for a cookie session, 403 on a write
-    without the session's CSRF token."""
+    without the session's CSRF token. While the users file is unreadable every request that needs a user
+    is answered 503. Refusals of a presented session or CSRF token are audited; requests that present no
+    credential at all are not (an anonymous scanner would fill the append-only log; the access log has them)."""
 
     def __init__(self, app: ASGIApp, access: Access):
         self.app, self.access = app, access
@@ -90,15 +141,21 @@ class SignedIn:
         session = None
         user = None
         try:
+            if refresh_users(access):
+                await _answer(scope, receive, send, 503, UNREADABLE)
+                return
             session = access.sessions.lookup(token) if token else None
         except DataError:
             await _answer(scope, receive, send, 503, "the server's database is busy or unavailable; try again")
             return
         if session is not None and session.kind == kind:
-            access.users.refresh()
-            user = access.users.get(session.user)  # removed users are signed out; role changes apply at once
+            # bound to the account as it is now: removed, new password or new role -> signed out at once
+            user = access.users.current(session)
         if user is None:
-            message = "sign in first" if session is None else "this account no longer exists"
+            message = "sign in first" if session is None else "this account was removed or its password or role changed"
+            if token:
+                reason = "no such session" if session is None else "session ended"
+                await _refused(access, scope, session.user if session else None, 401, f"{reason} ({kind})")
             if method == "GET" and path == "/":
                 await page("login.html", status_code=401)(scope, receive, send)
             else:
@@ -107,11 +164,40 @@ class SignedIn:
         if kind == "cookie" and method in UNSAFE:
             sent = headers.get(CSRF_HEADER.encode(), b"").decode("latin-1")
             if not hmac.compare_digest(sent, session.csrf):
+                await _refused(access, scope, user.name, 403, "missing CSRF token" if not sent else "wrong CSRF token")
                 await _answer(scope, receive, send, 403, "missing or stale CSRF token: reload the page and try again")
                 return
         scope["state"]["user"] = user
         scope["state"]["session_token"] = token
         await self.app(scope, receive, send)
+
+
+def refresh_users(access: Access) -> bool:
+    """Pick up a changed users file; True while it is unreadable (every user is refused). A change ends
+    the sessions of accounts that are gone or changed in the database too, not only at their next request."""
+    if access.users.refresh() and access.users.broken is None:
+        with contextlib.suppress(DataError):  # a busy database: `Users.current` still refuses them
+            access.sessions.retain(access.users.keys())
+    return access.users.broken is not None
+
+
+# the reason (path, parser message) goes to the server's log only: this line reaches anonymous callers too
+UNREADABLE = "the server's users file is unreadable: nobody can sign in until an admin fixes it (its log says why)"
+
+
+async def _refused(access: Access, scope: Scope, user: str | None, status: int, detail: str) -> None:
+    def record() -> None:
+        with contextlib.suppress(DataError):  # refusing is what matters; a lost entry is not worth a 503
+            access.audit.record(
+                "refused",
+                user=user,
+                address=client_address(scope),
+                target=scope["path"][:200],
+                status=status,
+                detail=detail,
+            )
+
+    await run_in_threadpool(record)
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send, status: int, detail: str, bearer: bool = False) -> None:

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from chaiderm.data.audit import AuditLog
 from chaiderm.errors import DataError
 from chaiderm.pipeline import FeedbackStore, Predictor
-from chaiderm.web.access import Access, SignedIn
+from chaiderm.web.access import Access, Forwarded, SignedIn
 from chaiderm.web.auth import Sessions, Users
 from chaiderm.web.dependencies import ViewerState, inference_workers
 from chaiderm.web.observe import Metrics, Observe
@@ -61,10 +61,12 @@ def create_app(
     keep_queries_days: float | None = None,
     workers: int | None = None,
     secure_cookies: bool = False,
+    behind_proxy: bool = False,
 ) -> FastAPI:
     """The viewer app. ``users`` (a users file) turns sign-in on; without it the server has one local
     user and must stay on loopback (the CLI refuses anything else). ``keep_queries_days``: query images
-    older than this are erased (0: never stored). ``workers``: inferences at once (default: the cores)."""
+    older than this are erased (0: never stored). ``workers``: inferences at once (default: the cores).
+    ``behind_proxy``: requests from loopback carry the client's address in X-Forwarded-For (see Forwarded)."""
     if keep_queries_days is not None and not keep_queries_days >= 0:  # NaN too
         raise DataError(None, "--keep-queries must be 0 (keep no query images) or more days")
     workers = inference_workers(workers or os.cpu_count())
@@ -78,6 +80,9 @@ def create_app(
     store = FeedbackStore(db_path)
     user_file = Users(users) if users is not None else None
     access = Access(user_file, Sessions(store), AuditLog(store), secure_cookies=secure_cookies)
+    if user_file is not None:
+        # the users file may have changed while the server was down: sessions of changed accounts end now
+        access.sessions.retain(user_file.keys())
     state = ViewerState(
         predictor,
         store,
@@ -132,4 +137,6 @@ def create_app(
     app.add_middleware(SignedIn, access=access)
     secure(app, max_upload + MULTIPART_SLACK)
     app.add_middleware(Observe, metrics=metrics)
+    if behind_proxy:
+        app.add_middleware(Forwarded)  # outermost: the access log and the audit see the same address
     return app

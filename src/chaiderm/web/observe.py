@@ -11,6 +11,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chaiderm.web.access import client_address
+
 ACCESS = logging.getLogger("chaiderm.access")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -71,12 +73,11 @@ class Observe:
             self.metrics.latency.labels(route).observe(seconds)
             if ACCESS.isEnabledFor(logging.INFO):
                 user = scope.get("state", {}).get("user")
-                client = scope.get("client")
                 ACCESS.info(
                     json.dumps(
                         {
                             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                            "address": client[0] if client else None,
+                            "address": client_address(scope) if scope.get("client") else None,
                             "user": getattr(user, "name", None),
                             "method": scope["method"],
                             "route": route,

@@ -12,7 +12,15 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from chaiderm.errors import DataError
-from chaiderm.web.access import Access, Viewer, client_address, current_user
+from chaiderm.web.access import (
+    UNREADABLE,
+    Access,
+    Viewer,
+    client_address,
+    current_user,
+    refresh_users,
+    throttle_address,
+)
 from chaiderm.web.auth import COOKIE, MAX_TOKEN_HOURS, SESSION_HOURS, User
 from chaiderm.web.schemas import ERRORS
 from chaiderm.web.security import page
@@ -54,23 +62,24 @@ AccessDep = Annotated[Access, Depends(_access)]
 async def _verify(access: Access, request: Request, body: SignIn) -> User:
     if not access.enabled:
         raise HTTPException(404, detail="this server has no sign-in (it serves one local user on loopback)")
-    address = client_address(request.scope)
-    wait = access.throttle.wait(address)
+    address, counted = client_address(request.scope), throttle_address(request.scope)
+    wait = access.throttle.wait(counted, body.name)
     if wait > 0:
         await run_in_threadpool(_audit, access, "sign_in_throttled", body.name, None, address, 429)
         raise HTTPException(
             429,
-            detail=f"too many failed sign-ins from this address: try again in {int(wait) + 1} s",
+            detail=f"too many failed sign-ins from this address or for this name: try again in {int(wait) + 1} s",
             headers={"Retry-After": str(int(wait) + 1)},
         )
-    access.users.refresh()
+    if await run_in_threadpool(refresh_users, access):
+        raise HTTPException(503, detail=UNREADABLE)
     user = await run_in_threadpool(access.users.verify, body.name, body.password)
     if user is None:
-        access.throttle.failed(address)
+        access.throttle.failed(counted, body.name)
         await run_in_threadpool(_audit, access, "sign_in_failed", body.name, None, address, 401)
         await asyncio.sleep(FAILED_DELAY_S)
         raise HTTPException(401, detail="wrong user name or password")
-    access.throttle.succeeded(address)
+    access.throttle.succeeded(counted, body.name)
     return user
 
 
@@ -92,7 +101,7 @@ async def sign_in(body: SignIn, request: Request, access: AccessDep) -> JSONResp
     address = client_address(request.scope)
     await run_in_threadpool(_audit, access, "sign_in", user.name, user.role, address, 200)
     try:
-        token, session = await run_in_threadpool(access.sessions.create, user.name, "cookie")
+        token, session = await run_in_threadpool(access.sessions.create, user, "cookie")
     except DataError:
         raise HTTPException(503, detail="the server's database is busy or unavailable; try again") from None
     out = JSONResponse(Me(name=user.name, role=user.role, sign_in=True, csrf_token=session.csrf).model_dump())
@@ -114,7 +123,7 @@ async def token(body: TokenIn, request: Request, access: AccessDep) -> TokenOut:
     user = await _verify(access, request, body)
     await run_in_threadpool(_audit, access, "token", user.name, user.role, client_address(request.scope), 200)
     try:
-        tok, session = await run_in_threadpool(access.sessions.create, user.name, "token", body.hours)
+        tok, session = await run_in_threadpool(access.sessions.create, user, "token", body.hours)
     except DataError:
         raise HTTPException(503, detail="the server's database is busy or unavailable; try again") from None
     return TokenOut(token=tok, name=user.name, role=user.role, expires=session.expires)

@@ -27,7 +27,7 @@ from chaiderm.evidence.render import MAP_STYLES
 from chaiderm.index.refine import Region, parse_regions
 from chaiderm.pipeline import QueryResult, add_to_index, load_image, render_heatmap, to_png_bytes
 from chaiderm.web.access import Admin, Expert, Viewer, client_address, current_user
-from chaiderm.web.auth import LOCAL, LOCAL_ROLE
+from chaiderm.web.auth import LOCAL, LOCAL_ROLE, User
 from chaiderm.web.dependencies import ViewerState, get_state
 from chaiderm.web.schemas import ERRORS, FeedbackIn, FeedbackOut, NeighborOut, QueryOut
 from chaiderm.web.security import page as static_page
@@ -264,6 +264,8 @@ async def post_query(
         archive_id if image is None else None,
         query_id=content_id(data),
         keep_image=state.keep_queries_days != 0,
+        owner=user.account or None,
+        user=user.name,
     )
     if state.keep_queries_days == 0 and image is not None:
         state.hold(query_id, decoded)  # in memory only, for this page's next k or refinement
@@ -271,6 +273,13 @@ async def post_query(
     await run_in_threadpool(audit, request, "query", query_id, f"archive case {exclude}" if exclude else None)
     res = await run_in_threadpool(_predict, state, query_id, decoded, k, exclude, where, refine)
     return _to_out(query_id, res, exclude, where, refine)
+
+
+def _own(state: ViewerState, user: User, query_id: str) -> None:
+    """Another user's query is answered as unknown (404, not 403: whether an id exists is not told);
+    admins see every query, and so does the one person of a server without sign-in."""
+    if not user.can("admin") and not _store(state.store.owns, query_id, user.account):
+        raise HTTPException(404, detail=f"unknown query '{query_id}'")
 
 
 def _known(state: ViewerState, query_id: str) -> tuple[str, str | None]:
@@ -324,6 +333,7 @@ def get_query(
     """The same query with another k, filter or refinement (regions of the query; cases marked similar or
     not similar), without uploading it again (an archive case still excludes itself)."""
     _check_k(k)
+    _own(state, user, query_id)
     refine = Refine.parse(region, similar, not_similar, state.predictor.cfg.model.load_size)
     image, archive_id = _query_image(state, query_id)
     audit(request, "view_query", query_id, f"k={k}" + (f" refined {refine.params()}" if refine else ""))
@@ -342,6 +352,7 @@ def _result(state: ViewerState, query_id: str, refine: Refine = NO_REFINE) -> Qu
 
 @router.get("/api/queries/{query_id}/image.png")
 def query_image(query_id: str, state: State, request: Request, user: Viewer) -> Response:
+    _own(state, user, query_id)
     png = to_png_bytes(_result(state, query_id).image, FAST_PNG)
     audit(request, "view_query", query_id, "image")
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
@@ -360,6 +371,7 @@ def evidence_map(
     similar: Annotated[str | None, Query(max_length=4000)] = None,
     not_similar: Annotated[str | None, Query(max_length=4000)] = None,
 ) -> Response:
+    _own(state, user, query_id)
     if kind not in ("qam", "ram"):
         raise HTTPException(404, detail="map kind is qam or ram")
     if style not in MAP_STYLES:
@@ -400,6 +412,7 @@ def archive_list(state: State, user: Viewer, limit: Annotated[int, Query(ge=0, l
 
 @router.post("/api/feedback", response_model=FeedbackOut)
 def feedback(body: FeedbackIn, state: State, request: Request, user: Expert) -> FeedbackOut:
+    _own(state, user, body.query_id)
     if state.predictor.index.row_of(body.image_id) is None:
         raise HTTPException(404, detail=f"no archive image '{body.image_id}'")
     role = LOCAL_ROLE if user is LOCAL else user.role
