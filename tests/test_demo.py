@@ -56,10 +56,11 @@ def test_demo_command_ends_with_a_short_table_and_the_serve_line(tmp_path):
     from chaiderm.cli import app
 
     args = ["demo", "--out", str(tmp_path / "d"), "--backbone", "tiny", "--n-train", "90", "--n-test", "45",
-            "--size", "64", "--image-size", "56", "--epochs", "1", "--queries", "1", "--difficulty", "easy"]  # fmt: skip
+            "--size", "64", "--image-size", "56", "--epochs", "1", "--queries", "1",
+            "--difficulty", "easy"]  # fmt: skip
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     tail = r.output[r.output.index("synthetic images, not patients") :].splitlines()
     assert len(tail) <= 16 and "{" not in "\n".join(tail), "\n".join(tail)
-    assert any("Hierarchical" in ln and "s" in ln for ln in tail) and any("Baseline (ImageNet, not trained)" in ln for ln in tail)
+    assert any("Hierarchical" in ln for ln in tail) and any("Baseline (ImageNet, not trained)" in ln for ln in tail)
     assert tail[-1].strip().startswith("chaiderm serve --model ")
