@@ -35,16 +35,23 @@ def evaluate_retrieval(
     positive_class: str = "melanoma",
     localisation: bool = True,
     group_by: str | None = "lesion_id",
+    decoded: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     """AUC@k, REL@k (where queries have groups) and, where queries have masks, the mean Jaccard and
     mass-in-mask of each query's QAM against its nearest archive result.
 
     ``group_by`` (``lesion_id`` or ``patient_id``, where the data has them): an archive case of the query's
     own lesion or patient never counts as its neighbour; another photograph of the same lesion would
-    otherwise answer for it."""
+    otherwise answer for it.
+
+    ``decoded``: the archive's and the queries' images as ``data.transforms.prepare`` gives them at
+    ``load_size``, for a caller that evaluates several embeddings on the same images."""
     ks = [k for k in ks if k <= len(archive)]
-    a_img, _, _ = prepare(archive.paths, load_size)
-    q_img, _, _ = prepare(queries.paths, load_size)
+    if decoded is not None:
+        a_img, q_img = decoded
+    else:
+        a_img, _, _ = prepare(archive.paths, load_size)
+        q_img, _, _ = prepare(queries.paths, load_size)
     want_maps = localisation and queries.has_masks
     a_emb, a_maps = embed(model, a_img, image_size, with_maps=want_maps)
     q_emb, q_maps = embed(model, q_img, image_size, with_maps=want_maps)
