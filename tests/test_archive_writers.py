@@ -5,6 +5,7 @@ behind by a removed or refused case."""
 import csv
 import getpass
 import io
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -18,6 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
+import chaiderm
 from chaiderm import cli
 from chaiderm.data.audit import AuditLog
 from chaiderm.data.feedback import FeedbackStore
@@ -80,6 +82,7 @@ def test_api_and_cli_adds_at_once_lose_nothing(server, served, synth_dir, tmp_pa
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(chaiderm.__file__).parents[1]), *sys.path])},
     )
     images = [("test", f"SYN_test_{n:05d}.png") for n in range(90)] + [
         ("val", f"SYN_val_{n:05d}.png") for n in range(60)
