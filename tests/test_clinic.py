@@ -261,8 +261,16 @@ def test_admin_adds_and_removes_a_case(clinic, synth_dir):
     assert bad.status_code == 422 and "image_id" in bad.json()["detail"]
     assert clinic.delete("/api/archive/CLINIC_0001", headers=admin).json()["archive_size"] == before
     assert clinic.delete("/api/archive/CLINIC_0001", headers=admin).status_code == 404
-    actions = [e["action"] for e in clinic.get("/api/audit?action=archive_add", headers=admin).json()]
-    assert actions == ["archive_add"]
+    # outcomes, refusals included, each with the status answered
+    rows = [e for e in clinic.get("/api/audit", headers=admin).json() if e["action"].startswith("archive_")]
+    assert [(e["action"], e["status"]) for e in rows] == [
+        ("archive_add", 201),
+        ("archive_add", 409),
+        ("archive_add", 422),
+        ("archive_remove", 200),
+        ("archive_remove", 404),
+    ]
+    assert rows[0]["target"] == "CLINIC_0001" and rows[0]["detail"] == "melanoma" and rows[0]["user"] == "admin"
 
 
 def test_metrics_in_prometheus_format(clinic, synth_dir):

@@ -4,10 +4,13 @@ their content hash, never by the image."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import io
+import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from chaiderm.data.feedback import FeedbackStore
@@ -85,14 +88,26 @@ class AuditLog:
     ) -> None:
         """Append one entry (raises the store's DataError 'unavailable' when the database is locked:
         the caller refuses the action rather than do it unrecorded)."""
-        if action not in ACTIONS:
-            raise ValueError(f"unknown audit action '{action}'")
         with self.store.connect() as con:
-            con.execute(
-                "INSERT INTO audit(at, user, role, address, action, target, status, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), user, role, address, action, target, status, (detail or "")[:500] or None),
-            )
+            _insert(con, action, user=user, role=role, address=address, target=target, status=status, detail=detail)
+
+    @contextlib.contextmanager
+    def change(self) -> Iterator[Callable[..., None]]:
+        """For a change that must not take effect unrecorded (an archive save): the database's write lock is
+        taken before the body runs, so a database that cannot record refuses the change before it is made
+        (the store's DataError 'unavailable'); the body makes the change, then appends its outcome rows with
+        the function it is given (``record``'s arguments), committed as the block ends. A body that raises
+        records nothing here: its caller records the refusal. Other writers of the database wait meanwhile
+        (WAL: readers do not), so the body should hold only the save."""
+        with self.store.connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield lambda action, **fields: _insert(con, action, **fields)
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
 
     def entries(
         self,
@@ -116,6 +131,25 @@ class AuditLog:
             sql += f" LIMIT {int(limit)}"
         with self.store.connect() as con:
             return [Entry(*row) for row in con.execute(sql, args)]
+
+
+def _insert(
+    con: sqlite3.Connection,
+    action: str,
+    *,
+    user: str | None = None,
+    role: str | None = None,
+    address: str | None = None,
+    target: str | None = None,
+    status: int | None = None,
+    detail: str | None = None,
+) -> None:
+    if action not in ACTIONS:
+        raise ValueError(f"unknown audit action '{action}'")
+    con.execute(
+        "INSERT INTO audit(at, user, role, address, action, target, status, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (time.time(), user, role, address, action, target, status, (detail or "")[:500] or None),
+    )
 
 
 def parse_time(value: str) -> float:

@@ -46,6 +46,10 @@ _SYNONYMS: dict[str, tuple[str, ...]] = {
 }
 
 
+# the canonical names: what a diagnosis typed in by hand (``POST /api/archive``) may be, besides the archive's own
+NAMES: tuple[str, ...] = tuple(_SYNONYMS)
+
+
 def _key(raw: str) -> str:
     """Case, spaces, hyphens, underscores and slashes folded, so 'Basal-Cell_Carcinoma' meets 'bcc'."""
     return re.sub(r"[\s_\-/]+", " ", raw.strip().lower()).strip()

@@ -10,6 +10,9 @@ The ``ivf_ondisk`` kind (archives larger than memory, ``index.ondisk``) keeps it
 vectors on disk instead of ``index.faiss`` and ``embeddings.npy``::
 
     trained.faiss  lists.faiss  lists.ivfdata  vectors.npy  cases.json  [maps.npy]  info.json
+
+Beside the folder: ``<index>-cases/`` holds the images of cases added through the server (the index folder
+itself is replaced whole on every change), and ``<index>.lock`` is the writers' lock (``index.lock``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,22 @@ def _relative_to(paths: list[str], home: Path) -> list[str]:
             folders[folder] = os.path.relpath(Path(folder or ".").resolve(), home)
         out.append(os.path.join(folders[folder], name))
     return out
+
+
+def cases_dir(index_dir: str | Path) -> Path:
+    """Where cases added through the server keep their images: beside the index folder."""
+    index_dir = Path(index_dir)
+    return index_dir.parent / f"{index_dir.name}-cases"
+
+
+def discard_added_images(index_dir: str | Path, paths: list[str]) -> None:
+    """Delete the images of removed cases that the server had stored in :func:`cases_dir` (a removed case
+    leaves nothing behind); images elsewhere belong to the operator's own data and are never touched."""
+    home = cases_dir(index_dir).resolve()
+    for p in paths:
+        path = Path(p).resolve()
+        if path.parent == home:
+            path.unlink(missing_ok=True)
 
 
 @dataclass

@@ -116,11 +116,9 @@ class ViewerState:
         self._swap(self._predictor_for(index))
 
     def adopt(self, index: ArchiveIndex) -> None:
-        """An archive changed by this server (under ``reload_lock``): checked (it must still hold the positive
-        class), saved atomically over the index folder, then served; the watcher does not reload it again."""
-        fresh = self._predictor_for(index)
-        index.save(self.index_dir)
-        self._swap(fresh)
+        """An archive this server has just saved over the index folder (under ``reload_lock`` and the index's
+        writer lock, ``index.lock``), served from now on; the watcher does not reload it again."""
+        self._swap(self._predictor_for(index))
         self.stamp = self._stamp() or self.stamp
 
     def check(self, index: ArchiveIndex) -> None:

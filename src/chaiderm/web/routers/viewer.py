@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import mimetypes
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -18,12 +21,14 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from chaiderm.data.audit import ACTIONS, Entry, parse_time
-from chaiderm.data.diagnoses import canonical
+from chaiderm.data.diagnoses import NAMES, VOCABULARY, canonical
 from chaiderm.data.feedback import content_id
 from chaiderm.data.images import UPLOAD_FORMATS
 from chaiderm.data.records import IDENTIFYING, ImageTable
 from chaiderm.errors import ChaidermError, DataError
 from chaiderm.evidence.render import MAP_STYLES
+from chaiderm.index.archive import ArchiveIndex, cases_dir, discard_added_images
+from chaiderm.index.lock import IndexBusyError, open_for_writing
 from chaiderm.index.refine import Region, parse_regions
 from chaiderm.pipeline import QueryResult, add_to_index, load_image, render_heatmap, to_png_bytes
 from chaiderm.web.access import Admin, Expert, Viewer, client_address, current_user
@@ -39,9 +44,16 @@ K_MIN, K_MAX = 1, 40
 MAP_SIDE = 320  # the page shows maps at 320 px
 FAST_PNG = 1  # zlib level for what the server encodes per request (render.to_png_bytes)
 STATUS = {"not_image": 415, "too_large": 413, "bad_shape": 422, "empty": 400, "corrupt": 400, "unavailable": 503}
+# an archive change waits this long for another writer of the index (`chaiderm archive`, another server), then
+# answers 503 with Retry-After: a request thread is not held for a CLI add that may run for minutes
+WRITER_WAIT_S = 10.0
+RETRY_AFTER_S = 5
+log = logging.getLogger("chaiderm.serve")
 
 
-def audit(request: Request, action: str, target: str | None = None, detail: str | None = None) -> None:
+def audit(
+    request: Request, action: str, target: str | None = None, detail: str | None = None, status: int = 200
+) -> None:
     """Record who did this; a database that cannot record it refuses the action (503): nothing is seen
     or changed unrecorded."""
     user = current_user(request)
@@ -52,7 +64,7 @@ def audit(request: Request, action: str, target: str | None = None, detail: str 
         role=user.role,
         address=client_address(request.scope),
         target=target,
-        status=200,
+        status=status,
         detail=detail,
     )
 
@@ -219,15 +231,21 @@ def _check_k(k: int) -> int:
     return k
 
 
-def _archive_bytes(state: ViewerState, image_id: str) -> bytes:
-    row = state.predictor.index.row_of(image_id)
+def _archive_file(index: ArchiveIndex, image_id: str) -> tuple[bytes, Path]:
+    """A case's image and its path, both from the one index given: an index swapped meanwhile (a case
+    removed) can never pair one case's row with another index's paths."""
+    row = index.row_of(image_id)
     if row is None:
         raise HTTPException(404, detail=f"no archive image '{image_id}'")
-    path = Path(state.predictor.index.paths[row])
+    path = Path(index.paths[row])
     try:
-        return path.read_bytes()
+        return path.read_bytes(), path
     except OSError:
         raise HTTPException(404, detail=f"archive image '{image_id}' is missing from the archive folder") from None
+
+
+def _archive_bytes(state: ViewerState, image_id: str) -> bytes:
+    return _archive_file(state.predictor.index, image_id)[0]
 
 
 @router.post("/api/query", response_model=QueryOut)
@@ -397,9 +415,7 @@ def evidence_map(
 @router.get("/api/images/{image_id}")
 def archive_image(image_id: str, state: State, request: Request, user: Viewer) -> Response:
     """Archive images by id only: the id is looked up, never joined into a path."""
-    index = state.predictor.index
-    data = _archive_bytes(state, image_id)
-    path = Path(index.paths[index.row_of(image_id)])
+    data, path = _archive_file(state.predictor.index, image_id)
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     audit(request, "view_image", image_id)
     return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=86400"})
@@ -425,11 +441,86 @@ def feedback(body: FeedbackIn, state: State, request: Request, user: Expert) -> 
 
 
 def _cases_dir(state: ViewerState) -> Path:
-    """Where cases added through the server keep their images: beside the index folder (the index
-    folder itself is replaced whole on every change)."""
+    """Where cases added through the server keep their images (``index.archive.cases_dir``)."""
     if state.index_dir is None:
         raise HTTPException(409, detail="this server was not started on an index folder it can change")
-    return state.index_dir.parent / f"{state.index_dir.name}-cases"
+    return cases_dir(state.index_dir)
+
+
+@contextlib.contextmanager
+def _writing(state: ViewerState) -> Iterator[ArchiveIndex]:
+    """The index as it is on disk now, held under its writer lock for the block (``index.lock``): changed
+    from there, not from this server's copy, which a `chaiderm archive` command may have overtaken."""
+    with contextlib.ExitStack() as stack:
+        try:
+            index = stack.enter_context(open_for_writing(state.index_dir, WRITER_WAIT_S))
+        except IndexBusyError:
+            raise HTTPException(
+                503,
+                detail="another writer (a `chaiderm archive` command or another server) is changing the archive; "
+                "nothing was changed, try again in a few seconds",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
+        except ChaidermError as e:
+            raise HTTPException(500, detail=f"the archive on disk cannot be read: {e}") from None
+        yield index
+
+
+def _save(
+    state: ViewerState, request: Request, new: ArchiveIndex, action: str, target: str, status: int, detail: str | None
+) -> None:
+    """Save ``new`` over the index folder and record the outcome with it: the database is reserved first, so
+    one that cannot record refuses the change before it is made (503), and the row follows the save."""
+    user = current_user(request)
+    saved = False
+    try:
+        with request.app.state.access.audit.change() as record:
+            new.save(state.index_dir)
+            saved = True
+            record(
+                action,
+                user=user.name,
+                role=user.role,
+                address=client_address(request.scope),
+                target=target,
+                status=status,
+                detail=detail,
+            )
+    except DataError as e:
+        if saved:  # the commit after a save failed (disk error): the change stands, the server's log says so
+            log.error("%s '%s' was saved but its audit row could not be written: %s", action, target, e)
+            return
+        if e.code != "unavailable":
+            raise
+        raise HTTPException(
+            503, detail="the server's database is busy or unavailable; nothing was saved, try again"
+        ) from None
+    except OSError as e:
+        raise HTTPException(500, detail=f"the archive could not be saved ({e.strerror}); nothing was changed") from None
+
+
+def _refused(request: Request, action: str, target: str, e: HTTPException) -> None:
+    """A refused or failed archive change is recorded with its status; a database that cannot record it
+    does not change the answer (nothing was changed)."""
+    with contextlib.suppress(HTTPException, DataError):
+        audit(request, action, target[:128], str(e.detail), status=e.status_code)
+
+
+def _diagnosis(index: ArchiveIndex, raw: str) -> str:
+    """A diagnosis the archive already has or the vocabulary knows (canonical name); free text would
+    silently become a class of its own in every vote."""
+    accepted = sorted(set(index.diagnoses) | set(NAMES))
+    try:
+        name = canonical(raw)
+    except DataError:
+        name = ""
+    if name not in accepted:
+        raise HTTPException(
+            422,
+            detail=f"diagnosis: {raw!r} is neither a diagnosis of this archive nor one of the vocabulary "
+            f"({VOCABULARY}); give one of: {', '.join(accepted)}",
+        )
+    return name
 
 
 @router.post("/api/archive", status_code=201)
@@ -441,51 +532,65 @@ async def archive_add(
     image_id: Annotated[str, Form(max_length=128)],
     diagnosis: Annotated[str, Form(min_length=1, max_length=100)],
 ) -> dict:
-    """Add one case (image + diagnosis) to the archive: embedded with the served model, saved at once."""
-    if not CASE_ID.match(image_id):
-        raise HTTPException(
-            422, detail="image_id: 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    data = await image.read(state.max_upload + 1)
-    if len(data) > state.max_upload:
-        raise HTTPException(413, detail=f"upload over the {state.max_upload / 1_000_000:g} MB limit")
-    decoded = await asyncio.wrap_future(state.decoder.submit(_decode_here, state, data, f"image for '{image_id}'"))
-    return await run_in_threadpool(_add_case, state, request, decoded, image_id, canonical(diagnosis))
+    """Add one case (image + diagnosis) to the archive: embedded with the served model, saved at once. A 201
+    means the case is in the index on disk; every answer is in the audit log with its status."""
+    try:
+        if not CASE_ID.match(image_id):
+            raise HTTPException(
+                422, detail="image_id: 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        data = await image.read(state.max_upload + 1)
+        if len(data) > state.max_upload:
+            raise HTTPException(413, detail=f"upload over the {state.max_upload / 1_000_000:g} MB limit")
+        decoded = await asyncio.wrap_future(state.decoder.submit(_decode_here, state, data, f"image for '{image_id}'"))
+        return await run_in_threadpool(_add_case, state, request, decoded, image_id, diagnosis)
+    except HTTPException as e:
+        await run_in_threadpool(_refused, request, "archive_add", image_id, e)
+        raise
 
 
 def _add_case(state: ViewerState, request: Request, decoded: np.ndarray, image_id: str, diagnosis: str) -> dict:
     folder = _cases_dir(state)
-    with state.reload_lock:
-        index = state.predictor.index
+    path = folder / f"{image_id}.png"
+    with state.reload_lock, _writing(state) as index:
         if index.row_of(image_id) is not None:
             raise HTTPException(409, detail=f"the archive already holds a case '{image_id}'")
-        audit(request, "archive_add", image_id, diagnosis)
+        diagnosis = _diagnosis(index, diagnosis)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{image_id}.png"
         path.write_bytes(to_png_bytes(decoded))  # re-encoded: no metadata of the upload is kept
-        table = ImageTable([image_id], [str(path)], [diagnosis], source="added through chaiderm serve")
+        saved = False
         try:
+            table = ImageTable([image_id], [str(path)], [diagnosis], source="added through chaiderm serve")
             with state.inference() as predictor:
                 new, messages = add_to_index(index, predictor.model, predictor.cfg, table)
             if new is index:
                 raise HTTPException(409, detail="; ".join(messages) or "nothing was added")
-            state.adopt(new)
+            _save(state, request, new, "archive_add", image_id, 201, diagnosis)
+            saved = True
         except ChaidermError as e:
-            path.unlink(missing_ok=True)
             raise HTTPException(422, detail=str(e)) from None
-        except HTTPException:
-            path.unlink(missing_ok=True)
-            raise
+        finally:
+            if not saved:  # a refused or failed add leaves no image behind
+                path.unlink(missing_ok=True)
+        state.adopt(new)
     return {"image_id": image_id, "diagnosis": diagnosis, "archive_size": len(new)}
 
 
 @router.delete("/api/archive/{image_id}")
 def archive_remove(image_id: str, state: State, request: Request, user: Admin) -> dict:
-    if state.index_dir is None:
-        raise HTTPException(409, detail="this server was not started on an index folder it can change")
-    with state.reload_lock:
-        index = state.predictor.index
-        if index.row_of(image_id) is None:
+    """Remove one case; an image the server stored for it is deleted once the smaller index is saved."""
+    try:
+        return _remove_case(state, request, image_id)
+    except HTTPException as e:
+        _refused(request, "archive_remove", image_id, e)
+        raise
+
+
+def _remove_case(state: ViewerState, request: Request, image_id: str) -> dict:
+    _cases_dir(state)
+    with state.reload_lock, _writing(state) as index:
+        row = index.row_of(image_id)
+        if row is None:
             raise HTTPException(404, detail=f"no archive image '{image_id}'")
         if len(index) == 1:
             raise HTTPException(409, detail="the archive's last case cannot be removed")
@@ -494,8 +599,9 @@ def archive_remove(image_id: str, state: State, request: Request, user: Admin) -
             state.check(new)  # refused if it would leave no case of the positive class
         except ChaidermError as e:
             raise HTTPException(409, detail=str(e)) from None
-        audit(request, "archive_remove", image_id)
+        _save(state, request, new, "archive_remove", image_id, 200, None)
         state.adopt(new)
+        discard_added_images(state.index_dir, [index.paths[row]])
     return {"removed": image_id, "archive_size": len(new)}
 
 
