@@ -89,6 +89,9 @@ def test_reports_are_a_choice(served, synth_dir, tmp_path):
     assert (rep / f"{paths[0].stem}.html").exists() and (rep / f"{paths[0].stem}_files" / "qam_01.png").exists()
     r = runner.invoke(app, _args(served, paths[:1], "--reports", "pdf"))
     assert r.exit_code == 2 and "--reports: one of none, json, html, not 'pdf'" in r.output
+    for where in ("/proc/cq", tmp_path / "a.csv"):  # a folder that cannot be made, a file: one line, no traceback
+        r = runner.invoke(app, _args(served, paths[:1], "--out", where))
+        assert r.exit_code == 2 and r.output.startswith(f"error: {where}: cannot write reports there"), r.output
 
 
 def test_the_csv_is_written_as_answers_come_and_a_rerun_resumes(served, synth_dir, tmp_path, monkeypatch):
@@ -131,6 +134,13 @@ def test_the_csv_is_written_as_answers_come_and_a_rerun_resumes(served, synth_di
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert f"error: {other}: its header" in r.output and "--csv-format isic2018" in r.output
     assert other.read_text() == "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nx,1,0,0,0,0,0,0\n"
+    # a second run on a file another run is writing is refused: both would answer the missing images
+    from chaiderm.evaluation.isic_csv import PredictionsFile
+
+    with PredictionsFile(part, "isic2019"):
+        r = runner.invoke(app, _args(served, paths, "--csv", str(part)))
+    assert r.exit_code == 2 and f"error: {part}: another run is writing this file" in r.output
+    assert part.read_text() == reference
     # two files that would answer under one id are refused before any work; the same file twice is one query
     dup = tmp_path / "d"
     dup.mkdir()

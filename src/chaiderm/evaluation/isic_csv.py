@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
+from typing import BinaryIO
 
 from chaiderm._io import write_text
 from chaiderm.errors import DataError
@@ -100,24 +100,31 @@ class PredictionsFile:
         self.answered: set[str] = set()
         want = header(fmt)
         try:
-            kept = self._read_complete(want)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.exists():
-                os.truncate(self.path, len(kept.encode("utf-8")))
-            self._fh = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (closed by close())
+            raw = open(self.path, "a+b")  # noqa: SIM115 (closed by close())
         except OSError as e:
             raise DataError(self.path, f"cannot write the predictions CSV ({e.strerror or e})") from None
+        try:
+            _lock(raw, self.path)  # read after the lock: no other run appends between reading and writing
+            raw.seek(0)
+            kept = self._complete(raw.read(), want)
+            raw.truncate(len(kept.encode("utf-8")))
+        except OSError as e:
+            raw.close()
+            raise DataError(self.path, f"cannot write the predictions CSV ({e.strerror or e})") from None
+        except BaseException:
+            raw.close()
+            raise
+        self._fh = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         self._writer = csv.writer(self._fh, lineterminator="\n")
         if not kept:
             self._writer.writerow(want)
             self._fh.flush()
 
-    def _read_complete(self, want: list[str]) -> str:
+    def _complete(self, data: bytes, want: list[str]) -> str:
         """The file's complete lines (all of it but a torn last line), checked against the layout."""
-        if not self.path.exists():
-            return ""
         try:
-            text = self.path.read_bytes().decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise DataError(self.path, "not a predictions CSV (not UTF-8 text); give another --csv") from None
         kept = text[: text.rfind("\n") + 1]  # rows end in a newline: anything after the last one is torn
@@ -145,10 +152,22 @@ class PredictionsFile:
         self.answered.add(image_id)
 
     def close(self) -> None:
-        self._fh.close()
+        self._fh.close()  # and the lock with it
 
     def __enter__(self) -> PredictionsFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _lock(fh: BinaryIO, path: Path) -> None:
+    """Hold the file for this run alone: two runs resuming one CSV would both answer the missing images."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: unlocked, as before
+        return
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DataError(path, "another run is writing this file; let it finish, or give another --csv") from None
