@@ -731,7 +731,11 @@ def query(
         str | None, typer.Option(help='only archive cases that pass, e.g. "sex = female and age >= 50"')
     ] = None,
     csv: Annotated[
-        Path | None, typer.Option(help="also write the predictions in the ISIC challenge's task 3 CSV layout")
+        Path | None,
+        typer.Option(
+            help="also write the predictions in the ISIC challenge's task 3 CSV layout, a row as each image is "
+            "answered; an existing file of the same layout is resumed (its images are not answered again)"
+        ),
     ] = None,
     csv_format: Annotated[str, typer.Option(help="isic2019 (MEL ... SCC, UNK) or isic2018 (MEL ... VASC)")] = (
         "isic2019"
@@ -740,49 +744,149 @@ def query(
         str | None,
         typer.Option(help="search by the part of the image inside x0,y0,x1,y1 (pixels of the image; ';' for more)"),
     ] = None,
+    reports: Annotated[
+        str | None,
+        typer.Option(
+            help="per-image reports in --out: html (the evidence page, its JSON and images: about 3 MB with an "
+            "ensemble), json (the vote and neighbours only, a few kB) or none. Default: html, or none with --csv"
+        ),
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option(help="skip unreadable images with a warning naming each (no CSV row, no report)")
+    ] = False,
 ) -> None:
-    """Classify images by kNN vote and write JSON + HTML evidence reports."""
+    """Classify images by kNN vote, print each answer, and write evidence reports and/or a predictions CSV.
+
+    Images are embedded in batches and answered as they come. Without --csv each image gets an HTML evidence
+    report (--reports html); with --csv the CSV alone is written unless --reports asks for reports too. A run
+    that is stopped keeps the CSV rows it wrote; running it again with the same --csv answers only the rest."""
     from chaiderm.data.images import load_image
     from chaiderm.evaluation import isic_csv
-    from chaiderm.evidence.report import write_query_report
+    from chaiderm.evidence.report import write_query_json, write_query_report
+    from chaiderm.index import refine
     from chaiderm.pipeline import Predictor
 
     if not 1 <= k <= 1000:
         raise _fail(f"--k must be between 1 and 1000 (the number of nearest archive cases that vote), not {k}")
-    with _errors():
+    if reports is not None and reports not in QUERY_REPORTS:
+        raise _fail(f"--reports: one of {', '.join(QUERY_REPORTS)}, not '{reports}'")
+    paths = _query_paths(images)
+    if reports is None:
+        reports = "none" if csv is not None else "html"
+        if csv is not None:
+            console.print("note: --csv without --reports: no report files (--reports json or html for them)")
+    if reports != "none":
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _fail(f"{out}: cannot write reports there ({e.strerror or e})") from None
+    skipped: list[str] = []
+    answered = 0
+    with _errors(skip_bad_hint=True), contextlib.ExitStack() as stack:
         predictor = Predictor.load(model, index)
         if csv is not None:  # refuse a layout the archive's diagnoses do not fit before any query runs
             for d in predictor.classes:
                 isic_csv.code_of(d, csv_format)
-        results = []
-        from chaiderm.index import refine
-
         boxes = refine.parse_regions(region)
-        for path in images:
-            img = load_image(path)
-            try:
-                regions = refine.from_original(boxes, img.shape[:2], predictor.cfg.model.load_size)
-            except ChaidermError as e:
-                raise _fail(f"{path}: {e}") from None
-            res = predictor.predict(img, k=k, image_id=path.stem, where=where, regions=regions)
-            neigh = predictor.neighbor_images(res)
-            write_query_report(
-                out,
-                path.stem,
-                res.image,
-                res.prediction,
-                neigh,
-                res.qams,
-                res.rams,
-                region=";".join(map(str, regions)) or None,
+        sheet = stack.enter_context(isic_csv.PredictionsFile(csv, csv_format)) if csv is not None else None
+        if sheet is not None and sheet.answered:
+            before = len(paths)
+            paths = [p for p in paths if p.stem not in sheet.answered]
+            console.print(
+                f"note: {csv} already answers {before - len(paths)} of these {before} image(s): skipped; "
+                f"answering the other {len(paths)} (delete the file to answer all again)",
+                highlight=False,
+                soft_wrap=True,
             )
-            results.append((path.name, res.prediction))
-        if csv is not None:
-            isic_csv.write_predictions(csv, [(p.image_id, p.class_probabilities) for _, p in results], csv_format)
-    for name, pred in results:
-        dist = " ".join(f"{d}={p:.3f}" for d, p in pred.class_probabilities.items())
-        typer.echo(f"{name}\t{pred.positive_class}_probability={pred.positive_probability:.3f}\t{dist}")
-    console.print(f"reports in {out}/")
+
+        def answers(chunk: list[Path]):
+            """(path, result, region) for each image of ``chunk`` that loads, in order."""
+            if boxes:  # boxes are in the original image's pixels: decoded whole, one at a time
+                for path in chunk:
+                    try:
+                        img = load_image(path)
+                    except ChaidermError as e:
+                        if not skip_bad:
+                            raise
+                        _skip(e, skipped)
+                        continue
+                    try:
+                        regions = refine.from_original(boxes, img.shape[:2], predictor.cfg.model.load_size)
+                    except ChaidermError as e:
+                        raise _fail(f"{path}: {e}") from None
+                    res = predictor.predict(
+                        img, k=k, image_id=path.stem, where=where, regions=regions, evidence=reports == "html"
+                    )
+                    yield path, res, ";".join(map(str, regions)) or None
+                return
+            loaded, imgs, bad = [], [], None
+            for path in chunk:
+                try:  # decoded as an index, evaluate and the server decode: shrunk while >= load_size
+                    imgs.append(load_image(path, fit=predictor.cfg.model.load_size))
+                    loaded.append(path)
+                except ChaidermError as e:
+                    if not skip_bad:
+                        bad = e  # the images before it are answered (and written) first
+                        break
+                    _skip(e, skipped)
+            results = predictor.predict_many(
+                imgs, k=k, image_ids=[p.stem for p in loaded], where=where, evidence=reports == "html"
+            )
+            for path, res in zip(loaded, results, strict=True):
+                yield path, res, None
+            if bad is not None:
+                raise bad
+
+        for start in range(0, len(paths), QUERY_CHUNK):
+            for path, res, searched in answers(paths[start : start + QUERY_CHUNK]):
+                pred = res.prediction
+                try:
+                    if reports == "html":
+                        neigh = predictor.neighbor_images(res)
+                        write_query_report(out, path.stem, res.image, pred, neigh, res.qams, res.rams, region=searched)
+                    elif reports == "json":
+                        write_query_json(out, path.stem, pred, region=searched)
+                except OSError as e:
+                    raise _fail(f"{out}: cannot write the report of {path.name} ({e.strerror or e})") from None
+                if sheet is not None:
+                    try:
+                        sheet.write(path.stem, pred.class_probabilities)
+                    except OSError as e:
+                        raise _fail(f"{csv}: cannot write the row of {path.name} ({e.strerror or e})") from None
+                answered += 1
+                dist = " ".join(f"{d}={p:.3f}" for d, p in pred.class_probabilities.items())
+                typer.echo(f"{path.name}\t{pred.positive_class}_probability={pred.positive_probability:.3f}\t{dist}")
+    if skipped:
+        _warn(f"skipped {len(skipped)} unreadable image(s): no row, no report")
+    if reports != "none":
+        console.print(f"reports in {out}/", highlight=False, soft_wrap=True)
+    if csv is not None:
+        console.print(f"{answered} row(s) added to {csv}", highlight=False, soft_wrap=True)
+
+
+QUERY_REPORTS = ("none", "json", "html")
+# images decoded, embedded and searched together; small enough that a stopped run loses little
+QUERY_CHUNK = 64
+
+
+def _query_paths(images: list[Path]) -> list[Path]:
+    """The query files, each once; refused where two files would answer under one image id (the CSV's rows
+    and the reports are named by it)."""
+    seen: dict[str, Path] = {}
+    paths = []
+    for p in images:
+        first = seen.get(p.stem)
+        if first is None:
+            seen[p.stem] = p
+            paths.append(p)
+        elif first.resolve() != p.resolve():
+            raise _fail(f"{first} and {p} would both answer as image '{p.stem}': query them in separate runs")
+    return paths
+
+
+def _skip(e: ChaidermError, skipped: list[str]) -> None:
+    skipped.append(str(e))
+    typer.echo(f"warning: skipped {e}", err=True)  # plain and unwrapped: the message names the file
 
 
 @app.command("duplicates")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -379,25 +379,8 @@ class Predictor:
         embedding toward / away from those cases (Rocchio). Maps follow both."""
         if k < 1:
             raise ValueError("k must be at least 1")
-        classes = self.classes
-        rows = None
         excluded = self._same_case(exclude_id)
-        if where:
-            flt = parse_where(where, self.index.diagnoses, self.index.metadata)
-            passing = flt.mask(self.index.diagnoses, self.index.metadata)
-            passing[list(excluded)] = False
-            rows = np.flatnonzero(passing)
-            if not len(rows):
-                raise DataError(None, f"--where: no archive case passes '{where}'", code="bad_filter")
-            present = {self.index.diagnoses[r] for r in rows}
-            if self.positive_class not in present:
-                raise DataError(
-                    None,
-                    f"--where: no {self.positive_class} among the {len(rows)} case(s) that pass '{where}': "
-                    "the vote could only say 0",
-                    code="bad_filter",
-                )
-            classes = [c for c in self.classes if c in present]
+        rows, classes = self._candidates(where, excluded)
         square = self.square(image)
         g, e = self.embed_square(square[None])
         g_q, f_q = g[0], e[0]
@@ -407,36 +390,107 @@ class Predictor:
             g_q = g_q * cells  # the maps show only what the search used
         if similar or not_similar:
             f_q = rocchio(f_q, self._embeddings_of(similar or []), self._embeddings_of(not_similar or []))
-        e = f_q[None].astype(np.float32)
-        if rows is not None:
-            dist, idx = self.index.search_among(e, k, rows)
-            dist, idx = dist[0], idx[0]
-        else:
-            dist, idx = self.index.search(e, k + len(excluded))
-            dist, idx = dist[0], idx[0]
-            keep = [j for j in range(len(idx)) if idx[j] >= 0 and idx[j] not in excluded][:k]
-            dist, idx = dist[keep], idx[keep]
-        probs = class_distribution(
-            [self.index.diagnoses[i] for i in idx], classes, vote_weights(dist, self.vote) if len(idx) else None
-        )
-        neighbors = [
-            Neighbor(
-                rank=r + 1,
-                image_id=self.index.image_ids[i],
-                diagnosis=self.index.diagnoses[i],
-                group=self.index.groups[i],
-                distance=float(d),
-                image_path=self.index.paths[i],
-                metadata=dict(self.index.metadata[i]),
-            )
-            for r, (i, d) in enumerate(zip(idx, dist, strict=True))
-        ]
-        pred = Prediction(image_id, self.positive_class, probs, len(idx), neighbors, vote=self.vote)
+        pred, idx = self._vote(f_q[None], k, [image_id], rows, classes, excluded)[0]
         if evidence and len(idx):
             qams, rams = activation_map_pairs(g_q, self.result_maps(idx), f_q=f_q)
         else:
             qams = rams = np.zeros((0, 1, 1), np.float32)
         return QueryResult(pred, square, qams, rams, f_q, g_q)
+
+    def predict_many(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        k: int = 10,
+        image_ids: Sequence[str] | None = None,
+        evidence: bool = False,
+        where: str | None = None,
+    ) -> list[QueryResult]:
+        """Classify many decoded RGB images: embedded in batches (``models.inference.embed``, as ``evaluate``
+        embeds), searched at once, each voted as :meth:`predict` votes. Evidence maps (QAM/RAM pairs and the
+        query's own maps) only with ``evidence``; without, the results' map arrays are empty."""
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        ids = list(image_ids) if image_ids is not None else [f"query_{i}" for i in range(len(images))]
+        if len(ids) != len(images):
+            raise ValueError(f"{len(images)} images but {len(ids)} image ids")
+        if not len(images):
+            return []
+        rows, classes = self._candidates(where, set())
+        squares = np.stack([self.square(im) for im in images])
+        if evidence:
+            g, e = self.embed_square(squares)
+        else:
+            e, _ = embed(self.model, squares, self.cfg.model.image_size, views=self.views)
+            g = None
+        none = np.zeros((0, 1, 1), np.float32)
+        out = []
+        for q, (pred, idx) in enumerate(self._vote(e, k, ids, rows, classes, set())):
+            if g is not None and len(idx):
+                qams, rams = activation_map_pairs(g[q], self.result_maps(idx), f_q=e[q])
+            else:
+                qams = rams = none
+            out.append(QueryResult(pred, squares[q], qams, rams, e[q], g[q] if g is not None else none))
+        return out
+
+    def _candidates(self, where: str | None, excluded: set[int]) -> tuple[np.ndarray | None, list[str]]:
+        """The archive rows a ``where`` filter lets vote (None: all) and the classes they can speak about."""
+        if not where:
+            return None, self.classes
+        flt = parse_where(where, self.index.diagnoses, self.index.metadata)
+        passing = flt.mask(self.index.diagnoses, self.index.metadata)
+        passing[list(excluded)] = False
+        rows = np.flatnonzero(passing)
+        if not len(rows):
+            raise DataError(None, f"--where: no archive case passes '{where}'", code="bad_filter")
+        present = {self.index.diagnoses[r] for r in rows}
+        if self.positive_class not in present:
+            raise DataError(
+                None,
+                f"--where: no {self.positive_class} among the {len(rows)} case(s) that pass '{where}': "
+                "the vote could only say 0",
+                code="bad_filter",
+            )
+        return rows, [c for c in self.classes if c in present]
+
+    def _vote(
+        self,
+        queries: np.ndarray,
+        k: int,
+        image_ids: list[str],
+        rows: np.ndarray | None,
+        classes: list[str],
+        excluded: set[int],
+    ) -> list[tuple[Prediction, np.ndarray]]:
+        """Each query embedding's k nearest archive cases (among ``rows``, never ``excluded``) and their vote:
+        the one vote of :meth:`predict` and :meth:`predict_many`."""
+        e = np.ascontiguousarray(queries, dtype=np.float32)
+        if rows is not None:
+            dists, idxs = self.index.search_among(e, k, rows)
+        else:
+            dists, idxs = self.index.search(e, k + len(excluded))
+        out = []
+        for image_id, dist, idx in zip(image_ids, dists, idxs, strict=True):
+            if rows is None:
+                keep = [j for j in range(len(idx)) if idx[j] >= 0 and idx[j] not in excluded][:k]
+                dist, idx = dist[keep], idx[keep]
+            probs = class_distribution(
+                [self.index.diagnoses[i] for i in idx], classes, vote_weights(dist, self.vote) if len(idx) else None
+            )
+            neighbors = [
+                Neighbor(
+                    rank=r + 1,
+                    image_id=self.index.image_ids[i],
+                    diagnosis=self.index.diagnoses[i],
+                    group=self.index.groups[i],
+                    distance=float(d),
+                    image_path=self.index.paths[i],
+                    metadata=dict(self.index.metadata[i]),
+                )
+                for r, (i, d) in enumerate(zip(idx, dist, strict=True))
+            ]
+            out.append((Prediction(image_id, self.positive_class, probs, len(idx), neighbors, vote=self.vote), idx))
+        return out
 
     def warm_up(self, n: int = 3, k: int = 10) -> float:
         """Answer ``n`` queries of a plain grey image with ``k`` evidence pairs; the median milliseconds of

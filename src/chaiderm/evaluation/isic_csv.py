@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import BinaryIO
 
 from chaiderm._io import write_text
 from chaiderm.errors import DataError
@@ -57,13 +58,21 @@ def row(class_probabilities: dict[str, float], fmt: str) -> dict[str, float]:
     return out
 
 
+def header(fmt: str) -> list[str]:
+    return ["image", *COLUMNS[fmt]]
+
+
+def _cells(image_id: str, values: dict[str, float], fmt: str) -> list[str]:
+    return [image_id, *(f"{values[c]:.6f}" for c in COLUMNS[fmt])]
+
+
 def write_csv(path: str | Path, rows: list[tuple[str, dict[str, float]]], fmt: str) -> None:
     """Write ``(image id, {column: value})`` rows, atomically."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image", *COLUMNS[fmt]])
+    w.writerow(header(fmt))
     for image_id, values in rows:
-        w.writerow([image_id, *(f"{values[c]:.6f}" for c in COLUMNS[fmt])])
+        w.writerow(_cells(image_id, values, fmt))
     write_text(path, buf.getvalue())
 
 
@@ -75,3 +84,90 @@ def write_predictions(path: str | Path, predictions: list[tuple[str, dict[str, f
 def write_truth(path: str | Path, image_ids: list[str], diagnoses: list[str], fmt: str) -> None:
     """Ground truth in the same layout (one 1.0 per row), for scoring a labelled query set."""
     write_csv(path, [(iid, row({d: 1.0}, fmt)) for iid, d in zip(image_ids, diagnoses, strict=True)], fmt)
+
+
+class PredictionsFile:
+    """A predictions CSV written a row at a time, each row flushed as it is answered, so a run that is
+    killed keeps every answer it gave and a rerun on the same file resumes: ``answered`` holds the image
+    ids already there. The rows are those of :func:`write_predictions`, byte for byte.
+
+    An existing file must have this layout's header; a last line cut short by a kill is dropped (its image
+    is answered again). Use as a context manager."""
+
+    def __init__(self, path: str | Path, fmt: str):
+        self.path = Path(path)
+        self.fmt = fmt
+        self.answered: set[str] = set()
+        want = header(fmt)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            raw = open(self.path, "a+b")  # noqa: SIM115 (closed by close())
+        except OSError as e:
+            raise DataError(self.path, f"cannot write the predictions CSV ({e.strerror or e})") from None
+        try:
+            _lock(raw, self.path)  # read after the lock: no other run appends between reading and writing
+            raw.seek(0)
+            kept = self._complete(raw.read(), want)
+            raw.truncate(len(kept.encode("utf-8")))
+        except OSError as e:
+            raw.close()
+            raise DataError(self.path, f"cannot write the predictions CSV ({e.strerror or e})") from None
+        except BaseException:
+            raw.close()
+            raise
+        self._fh = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        self._writer = csv.writer(self._fh, lineterminator="\n")
+        if not kept:
+            self._writer.writerow(want)
+            self._fh.flush()
+
+    def _complete(self, data: bytes, want: list[str]) -> str:
+        """The file's complete lines (all of it but a torn last line), checked against the layout."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(self.path, "not a predictions CSV (not UTF-8 text); give another --csv") from None
+        kept = text[: text.rfind("\n") + 1]  # rows end in a newline: anything after the last one is torn
+        rows = list(csv.reader(io.StringIO(kept)))
+        if not rows:
+            return ""
+        if rows[0] != want:
+            other = [f for f in COLUMNS if header(f) == rows[0]]
+            hint = f"it was written with --csv-format {other[0]}" if other else "it is not a predictions CSV"
+            raise DataError(
+                self.path,
+                f"its header ({','.join(rows[0])[:80]}) is not the {self.fmt} layout ({','.join(want)}): "
+                f"{hint}; give that, or another --csv",
+            )
+        for n, r in enumerate(rows[1:], start=2):
+            if len(r) != len(want):
+                raise DataError(self.path, f"line {n} has {len(r)} fields, not {len(want)}: not a predictions CSV")
+            self.answered.add(r[0])
+        return kept
+
+    def write(self, image_id: str, class_probabilities: dict[str, float]) -> None:
+        """Append one query's row and flush it to the operating system (a kill after this keeps it)."""
+        self._writer.writerow(_cells(image_id, row(class_probabilities, self.fmt), self.fmt))
+        self._fh.flush()
+        self.answered.add(image_id)
+
+    def close(self) -> None:
+        self._fh.close()  # and the lock with it
+
+    def __enter__(self) -> PredictionsFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _lock(fh: BinaryIO, path: Path) -> None:
+    """Hold the file for this run alone: two runs resuming one CSV would both answer the missing images."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: unlocked, as before
+        return
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DataError(path, "another run is writing this file; let it finish, or give another --csv") from None

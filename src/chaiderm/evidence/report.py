@@ -64,7 +64,40 @@ def write_query_report(
             ram=f"{assets.name}/ram_{stem}.png",
         )
         neighbours.append(rec)
-    record = {
+    record = _record(prediction, neighbours, f"{assets.name}/query.png", true_diagnosis, region)
+    write_json(out / f"{name}.json", record)
+    write_text(out / f"{name}.html", render_html(record))
+    return record
+
+
+def write_query_json(
+    out_dir: str | Path,
+    name: str,
+    prediction: Prediction,
+    *,
+    true_diagnosis: str | None = None,
+    region: str | None = None,
+) -> dict[str, Any]:
+    """Only ``<name>.json``: the vote and its neighbours (ids, diagnoses, distances), no images or maps, so
+    a batch can keep each answer's evidence list for a few kilobytes. Returns the record."""
+    neighbours = []
+    for n in prediction.neighbors:
+        rec = n.to_dict()
+        rec.pop("image_path", None)
+        neighbours.append(rec)
+    record = _record(prediction, neighbours, None, true_diagnosis, region)
+    write_json(Path(out_dir) / f"{name}.json", record)
+    return record
+
+
+def _record(
+    prediction: Prediction,
+    neighbours: list[dict[str, Any]],
+    query_image: str | None,
+    true_diagnosis: str | None,
+    region: str | None,
+) -> dict[str, Any]:
+    return {
         "image_id": prediction.image_id,
         "true_diagnosis": true_diagnosis,
         "positive_class": prediction.positive_class,
@@ -75,12 +108,9 @@ def write_query_report(
         "k": prediction.k,
         "vote": prediction.vote,
         "region": region,  # boxes searched (pixels of the query's square), or None: the whole image
-        "query_image": f"{assets.name}/query.png",
+        "query_image": query_image,
         "neighbors": neighbours,
     }
-    write_json(out / f"{name}.json", record)
-    write_text(out / f"{name}.html", render_html(record))
-    return record
 
 
 def render_html(record: dict[str, Any]) -> str:
