@@ -264,3 +264,26 @@ def test_stored_queries_keep_no_exif(client, synth_dir):
     stored = Image.open(io.BytesIO(blob))
     assert not stored.getexif() and not stored.info.get("exif")
     assert client.get(f"/api/query/{qid}", params={"k": 5}).status_code == 200  # still answers from it
+
+
+def test_the_schema_declares_what_the_server_enforces(client):
+    """Audit failure 15: schemathesis as an outside client found schema-valid requests refused (k = 41, a
+    map style or audit action the schema did not enumerate) and an Allow header naming one route's methods."""
+    spec = client.get("/openapi.json").json()
+    post = spec["paths"]["/api/query"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    ref = post["$ref"].rsplit("/", 1)[-1]
+    k = spec["components"]["schemas"][ref]["properties"]["k"]
+    assert (k["minimum"], k["maximum"]) == (1, 40)
+    params = {p["name"]: p["schema"] for p in spec["paths"]["/api/query/{query_id}"]["get"]["parameters"]}
+    assert (params["k"]["minimum"], params["k"]["maximum"]) == (1, 40)
+    route = spec["paths"]["/api/maps/{query_id}/{image_id}/{kind}.png"]["get"]
+    maps = {p["name"]: p["schema"] for p in route["parameters"]}
+    assert maps["kind"]["enum"] == ["qam", "ram"] and maps["style"]["enum"] == ["contour", "heat"]
+    add = spec["paths"]["/api/archive"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    case = spec["components"]["schemas"][add["$ref"].rsplit("/", 1)[-1]]["properties"]["image_id"]
+    assert case["pattern"].startswith("^")
+    r = client.post("/api/query", files={"image": ("q.png", b"x", "image/png")}, data={"k": "41"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("k:")
+    r = client.options("/api/archive")
+    assert r.status_code == 405 and set(r.headers["allow"].split(", ")) >= {"GET", "POST"}
+    assert client.request("PATCH", "/api/archive/x").headers["allow"] == "DELETE"

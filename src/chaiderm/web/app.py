@@ -23,7 +23,7 @@ from chaiderm.web.auth import Sessions, Users
 from chaiderm.web.dependencies import ViewerState, inference_workers
 from chaiderm.web.observe import Metrics, Observe
 from chaiderm.web.routers import session, viewer
-from chaiderm.web.security import secure
+from chaiderm.web.security import allowed_methods, secure
 
 MAX_UPLOAD = 20_000_000
 MULTIPART_SLACK = 64_000  # form boundaries and headers around the file
@@ -134,6 +134,7 @@ def create_app(
     app.state.metrics = metrics
     app.include_router(session.router)
     app.include_router(viewer.router)
+    allowed_methods(app)  # inside sign-in: an anonymous caller learns nothing of which methods a path takes
     app.add_middleware(SignedIn, access=access)
     secure(app, max_upload + MULTIPART_SLACK)
     app.add_middleware(Observe, metrics=metrics)

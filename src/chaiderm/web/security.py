@@ -6,6 +6,7 @@ below (no inline script, nothing from elsewhere) makes a missed escape inert rat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 
 from fastapi import FastAPI, HTTPException, Request
@@ -67,6 +68,36 @@ class BodyLimit:
         await self.app(scope, counted_receive, send_with_headers)
 
 
+class AllowedMethods:
+    """405 with an ``Allow`` header that lists every method the path serves. Starlette answers a method it
+    does not route with the methods of the first route whose path matched (``GET`` for /api/archive,
+    which also takes ``POST``), so a client reading ``Allow`` would be misled."""
+
+    def __init__(self, app: ASGIApp, routes: Callable[[], list]):
+        self.app, self.routes = app, routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path, method = scope["path"], scope["method"]
+            allowed: set[str] = set()
+            for route in self.routes():
+                methods = getattr(route, "methods", None)
+                regex = getattr(route, "path_regex", None)
+                if methods and regex is not None and regex.match(path):
+                    allowed |= set(methods)
+            if allowed and method not in allowed:
+                listed = ", ".join(sorted(allowed))
+                detail = f"{method} is not served at this path; it takes {listed}"
+                answer = JSONResponse({"detail": detail}, 405, headers={"Allow": listed})
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def allowed_methods(app: FastAPI) -> None:
+    app.add_middleware(AllowedMethods, routes=lambda: app.router.routes)
+
+
 def page(name: str, status_code: int = 200) -> HTMLResponse:
     """A static page from ``chaiderm/web/templates``: no data is ever formatted into it."""
     return HTMLResponse((WEB / "templates" / name).read_text(encoding="utf-8"), status_code=status_code)
@@ -88,5 +119,7 @@ def secure(app: FastAPI, body_limit: int) -> FastAPI:
     validation errors."""
     app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
     app.add_exception_handler(RequestValidationError, readable_validation_error)
+    if not any(m.cls is AllowedMethods for m in app.user_middleware):  # an app may place it inside sign-in
+        allowed_methods(app)
     app.add_middleware(BodyLimit, limit=body_limit)
     return app

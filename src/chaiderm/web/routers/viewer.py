@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import quote, urlencode
 
 import numpy as np
@@ -41,6 +41,9 @@ router = APIRouter(responses=ERRORS)
 State = Annotated[ViewerState, Depends(get_state)]
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 K_MIN, K_MAX = 1, 40
+# declared in the OpenAPI schema, so that a client knows every value the server takes
+MapStyle = Literal[MAP_STYLES]  # type: ignore[valid-type]
+AuditAction = Literal[ACTIONS]  # type: ignore[valid-type]
 MAP_SIDE = 320  # the page shows maps at 320 px
 FAST_PNG = 1  # zlib level for what the server encodes per request (render.to_png_bytes)
 STATUS = {"not_image": 415, "too_large": 413, "bad_shape": 422, "empty": 400, "corrupt": 400, "unavailable": 503}
@@ -225,12 +228,6 @@ def _to_out(
     )
 
 
-def _check_k(k: int) -> int:
-    if not K_MIN <= k <= K_MAX:
-        raise HTTPException(422, detail=f"k must be between {K_MIN} and {K_MAX}")
-    return k
-
-
 def _archive_file(index: ArchiveIndex, image_id: str) -> tuple[bytes, Path]:
     """A case's image and its path, both from the one index given: an index swapped meanwhile (a case
     removed) can never pair one case's row with another index's paths."""
@@ -254,12 +251,11 @@ async def post_query(
     request: Request,
     user: Viewer,
     image: Annotated[UploadFile | None, File()] = None,
-    k: Annotated[int, Form()] = 10,
+    k: Annotated[int, Form(ge=K_MIN, le=K_MAX)] = 10,
     archive_id: Annotated[str | None, Form(max_length=256)] = None,
     where: Annotated[str | None, Form(max_length=500)] = None,
     region: Annotated[str | None, Form(max_length=400)] = None,
 ) -> QueryOut:
-    _check_k(k)
     refine = Refine.parse(region, None, None, state.predictor.cfg.model.load_size)
     if image is not None:
         data = await image.read(state.max_upload + 1)
@@ -342,7 +338,7 @@ def get_query(
     state: State,
     request: Request,
     user: Viewer,
-    k: Annotated[int, Query()] = 10,
+    k: Annotated[int, Query(ge=K_MIN, le=K_MAX)] = 10,
     where: Annotated[str | None, Query(max_length=500)] = None,
     region: Annotated[str | None, Query(max_length=400)] = None,
     similar: Annotated[str | None, Query(max_length=4000)] = None,
@@ -350,7 +346,6 @@ def get_query(
 ) -> QueryOut:
     """The same query with another k, filter or refinement (regions of the query; cases marked similar or
     not similar), without uploading it again (an archive case still excludes itself)."""
-    _check_k(k)
     _own(state, user, query_id)
     refine = Refine.parse(region, similar, not_similar, state.predictor.cfg.model.load_size)
     image, archive_id = _query_image(state, query_id)
@@ -380,20 +375,16 @@ def query_image(query_id: str, state: State, request: Request, user: Viewer) -> 
 def evidence_map(
     query_id: str,
     image_id: str,
-    kind: str,
+    kind: Literal["qam", "ram"],
     state: State,
     request: Request,
     user: Viewer,
-    style: Annotated[str, Query()] = "contour",
+    style: Annotated[MapStyle, Query()] = "contour",
     region: Annotated[str | None, Query(max_length=400)] = None,
     similar: Annotated[str | None, Query(max_length=4000)] = None,
     not_similar: Annotated[str | None, Query(max_length=4000)] = None,
 ) -> Response:
     _own(state, user, query_id)
-    if kind not in ("qam", "ram"):
-        raise HTTPException(404, detail="map kind is qam or ram")
-    if style not in MAP_STYLES:
-        raise HTTPException(422, detail=f"style must be one of {', '.join(MAP_STYLES)}")
     res = _result(state, query_id, Refine.parse(region, similar, not_similar, state.predictor.cfg.model.load_size))
     try:
         listed = state.predictor.listed_maps(res, image_id)
@@ -529,7 +520,7 @@ async def archive_add(
     request: Request,
     user: Admin,
     image: Annotated[UploadFile, File()],
-    image_id: Annotated[str, Form(max_length=128)],
+    image_id: Annotated[str, Form(max_length=128, pattern=CASE_ID.pattern)],
     diagnosis: Annotated[str, Form(min_length=1, max_length=100)],
 ) -> dict:
     """Add one case (image + diagnosis) to the archive: embedded with the served model, saved at once. A 201
@@ -620,11 +611,9 @@ def audit_log(
     since: Annotated[str | None, Query(max_length=20)] = None,
     until: Annotated[str | None, Query(max_length=20)] = None,
     who: Annotated[str | None, Query(max_length=64)] = None,
-    action: Annotated[str | None, Query(max_length=40)] = None,
+    action: Annotated[AuditAction | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[Entry]:
-    if action is not None and action not in ACTIONS:
-        raise HTTPException(422, detail=f"action must be one of {', '.join(ACTIONS)}")
     entries = _store(
         request.app.state.access.audit.entries,
         since=_time_arg("since", since),
