@@ -103,8 +103,8 @@ def test_upload_see_evidence_and_click_similar(server, browser, synth_dir, tmp_p
     assert "synthetic" in page.inner_text("header").lower()  # the demo archive says it is not patients
     page.set_input_files("#file", str(synth_dir / "test" / "images" / "SYN_test_00002.png"))
     wait_until(lambda: cards(page).count() == 10, what="10 neighbours")
-    assert "nearest cases:" in page.inner_text("#summary")
-    assert "probability" in page.inner_text("#prob")
+    assert "nearest cases:" in page.inner_text("#summary") and "vote share" in page.inner_text("#summary")
+    assert "vote share" in page.inner_text("#prob")
     assert page.locator("#dist tbody tr").count() >= 2  # the whole diagnosis distribution
     # the query on its own, and the QAM and RAM of the selected neighbour, load as images
     for img in ("#qthumb", "#qam", "#ram"):
@@ -189,9 +189,10 @@ def _no_script_runs(page, url, data):
     assert page.locator("#neighbors img[src='x'], #neighbors script, #neighbors svg").count() == 0
     assert "<img src=x" in page.inner_text("#neighbors")  # shown as the text it is
     assert "\u00a9 <img src=x" in page.inner_text("#neighbors .attr >> nth=0")  # attribution, as text too
-    # a case without a group shows only its distance, not a placeholder ("- \u00b7 d=...")
-    captions = [c.locator("div").nth(1).inner_text() for c in cards(page).all()]
-    assert any(t.startswith("d=") for t in captions) and not any(t.startswith("-") for t in captions), captions
+    # a case without a group has no group line, not a placeholder ("group: -")
+    groups = [c.locator(".grp").count() for c in cards(page).all()]
+    assert 0 in groups and 1 in groups, groups
+    assert "group: -" not in page.inner_text("#neighbors")
 
 
 def test_script_in_labels_does_not_run_in_the_viewer(browser, synth_dir, tmp_path):
@@ -353,16 +354,149 @@ def test_a_distance_vote_says_so_and_counts_cases(served, browser, synth_dir, tm
         wait_until(lambda: "archive:" in page.inner_text("#about"), what="model details")
         page.set_input_files("#file", str(synth_dir / "test" / "images" / "SYN_test_00002.png"))
         wait_until(lambda: cards(page).count() == 10, what="10 neighbours")
-        assert "closer cases weigh more" in page.inner_text("#prob")
+        assert "closer cases weigh more" in page.inner_text("#prob") and "vote share" in page.inner_text("#prob")
         assert "weighed by its closeness" in page.inner_text("#votenote")
         # the table's "nearest cases" column counts cases, not weighted shares times k
         shown = {}
         for row in page.locator("#dist tbody tr").all():
             cells = row.locator("td").all_inner_texts()
             shown[cells[0]] = int(cells[1])
-        dx = [c.locator("div").first.inner_text().split(" ", 1)[1] for c in cards(page).all()]  # "#3 nevus"
+        dx = [c.locator(".dx").inner_text().split(" ", 1)[1] for c in cards(page).all()]  # "#3 nevus"
         assert sum(shown.values()) == 10 and all(v == dx.count(k) for k, v in shown.items()), (shown, dx)
         page.screenshot(path=str(tmp_path / "distance_vote.png"), full_page=True)
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def _within(page, selector, width=1366, height=768):
+    box = page.locator(selector).bounding_box()
+    assert box is not None, f"{selector} is not displayed"
+    inside = box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= width and box["y"] + box["height"] <= height
+    assert inside, f"{selector} lies outside the {width}x{height} screen: {box}"
+
+
+def _set_k(page, k):
+    page.locator("#k").fill(str(k))
+    page.locator("#k").dispatch_event("change")
+    wait_until(lambda: cards(page).count() == k, what=f"{k} neighbours")
+    wait_until(lambda: page.locator("#ram").evaluate("e => e.complete && e.naturalWidth > 0"), what="maps")
+
+
+# every word of a card's lines stays whole on one line ("la / rge-tan" was a group id broken mid-word)
+WORDS_WHOLE = """c => [...c.querySelectorAll('.dx, .grp, .dist span:last-child')].every(e => {
+  const t = e.firstChild; if (!t) return true;
+  const r = document.createRange(); let at = 0;
+  for (const w of t.textContent.split(' ')) {
+    r.setStart(t, at); r.setEnd(t, at + w.length); at += w.length + 1;
+    if (w && new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1) return false;
+  }
+  return true; })"""
+PARTS = ("#qthumb", "#summary", "#dist", "#qam", "#ram")
+
+
+def test_query_vote_and_maps_on_one_screen(server, browser, synth_dir, tmp_path):
+    """At 1366x768, for k = 10, 25 and 40: the query, its vote and the selected pair's maps are on screen
+    together, also while the cards scroll; the vote is called a vote share; a card gives a fact a line."""
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+
+    def identifiers(route):  # with or without identifiers in a neighbour's metadata, the page shows none
+        response = route.fetch()
+        if "json" not in response.headers.get("content-type", ""):  # the query's own image
+            return route.fulfill(response=response)
+        body = response.json()
+        for i, n in enumerate(body.get("neighbors", [])):
+            n["metadata"] = {k: v for k, v in n["metadata"].items() if k not in ("patient_id", "lesion_id")}
+            if i % 2:
+                n["metadata"].update(patient_id="PAT-SECRET-123", lesion_id="LES-SECRET-9")
+        route.fulfill(response=response, json=body)
+
+    page.route(lambda u: "/api/query/" in u, identifiers)  # a new k asks GET /api/query/{id}
+    page.goto(url)
+    wait_until(lambda: "archive:" in page.inner_text("#about"), what="model details")
+    page.set_input_files("#file", str(synth_dir / "test" / "images" / "SYN_test_00002.png"))
+    wait_until(lambda: cards(page).count() == 10, what="10 neighbours")
+    wait_until(lambda: page.locator("#ram").evaluate("e => e.complete && e.naturalWidth > 0"), what="maps")
+    page.screenshot(path=str(tmp_path / "k10.png"))
+    for k in (25, 40):
+        _set_k(page, k)
+        if k == 25:
+            page.screenshot(path=str(tmp_path / "k25.png"))
+        for part in PARTS:
+            _within(page, part)
+        cards(page).last.scroll_into_view_if_needed()  # browsing the cards keeps the evidence in sight
+        for part in PARTS:
+            _within(page, part)
+    page.screenshot(path=str(tmp_path / "k40_scrolled.png"))
+    page.mouse.wheel(0, -10000)
+
+    shown = page.inner_text("#result")
+    assert "probability" not in shown.lower(), shown
+    assert "PAT-SECRET" not in shown and "LES-SECRET" not in shown
+    summary = page.inner_text("#summary")
+    assert " of 40 nearest cases: " in summary and "(vote share 0." in summary, summary
+    assert "not a calibrated risk" in page.inner_text("#votenote")
+    legend = page.inner_text("#maplegend")
+    assert "differ most" in legend and "not a map of suspicious areas" in legend
+    for c in cards(page).all()[:25]:
+        dx = c.locator(".dx").inner_text().split(" ", 1)[1]
+        assert c.inner_text().count(dx) == 1, c.inner_text()  # the diagnosis once
+        assert c.evaluate(WORDS_WHOLE), c.inner_text()
+        assert "typical" in c.locator(".dist").inner_text()  # a distance with a scale
+    # the positive class is a band at the card's edge, the selection a thick outline: never alike
+    sel = cards(page).first
+    sel.click()
+    pos = page.locator("#neighbors .card.pos:not(.sel)").first
+    style = "e => { const s = getComputedStyle(e); return [s.outlineStyle, s.outlineWidth, s.borderLeftWidth]; }"
+    assert sel.evaluate(style)[:2] == ["solid", "3px"]
+    assert pos.evaluate(style)[0] == "none" and pos.evaluate(style)[2] == "6px"
+    # an enlarged small archive image is shown at most at twice its size, not stretched into blocks
+    sel.locator("button.zoom").click()
+    wait_until(lambda: page.locator("#zoomimg").evaluate("e => e.complete && e.naturalWidth > 0"), what="zoom")
+    natural, width = page.locator("#zoomimg").evaluate("e => [e.naturalWidth, e.getBoundingClientRect().width]")
+    assert width <= 2 * natural + 1, (natural, width)
+    page.click("#zoomclose")
+
+
+def test_a_refined_answer_is_shown_as_a_change(server, browser, synth_dir, tmp_path):
+    """Marks that move the answer say so as plainly as the answer: "2 marks moved the answer from ... to
+    ..."; at another k the comparison is with the first answer at that k; resetting removes it. (With the
+    test's seeded tiny model, these marks on this image move the answer; others leave it.)"""
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(url)
+    wait_until(lambda: "archive:" in page.inner_text("#about"), what="model details")
+    page.set_input_files("#file", str(synth_dir / "test" / "images" / "SYN_test_00002.png"))
+    wait_until(lambda: cards(page).count() == 10, what="10 neighbours")
+    wait_until(lambda: page.locator("#ram").evaluate("e => e.complete && e.naturalWidth > 0"), what="maps")
+    assert not page.locator("#change").is_visible()
+    first = page.inner_text("#summary")  # "5 of 10 nearest cases: melanoma (vote share 0.50)"
+    top = first.split(": ", 1)[1].split(" (", 1)[0]
+    # against the answer: one of its cases "not similar", one of the others "similar"
+    marks = {"0": 0, "1": 0}
+    for c in cards(page).all():
+        rel = "0" if c.locator(".dx").inner_text().split(" ", 1)[1] == top else "1"
+        if marks[rel] == 1:
+            continue
+        c.locator(f"button.sim[data-rel='{rel}']").click()
+        wait_until(lambda c=c, rel=rel: c.get_attribute("data-judged") == rel, what="mark")
+        marks[rel] += 1
+    assert marks == {"0": 1, "1": 1}, marks
+    page.click("#refine")
+    wait_until(lambda: page.locator("#change").is_visible(), what="the change")
+    change = page.inner_text("#change")
+    was = first.split(" nearest cases: ")[0] + " " + top  # "5 of 10 melanoma"
+    assert change.startswith(f"2 marks moved the answer from {was} to "), (first, change)
+    assert page.inner_text("#summary").startswith("Refined: ")
+    # as prominent as the answer: the same type size, right under it, on screen
+    size = "e => getComputedStyle(e).fontSize"
+    assert page.locator("#change").evaluate(size) == page.locator("#summary").evaluate(size)
+    for part in ("#change", *PARTS):
+        _within(page, part)
+    page.screenshot(path=str(tmp_path / "refined.png"))
+    _set_k(page, 15)
+    wait_until(lambda: "of 15" in page.inner_text("#change"), what="the change at k = 15")
+    page.click("#refinereset")
+    wait_until(lambda: not page.locator("#change").is_visible(), what="back to the first answer")
+    assert not page.inner_text("#summary").startswith("Refined")

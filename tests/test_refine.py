@@ -30,8 +30,22 @@ def test_region_cells_and_parsing():
 
 def test_rocchio_moves_toward_similar_and_away_from_the_rest():
     q = np.zeros(2, np.float32)
-    moved = rocchio(q, np.array([[2.0, 0.0]]), np.array([[0.0, 2.0]]), beta=0.5, gamma=0.25)
-    assert moved.tolist() == [1.0, -0.5]
+    moved = rocchio(q, np.array([[2.0, 0.0]]), np.array([[0.0, 2.0]]), beta=0.25, gamma=0.25)
+    assert moved.tolist() == [0.5, -0.5]
+    with pytest.raises(ValueError, match="keeps its own weight"):
+        rocchio(q, np.array([[2.0, 0.0]]), np.zeros((0, 2)), beta=1.0)
+
+
+def test_one_similar_mark_never_puts_the_query_on_the_marked_case():
+    """The query keeps its own weight: one mark (with any allowed weights, with or without a push away
+    from other marks) leaves the refined query at least half as far from the marked case as it was."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        q, s = rng.normal(size=(2, 8)).astype(np.float32)
+        dis = rng.normal(size=(int(rng.integers(0, 3)), 8)).astype(np.float32)
+        beta, gamma = rng.uniform(0, 0.5), rng.uniform(0, 2)
+        for moved in (rocchio(q, s[None], dis, beta, gamma), rocchio(q, s[None], dis[:0])):
+            assert np.linalg.norm(moved - s) >= 0.5 * np.linalg.norm(q - s) - 1e-5
 
 
 def test_predict_by_region_restricts_the_maps(served, synth_dir):
@@ -82,6 +96,11 @@ def test_api_region_and_refine(client, synth_dir):
     wide = client.get(f"/api/query/{qid}", params={"k": 40, "similar": far}).json()["neighbors"]
     assert [n["image_id"] for n in wide].index(far) < 39  # the case marked similar moves up from 40th
     assert all(client.get(n["ram_url"]).status_code == 200 for n in refined["neighbors"][:2])
+    # one "similar" mark steers the query; it does not become the marked case at distance 0
+    mark = plain["neighbors"][3]
+    once = client.get(f"/api/query/{qid}", params={"similar": mark["image_id"]}).json()["neighbors"]
+    at = {n["image_id"]: n["distance"] for n in once}
+    assert at[mark["image_id"]] >= 0.2 * mark["distance"] > 0, (mark, once[:3])
     bad = client.get(f"/api/query/{qid}", params={"similar": "NOPE"})
     assert bad.status_code == 422 and "NOPE" in bad.json()["detail"]
     both = client.get(f"/api/query/{qid}", params={"similar": far, "not_similar": far})

@@ -326,6 +326,18 @@ class Predictor:
         self.positive_class = positive
         # queries are embedded as the archive was (indexes from before the setting: single views)
         self.views = str(index.info.get("views", "none"))
+        self._typical: float | None = None
+
+    def typical_distance(self, k: int = 10, sample: int = 200) -> float | None:
+        """The median distance from an archive case to its k-th nearest other case (over ``sample`` cases
+        drawn with a fixed seed): the yardstick the viewer sets each neighbour's distance against, so that
+        "d = 0.33" reads as closer or further than usual for this archive. None for a tiny archive."""
+        if self._typical is None and len(self.index) > k:
+            index = self.index
+            rows = np.sort(np.random.default_rng(0).permutation(len(index))[:sample])
+            dist, _ = index.search(np.asarray(index.embeddings[rows], np.float32), k + 1)
+            self._typical = float(np.median(dist[:, k]))  # column 0 is the case itself
+        return self._typical
 
     @classmethod
     def load(cls, model_dir: str | Path, index_dir: str | Path) -> Predictor:
@@ -506,6 +518,7 @@ class Predictor:
             t = time.perf_counter()
             self.predict(grey, k=k, image_id="warm-up")
             times.append((time.perf_counter() - t) * 1000)
+        self.typical_distance()  # the viewer's distance scale, computed once before the first user
         return float(np.median(times[1:]))
 
     def _embeddings_of(self, image_ids: list[str]) -> np.ndarray:

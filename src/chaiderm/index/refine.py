@@ -12,9 +12,16 @@ from chaiderm.errors import DataError
 
 MAX_REGIONS = 8
 MAX_EXAMPLES = 40
-# Rocchio weights, chosen on the ISIC 2017 training split (bench/refine.py, `tune`), never on validation
-ROCCHIO_SIMILAR = 1.0
+# Rocchio weights, chosen on the ISIC 2017 training split (bench/refine.py, `tune`), never on validation,
+# among weights that leave the query its own weight (beta <= MAX_SIMILAR)
+ROCCHIO_SIMILAR = 0.5
 ROCCHIO_NOT_SIMILAR = 0.5
+# The query keeps at least the weight of the cases marked similar (1 - beta >= beta): a clinician's mark
+# steers the search, it does not replace the query (with beta = 1 one mark made the query that case).
+MAX_SIMILAR = 0.5
+# and moves at most this share of its distance to the nearest marked case, so that no mark, nor the push
+# away from the others, can put the query on a marked case and let that case's neighbours answer for it
+MAX_MOVE = 0.5
 
 
 @dataclass(frozen=True)
@@ -110,13 +117,27 @@ def rocchio(
     beta: float = ROCCHIO_SIMILAR,
     gamma: float = ROCCHIO_NOT_SIMILAR,
 ) -> np.ndarray:
-    """q' = q + beta (mean of similar - q) - gamma (mean of not similar - q): a move toward the similar
+    """q' = (1 - beta) q + beta mean(similar) - gamma (mean(not similar) - q): a move toward the similar
     cases and away from the others, in units of their distance from the query (scale-free, so the same
-    weights suit any embedding)."""
+    weights suit any embedding). ``beta`` <= ``MAX_SIMILAR`` keeps the query at least as heavy as the
+    marks, and the move is cut to ``MAX_MOVE`` of the query's distance to its nearest marked case: the
+    refined query stays at least half as far from every marked case as the query was."""
+    if not 0.0 <= beta <= MAX_SIMILAR:
+        raise ValueError(f"beta must lie in [0, {MAX_SIMILAR}] (the query keeps its own weight), not {beta}")
+    if gamma < 0.0:
+        raise ValueError(f"gamma must be at least 0, not {gamma}")
     q = np.asarray(query, np.float32)
-    out = q.copy()
-    if len(similar):
-        out += beta * (np.asarray(similar, np.float32).mean(axis=0) - q)
-    if len(not_similar):
-        out -= gamma * (np.asarray(not_similar, np.float32).mean(axis=0) - q)
-    return out
+    sim = np.asarray(similar, np.float32).reshape(-1, q.shape[-1])
+    dis = np.asarray(not_similar, np.float32).reshape(-1, q.shape[-1])
+    move = np.zeros_like(q)
+    if len(sim):
+        move += beta * (sim.mean(axis=0) - q)
+    if len(dis):
+        move -= gamma * (dis.mean(axis=0) - q)
+    marks = np.concatenate([sim, dis])
+    if len(marks):
+        limit = MAX_MOVE * float(np.linalg.norm(marks - q, axis=1).min())
+        length = float(np.linalg.norm(move))
+        if length > limit:
+            move *= limit / length
+    return q + move

@@ -31,6 +31,8 @@ class QueryOut(BaseModel):
     similar: list[str] = []  # cases the query was moved toward (refine by example)
     not_similar: list[str] = []  # and away from
     k: int
+    # the median distance from an archive case to its 10th nearest other case: a scale for `distance`
+    typical_distance: float | None = None
     query_image_url: str
     neighbors: list[NeighborOut]
 

@@ -190,7 +190,12 @@ def _predict(
 
 
 def _to_out(
-    query_id: str, res: QueryResult, archive_id: str | None, where: str | None = None, refine: Refine = NO_REFINE
+    query_id: str,
+    res: QueryResult,
+    archive_id: str | None,
+    where: str | None = None,
+    refine: Refine = NO_REFINE,
+    typical_distance: float | None = None,
 ) -> QueryOut:
     p = res.prediction
     q = quote(query_id, safe="")
@@ -209,6 +214,7 @@ def _to_out(
         similar=list(refine.similar),
         not_similar=list(refine.not_similar),
         k=p.k,
+        typical_distance=typical_distance,
         query_image_url=f"/api/queries/{q}/image.png",
         neighbors=[
             NeighborOut(
@@ -286,7 +292,7 @@ async def post_query(
     exclude = archive_id if image is None else None
     await run_in_threadpool(audit, request, "query", query_id, f"archive case {exclude}" if exclude else None)
     res = await run_in_threadpool(_predict, state, query_id, decoded, k, exclude, where, refine)
-    return _to_out(query_id, res, exclude, where, refine)
+    return _to_out(query_id, res, exclude, where, refine, state.predictor.typical_distance())
 
 
 def _own(state: ViewerState, user: User, query_id: str) -> None:
@@ -351,7 +357,7 @@ def get_query(
     image, archive_id = _query_image(state, query_id)
     audit(request, "view_query", query_id, f"k={k}" + (f" refined {refine.params()}" if refine else ""))
     res = _predict(state, query_id, image, k, archive_id, where, refine)
-    return _to_out(query_id, res, archive_id, where, refine)
+    return _to_out(query_id, res, archive_id, where, refine, state.predictor.typical_distance())
 
 
 def _result(state: ViewerState, query_id: str, refine: Refine = NO_REFINE) -> QueryResult:

@@ -10,8 +10,12 @@ let generation = 0;  // answers to superseded requests are dropped
 // refinement of the current query: boxes drawn on it (pixels of the query image) and the marks applied
 let boxes = [];
 let applied = {region: "", similar: [], not_similar: []};
+// the unrefined answer of the current query at each k and filter ("k|where" -> answer), so that a refined
+// answer can be shown as the change it made
+let firstAnswers = {};
 
 const words = (s) => String(s).replaceAll("_", " ");
+const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
 
 function showError(msg) {
   $("error").textContent = msg || "";
@@ -26,7 +30,8 @@ function clearResult() {
   $("neighbors").replaceChildren();
   $("dist").tBodies[0].replaceChildren();
   for (const id of ["qthumb", "qimg", "qam", "rimg", "ram"]) $(id).removeAttribute("src");
-  for (const id of ["summary", "prob", "qname", "evlabel"]) $(id).textContent = "";
+  for (const id of ["summary", "prob", "qname", "evlabel", "change"]) $(id).textContent = "";
+  $("change").hidden = true;
 }
 
 async function run(url, options, name) {
@@ -48,7 +53,7 @@ async function run(url, options, name) {
 }
 
 function send(form, name) {
-  boxes = []; applied = {region: "", similar: [], not_similar: []};
+  boxes = []; applied = {region: "", similar: [], not_similar: []}; firstAnswers = {};
   form.append("k", $("k").value);
   if ($("where").value.trim()) form.append("where", $("where").value.trim());
   run("/api/query", {method: "POST", body: form}, name);
@@ -128,6 +133,63 @@ function refineWithMarks() {
   reQuery();
 }
 
+// the vote's answer: the diagnosis with the largest vote share, and how many of the neighbours have it
+function answerOf(q) {
+  const n = q.neighbors.length;
+  const shares = Object.entries(q.class_probabilities).sort((a, b) => b[1] - a[1]);
+  const count = (d) => q.neighbors.filter((x) => x.diagnosis === d).length;
+  const [top, share] = shares.length ? shares[0] : ["", 0];
+  const tied = shares.filter(([d, p]) => d !== top && p === share && p > 0).map(([d]) => d);
+  return {top, share, tied, count: count(top), n, pos: q.class_probabilities[q.positive_class] ?? 0,
+    posCount: count(q.positive_class)};
+}
+
+function answerWords(a) { return `${a.count} of ${a.n} ${words(a.top)}`; }
+
+function headline(a) {
+  if (!a.n) return "no archive case to compare with";
+  const tie = a.tied.length ? `, tied with ${a.tied.map(words).join(", ")}` : "";
+  return `${a.count} of ${a.n} nearest cases: ${words(a.top)} (vote share ${a.share.toFixed(2)}${tie})`;
+}
+
+const answerKey = (q) => `${q.k}|${q.where || ""}`;
+const isRefined = (q) => Boolean(q.region || (q.similar || []).length || (q.not_similar || []).length);
+
+// a refined answer says what the refinement changed, as plainly as the answer itself
+function showChange(q, before) {
+  const now = answerOf(q);
+  const what = [];
+  if (q.region) what.push(q.region.split(";").length === 1 ? "the boxed region" : "the boxed regions");
+  const marks = (q.similar || []).length + (q.not_similar || []).length;
+  if (marks) what.push(plural(marks, "mark", "marks"));
+  const who = what.join(" and ");
+  const line = before.top !== now.top
+    ? `${who} moved the answer from ${answerWords(before)} to ${answerWords(now)}`
+    : `${who} left the answer at ${words(now.top)}: ${before.count} of ${before.n} before, ${now.count} of ${now.n} now`;
+  const pos = words(q.positive_class);
+  $("change").replaceChildren(document.createTextNode(line.charAt(0).toUpperCase() + line.slice(1)),
+    el("span", {class: "before"}, `${pos} vote share ${before.pos.toFixed(2)} before, ${now.pos.toFixed(2)} now ` +
+      "(\u201cback to the first answer\u201d undoes it)"));
+  $("change").hidden = false;
+}
+
+async function compareWithFirst(q) {
+  const key = answerKey(q);
+  let before = firstAnswers[key];
+  if (!before) {  // refined at a k or filter never asked unrefined: ask for that answer once
+    const params = new URLSearchParams({k: String(q.k)});
+    if (q.where) params.set("where", q.where);
+    try {
+      before = answerOf(await request(`/api/query/${encodeURIComponent(q.query_id)}?${params}`));
+    } catch (err) {
+      if (current === q) { $("change").textContent = "The first answer could not be fetched to compare: " + err.message; $("change").hidden = false; }
+      return;
+    }
+    firstAnswers[key] = before;
+  }
+  if (current === q) showChange(q, before);
+}
+
 function render(q, name) {
   current = q;
   current.name = name;
@@ -138,12 +200,15 @@ function render(q, name) {
   drawBoxes();
   showRefinement();
   $("qname").textContent = "query: " + name;
-  $("summary").textContent = q.summary + (q.where ? ` (among cases where ${q.where})` : "");
+  const answer = answerOf(q);
+  $("summary").textContent = (isRefined(q) ? "Refined: " : "") + headline(answer) + (q.where ? ` among cases where ${q.where}` : "");
+  if (isRefined(q)) compareWithFirst(q); else firstAnswers[answerKey(q)] = answer;
   const weighed = q.vote === "distance";
-  $("prob").textContent = `${words(pos)} probability ${q.positive_probability.toFixed(2)} (k = ${q.k}${weighed ? ", closer cases weigh more" : ""})`;
+  $("prob").textContent = `${words(pos)}: vote share ${answer.pos.toFixed(2)} ` +
+    `(${answer.posCount} of ${answer.n} nearest cases${weighed ? "; closer cases weigh more" : ""})`;
   $("votenote").textContent = weighed
-    ? "The share of each diagnosis among the k most similar archive cases, each case weighed by its closeness (1 / squared distance): a k-nearest-neighbour vote, not a calibrated risk."
-    : "The share of each diagnosis among the k most similar archive cases (a k-nearest-neighbour vote), not a calibrated risk.";
+    ? "The vote share of a diagnosis is its share among the k most similar archive cases, each case weighed by its closeness (1 / squared distance): a k-nearest-neighbour vote, not a calibrated risk."
+    : "The vote share of a diagnosis is its share among the k most similar archive cases (a k-nearest-neighbour vote), not a calibrated risk.";
   const body = $("dist").tBodies[0];
   for (const [d, p] of Object.entries(q.class_probabilities)) {
     const tr = el("tr", d === pos ? {class: "pos"} : {});
@@ -151,21 +216,55 @@ function render(q, name) {
     tr.append(el("td", {}, words(d)), el("td", {}, String(count)), el("td", {}, p.toFixed(2)));
     body.append(tr);
   }
-  $("poslegend").textContent = `(red border: ${words(pos)})`;
+  $("poslegend").textContent = `red band: ${words(pos)}`;
+  const scale = distanceScale(q);
+  $("distlegend").textContent = scale.typical
+    ? "distance to the query; orange tick: the archive's typical distance (a case to its 10th nearest case); shorter = more alike"
+    : "distance to the query, against the furthest case shown; shorter = more alike";
   const grid = $("neighbors");
-  q.neighbors.forEach((n) => grid.append(card(q, n, pos)));
+  q.neighbors.forEach((n) => grid.append(card(q, n, pos, scale)));
   if (q.neighbors.length) select(q.neighbors[0], grid.firstChild);
 }
 
-function card(q, n, pos) {
+// distances mean little as bare numbers: each is set against the archive's typical neighbour distance
+// (the bar's middle tick), or where the server gives none, against the furthest case shown
+function distanceScale(q) {
+  const typical = q.typical_distance > 0 ? q.typical_distance : null;
+  const furthest = Math.max(...q.neighbors.map((n) => n.distance), 1e-12);
+  return {typical, full: typical ? 2 * typical : furthest};
+}
+
+function distanceLine(n, scale) {
+  const bar = el("span", {class: "dbar"});
+  const fill = el("span", {class: "fill"});
+  fill.style.width = `${Math.min(100, 100 * n.distance / scale.full).toFixed(0)}%`;  // CSSOM: allowed by the CSP
+  bar.append(fill);
+  if (scale.typical) bar.append(el("span", {class: "tick"}));
+  const rel = scale.typical ? `${(n.distance / scale.typical).toFixed(1)}\u00d7 typical` : `d ${n.distance.toPrecision(2)}`;
+  const line = el("div", {class: "dist", title: `distance ${n.distance.toPrecision(3)}` + (scale.typical
+    ? `; the archive's typical distance from a case to its 10th nearest case is ${scale.typical.toPrecision(3)}` : "")});
+  line.append(bar, el("span", {}, rel));
+  return line;
+}
+
+// group ids often repeat the diagnosis ("seborrheic_keratosis/large-tan"): show the part that says more
+function groupWords(n) {
+  if (!n.group) return "";
+  let g = String(n.group);
+  if (g.startsWith(n.diagnosis + "/")) g = g.slice(n.diagnosis.length + 1);
+  return g.replaceAll("_", " ").replaceAll("-", " ").replaceAll("/", " / ");
+}
+
+function card(q, n, pos, scale) {
   const c = el("div", {class: "card" + (n.diagnosis === pos ? " pos" : "")});
   c.dataset.imageId = n.image_id;
-  const img = el("img", {src: n.image_url, alt: n.image_id});
+  const img = el("img", {src: n.image_url, alt: `archive case ${n.rank}`});
   img.addEventListener("error", () => { img.classList.add("missing"); img.alt = "image missing from the archive"; });
   const enlarge = el("button", {class: "zoom", type: "button"}, "enlarge");
   enlarge.addEventListener("click", (ev) => { ev.stopPropagation(); zoom(n); });
-  c.append(img, el("div", {}, `#${n.rank} ${words(n.diagnosis)}`),
-    el("div", {}, (n.group ? `${n.group} \u00b7 ` : "") + `d=${n.distance.toPrecision(3)}`));
+  c.append(img, el("div", {class: "dx"}, `#${n.rank} ${words(n.diagnosis)}`));
+  if (n.group) c.append(el("div", {class: "grp", title: `group ${n.group}`}, "group: " + groupWords(n)));
+  c.append(distanceLine(n, scale));
   const about = describeCase(n.metadata || {});
   if (about) c.append(el("div", {class: "meta"}, about));
   if (n.metadata && n.metadata.attribution) c.append(el("div", {class: "attr"}, "\u00a9 " + n.metadata.attribution));
@@ -182,23 +281,25 @@ function card(q, n, pos) {
   return c;
 }
 
-// what the archive knows of a case, in words: "female, 55 y, back"
+// what the archive knows of a case, in words: "female, 55 y, back". Identifiers (patient, lesion) are
+// never shown, whether or not the server still sends them.
 function describeCase(m) {
   const parts = [];
   if (m.sex) parts.push(m.sex);
   if (m.age) parts.push(`${m.age} y`);
   if (m.site) parts.push(words(m.site));
-  if (m.lesion_id) parts.push(`lesion ${m.lesion_id}`);
   return parts.join(", ");
 }
 
 function zoom(n) {
-  $("zoomimg").src = n.image_url;
+  const img = $("zoomimg");
+  img.removeAttribute("width");
+  img.src = n.image_url;
   const m = n.metadata || {};
   const extra = [describeCase(m), m.attribution ? "\u00a9 " + m.attribution : "", m.license ? "licence " + m.license : ""]
     .filter((x) => x).join(" \u00b7 ");
-  $("zoomcap").textContent = `#${n.rank} ${n.image_id}: ${words(n.diagnosis)}, group ${n.group ?? "-"}, ` +
-    `d=${n.distance.toPrecision(3)}` + (extra ? " \u00b7 " + extra : "");
+  $("zoomcap").textContent = `#${n.rank} ${n.image_id}: ${words(n.diagnosis)}` + (n.group ? `, group ${n.group}` : "") +
+    `, distance ${n.distance.toPrecision(3)}` + (extra ? " \u00b7 " + extra : "");
   $("zoom").showModal();
 }
 
@@ -209,7 +310,8 @@ function select(n, c) {
   c.classList.add("sel");
   current.selected = n;
   $("evidence").hidden = false;
-  $("evlabel").textContent = `#${n.rank} ${n.image_id} (${words(n.diagnosis)})`;
+  $("evlabel").textContent = `query and case #${n.rank}`;
+  $("rcap").textContent = `case #${n.rank}: ${words(n.diagnosis)}`;
   $("qimg").src = current.query_image_url; $("qam").src = mapUrl(n.qam_url);
   $("rimg").src = n.image_url; $("ram").src = mapUrl(n.ram_url);
   setOpacity();
@@ -304,6 +406,11 @@ document.addEventListener("DOMContentLoaded", () => {
     const form = new FormData(); form.append("archive_id", id); send(form, "archive case " + id);
   });
   $("zoomclose").addEventListener("click", () => $("zoom").close());
+  // shown at up to twice its own size (smooth), never stretched from a thumbnail into blocks
+  $("zoomimg").addEventListener("load", () => {
+    const img = $("zoomimg");
+    if (img.naturalWidth) img.width = Math.min(2 * img.naturalWidth, Math.floor(Math.min(0.8 * innerWidth, 0.75 * innerHeight)));
+  });
   $("signout").addEventListener("click", signOut);
   setupDrawing();
   $("regionsearch").addEventListener("click", () => { applied.region = boxes.map((b) => b.join(",")).join(";"); reQuery(); });
