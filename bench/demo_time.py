@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def export(rev: str, folder: Path) -> Path:
     """The tree of ``rev`` (its src/ is what runs)."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], check=True, capture_output=True)
+    folder.mkdir(parents=True)
     tar = folder / "src.tar"
     tar.write_bytes(archive.stdout)
     with tarfile.open(tar) as t:

@@ -6,6 +6,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# metadata fields that point at a person or their lesion: kept in an index to keep a query away from its own
+# lesion, never shown to a viewer, written into a report, filtered on, or listed in an error message
+IDENTIFYING = frozenset({"patient_id", "lesion_id"})
+
 
 @dataclass(frozen=True)
 class Neighbor:
@@ -20,7 +24,11 @@ class Neighbor:
     metadata: dict[str, str] = field(default_factory=dict)  # age, sex, site, attribution, license...
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The neighbour as reports and JSON show it: without patient or lesion ids (they stay in the index,
+        where they keep a query away from its own lesion; a report is read by people who need none)."""
+        out = asdict(self)
+        out["metadata"] = {k: v for k, v in self.metadata.items() if k not in IDENTIFYING}
+        return out
 
 
 @dataclass

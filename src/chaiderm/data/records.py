@@ -123,9 +123,6 @@ METADATA_ALIASES = {
     "attribution": ("attribution",),
     "license": ("license", "licence", "copyright_license"),
 }
-# fields that point at a person or their lesion: kept for keeping a query away from its own lesion, never
-# shown to a viewer, filtered on, or listed in an error message
-IDENTIFYING = frozenset({"patient_id", "lesion_id"})
 _FIELD_OF = {alias: name for name, aliases in METADATA_ALIASES.items() for alias in aliases}
 _MISSING = {"", "unknown", "nan", "na", "n/a", "none"}
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from chaiderm.data.diagnoses import canonical
-from chaiderm.data.records import IDENTIFYING
 from chaiderm.errors import DataError
+from chaiderm.interfaces import IDENTIFYING
 
 OPS: dict[str, Callable] = {
     "=": operator.eq,

@@ -24,12 +24,13 @@ from chaiderm.data.audit import ACTIONS, Entry, parse_time
 from chaiderm.data.diagnoses import NAMES, VOCABULARY, canonical
 from chaiderm.data.feedback import content_id
 from chaiderm.data.images import UPLOAD_FORMATS
-from chaiderm.data.records import IDENTIFYING, ImageTable
+from chaiderm.data.records import ImageTable
 from chaiderm.errors import ChaidermError, DataError
 from chaiderm.evidence.render import MAP_STYLES
 from chaiderm.index.archive import ArchiveIndex, cases_dir, discard_added_images
 from chaiderm.index.lock import IndexBusyError, open_for_writing
 from chaiderm.index.refine import Region, parse_regions
+from chaiderm.interfaces import IDENTIFYING
 from chaiderm.pipeline import QueryResult, add_to_index, load_image, render_heatmap, to_png_bytes
 from chaiderm.web.access import Admin, Expert, Viewer, client_address, current_user
 from chaiderm.web.auth import LOCAL, LOCAL_ROLE, User
