@@ -49,7 +49,7 @@ def run_demo(src: Path, out: Path) -> dict:
     return {
         "wall_s": round(wall, 1),
         "seconds": {k: round(v, 1) for k, v in summary["seconds"].items()},
-        "settings": {k: summary["settings"][k] for k in ("n_train", "epochs", "size", "image_size")},
+        "settings": {k: summary["settings"].get(k) for k in ("n_train", "epochs", "hierarchical_epochs", "size")},
         "auc10": {name: round(m["auc"]["10"], 3) for name, m in summary["metrics"].items()},
         "rel10": {name: round(m["rel"]["10"], 2) for name, m in summary["metrics"].items() if m.get("rel")},
         "last_screen_lines": len(r.stdout.strip().splitlines()),

@@ -346,6 +346,18 @@ def test_viewers_receive_no_patient_or_lesion_identifiers(served, synth_dir, tmp
         bad = c.post("/api/query", files={"image": ("q.png", _png(synth_dir), "image/png")},
                      data={"where": "patient_id = PAT-SECRET-1"})  # fmt: skip
         assert bad.status_code == 422 and "SECRET-2" not in bad.text
+    from typer.testing import CliRunner
+
+    from chaiderm.cli import app as cli
+
+    q = synth_dir / "test" / "images" / "SYN_test_00000.png"
+    args = ["query", str(q), "--model", str(served / "run"), "--index", str(tmp_path / "ix")]
+    args += ["--out", str(tmp_path / "r")]
+    for reports in ("json", "html"):
+        r = CliRunner().invoke(cli, [*args, "--reports", reports])
+        assert r.exit_code == 0, r.output
+        written = "".join(p.read_text() for p in (tmp_path / "r").glob("*.*") if p.suffix in (".json", ".html"))
+        assert "SYN_train" in written and "SECRET" not in written and "LES-" not in written
 
 
 def test_purge_erases_old_images_and_keeps_feedback(tmp_path, synth_dir):

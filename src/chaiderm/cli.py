@@ -1456,7 +1456,7 @@ def demo(
     n_test: int = 150,
     size: int = 128,
     image_size: int = 112,
-    epochs: int = 4,
+    epochs: Annotated[int, typer.Option(help="the Disease embedding's (the Hierarchical fine-tunes it 2 more)")] = 3,
     queries: int = 4,
     difficulty: str = "standard",
     seed: int = 0,

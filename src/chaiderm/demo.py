@@ -34,7 +34,7 @@ class DemoSettings:
     # replicate padding: no frame from the padding in the maps a newcomer sees first
     map_stride: int = 16
     padding: str = "replicate"
-    epochs: int = 4  # the Disease embedding's
+    epochs: int = 3  # the Disease embedding's
     # the Hierarchical embedding starts from the Disease one and needs fewer epochs to learn the groups
     hierarchical_epochs: int = 2
     # per-epoch validation re-embeds the whole archive, a third of the demo's training time; the demo shows
