@@ -6,6 +6,7 @@ below (no inline script, nothing from elsewhere) makes a missed escape inert rat
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from importlib import resources
 
@@ -13,6 +14,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CSP = (
@@ -71,31 +73,35 @@ class BodyLimit:
 class AllowedMethods:
     """405 with an ``Allow`` header that lists every method the path serves. Starlette answers a method it
     does not route with the methods of the first route whose path matched (``GET`` for /api/archive,
-    which also takes ``POST``), so a client reading ``Allow`` would be misled."""
+    which also takes ``POST``), so a client reading ``Allow`` would be misled. The paths and methods are
+    the app's own OpenAPI schema, read once: what the schema declares is what ``Allow`` says."""
 
-    def __init__(self, app: ASGIApp, routes: Callable[[], list]):
-        self.app, self.routes = app, routes
+    def __init__(self, app: ASGIApp, schema: Callable[[], dict]):
+        self.app, self.schema = app, schema
+        self._paths: list[tuple[re.Pattern, set[str]]] | None = None
+
+    def _allowed(self, path: str) -> set[str]:
+        if self._paths is None:
+            self._paths = []
+            for template, ops in self.schema().get("paths", {}).items():
+                methods = {m.upper() for m in ops}
+                self._paths.append((compile_path(template)[0], methods | ({"HEAD"} if "GET" in methods else set())))
+        return {m for regex, methods in self._paths if regex.match(path) for m in methods}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path, method = scope["path"], scope["method"]
-            allowed: set[str] = set()
-            for route in self.routes():
-                methods = getattr(route, "methods", None)
-                regex = getattr(route, "path_regex", None)
-                if methods and regex is not None and regex.match(path):
-                    allowed |= set(methods)
+            method = scope["method"]
+            allowed = self._allowed(scope["path"])
             if allowed and method not in allowed:
                 listed = ", ".join(sorted(allowed))
                 detail = f"{method} is not served at this path; it takes {listed}"
-                answer = JSONResponse({"detail": detail}, 405, headers={"Allow": listed})
-                await answer(scope, receive, send)
+                await JSONResponse({"detail": detail}, 405, headers={"Allow": listed})(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
 def allowed_methods(app: FastAPI) -> None:
-    app.add_middleware(AllowedMethods, routes=lambda: app.router.routes)
+    app.add_middleware(AllowedMethods, schema=app.openapi)
 
 
 def page(name: str, status_code: int = 200) -> HTMLResponse:
