@@ -9,6 +9,7 @@ Only synthetic data: a 4x4 PNG drawn here and made-up names.
 
 from __future__ import annotations
 
+import gc
 import io
 import sys
 from pathlib import Path
@@ -56,12 +57,13 @@ def main(out: Path) -> None:
     audit.record("purge", user="chaiderm purge", detail="1 query image(s) over 0 days")
     audit.record("view_query", user="admin", role="admin", target=case, status=200)
 
-    sessions.create(vera, "cookie")
-    sessions.create(ann, "token", hours=24)
+    sessions.create(vera, "cookie", 12)
+    sessions.create(ann, "token", 24)
 
     # one self-contained file (still in WAL mode, as the server leaves it): closing the last connection
     # checkpoints the log into the file and removes the -wal and -shm files
-    store._local.con.close()
+    del store, audit, sessions, record
+    gc.collect()
     assert not out.with_name(out.name + "-wal").exists()
 
 
