@@ -116,9 +116,7 @@ def _v1(con: sqlite3.Connection, path: Path) -> None:
                 con.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
 
 
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "queries, feedback, query owners, audit log, sessions", _v1),
-)
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "queries, feedback, query owners, audit log, sessions", _v1),)
 SCHEMA_VERSION = len(MIGRATIONS)
 assert all(m.version == i for i, m in enumerate(MIGRATIONS, 1)), "migrations are numbered 1, 2, ... in order"
 
