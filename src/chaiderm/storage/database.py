@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from chaiderm.errors import DataError
+from chaiderm.storage.migrations import migrate
 
 # a locked or failing database must answer within a second (the page says so and the click can be
 # retried) instead of holding a request for half a minute and then losing it
@@ -23,8 +24,6 @@ class Database:
     its connections."""
 
     def __init__(self, path: str | Path, *, timeout: float = BUSY_TIMEOUT_S):
-        from chaiderm.storage.migrations import migrate
-
         self.path = Path(path)
         self.timeout = timeout
         self._local = threading.local()
