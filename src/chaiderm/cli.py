@@ -1195,9 +1195,8 @@ def audit(
     csv: Annotated[Path | None, typer.Option(help="write CSV here ('-': standard output)")] = None,
 ) -> None:
     """Export the audit log: who signed in, queried, saw which images, clicked, changed the archive."""
-    from chaiderm.data.audit import ACTIONS, AuditLog, to_csv
-    from chaiderm.data.feedback import FeedbackStore
     from chaiderm.errors import DataError
+    from chaiderm.storage import ACTIONS, AuditLog, to_csv
 
     if action is not None and action not in ACTIONS:
         raise _fail(f"--action must be one of {', '.join(ACTIONS)}")
@@ -1205,7 +1204,7 @@ def audit(
     with _errors():
         if not db.is_file():
             raise DataError(db, "database not found")
-        entries = AuditLog(FeedbackStore(db)).entries(since=t0, until=t1, user=user, action=action)
+        entries = AuditLog(db).entries(since=t0, until=t1, user=user, action=action)
         text = to_csv(entries)
         if csv is None or str(csv) == "-":
             typer.echo(text, nl=False)
@@ -1222,9 +1221,8 @@ def purge(
     older_than: Annotated[float, typer.Option(help="erase query images recorded more than this many days ago")],
 ) -> None:
     """Erase stored query images by age (feedback rows stay; the images are overwritten, not just unlinked)."""
-    from chaiderm.data.audit import AuditLog
-    from chaiderm.data.feedback import FeedbackStore
     from chaiderm.errors import DataError
+    from chaiderm.storage import AuditLog, FeedbackStore
 
     if not math.isfinite(older_than) or older_than < 0:
         raise _fail(f"--older-than must be 0 or more days, not {older_than:g}")

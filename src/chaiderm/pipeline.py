@@ -14,7 +14,6 @@ import torch
 from chaiderm._io import file_digest
 from chaiderm.config import RunConfig
 from chaiderm.data.diagnoses import require_class
-from chaiderm.data.feedback import FeedbackStore, read_feedback_triplets
 from chaiderm.data.images import load_image
 from chaiderm.data.records import ImageTable
 from chaiderm.data.transforms import prepare, resize_square
@@ -28,6 +27,7 @@ from chaiderm.index.refine import MAX_EXAMPLES, Region, region_cells, rocchio
 from chaiderm.interfaces import Neighbor, Prediction
 from chaiderm.models.embedding import WEIGHTS, EmbeddingNet, check_views, load_model
 from chaiderm.models.inference import embed
+from chaiderm.storage import FeedbackStore, read_feedback_triplets
 
 __all__ = [
     "FeedbackStore",

@@ -26,7 +26,6 @@ import chaiderm
 from chaiderm._io import write_json
 from chaiderm.config import RunConfig
 from chaiderm.data.diagnoses import VOCABULARY, canonical, require_class
-from chaiderm.data.feedback import FeedbackTriplets
 from chaiderm.data.images import load_image
 from chaiderm.data.records import ImageTable, check_nested
 from chaiderm.data.sampler import m_per_class_batches
@@ -48,6 +47,7 @@ from chaiderm.losses.miners import sample_triplets
 from chaiderm.losses.triplet import ChaiTripletLoss, chai_triplet_loss
 from chaiderm.models.embedding import EmbeddingNet, build_model, load_model, save_model
 from chaiderm.models.inference import resolve_device
+from chaiderm.storage.feedback import FeedbackTriplets
 from chaiderm.training import distributed
 from chaiderm.training.checkpoint import load_checkpoint, save_checkpoint
 

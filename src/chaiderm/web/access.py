@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chaiderm.data.audit import AuditLog
 from chaiderm.errors import DataError
-from chaiderm.web.auth import COOKIE, LOCAL, Sessions, SignInThrottle, User, Users
+from chaiderm.storage import AuditLog, Sessions
+from chaiderm.web.auth import COOKIE, LOCAL, SignInThrottle, User, Users
 from chaiderm.web.security import HEADERS, page
 
 # reachable without signing in: health checks, the sign-in page with its scripts, and signing in

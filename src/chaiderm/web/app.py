@@ -15,11 +15,11 @@ import faiss
 import torch
 from fastapi import FastAPI
 
-from chaiderm.data.audit import AuditLog
 from chaiderm.errors import DataError
-from chaiderm.pipeline import FeedbackStore, Predictor
+from chaiderm.pipeline import Predictor
+from chaiderm.storage import AuditLog, Database, FeedbackStore, Sessions
 from chaiderm.web.access import Access, Forwarded, SignedIn
-from chaiderm.web.auth import Sessions, Users
+from chaiderm.web.auth import Users
 from chaiderm.web.dependencies import ViewerState, inference_workers
 from chaiderm.web.observe import Metrics, Observe
 from chaiderm.web.routers import session, viewer
@@ -77,9 +77,10 @@ def create_app(
     predictor = Predictor.load(model_dir, index_dir)
     predictor.index.warm_cache()
     query_ms = predictor.warm_up()  # on this thread's torch threads: what a request gets
-    store = FeedbackStore(db_path)
+    database = Database(db_path)  # brought to the current schema before the server starts
+    store = FeedbackStore(database)
     user_file = Users(users) if users is not None else None
-    access = Access(user_file, Sessions(store), AuditLog(store), secure_cookies=secure_cookies)
+    access = Access(user_file, Sessions(database), AuditLog(database), secure_cookies=secure_cookies)
     if user_file is not None:
         # the users file may have changed while the server was down: sessions of changed accounts end now
         access.sessions.retain(user_file.keys())

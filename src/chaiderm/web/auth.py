@@ -29,8 +29,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from chaiderm._io import write_text
-from chaiderm.data.feedback import FeedbackStore
 from chaiderm.errors import DataError
+from chaiderm.storage.sessions import Session
+from chaiderm.storage.sessions import Sessions as Sessions  # its table lives in storage; imported from here before
 
 ROLES = ("viewer", "expert", "admin")
 RANK = {r: i for i, r in enumerate(ROLES)}
@@ -217,107 +218,6 @@ class Users:
         except (VerificationError, InvalidHashError):
             return None
         return self.get(name) if u else None
-
-
-SESSIONS = """
-CREATE TABLE IF NOT EXISTS sessions (
-    token_hash TEXT PRIMARY KEY,
-    user TEXT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('cookie', 'token')),
-    csrf TEXT NOT NULL,
-    created REAL NOT NULL,
-    expires REAL NOT NULL
-);
-"""
-# added when sessions were bound to accounts; a session from before has neither and is no longer valid
-SESSION_COLUMNS = {"account": "TEXT", "credential": "TEXT"}
-
-
-def _digest(token: str) -> str:
-    # only a hash is stored: a copy of the database does not sign anybody in
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Session:
-    user: str
-    kind: str
-    csrf: str
-    expires: float
-    account: str | None = None
-    credential: str | None = None
-
-
-class Sessions:
-    """Sign-in sessions in the server's SQLite database (they survive a restart; API tokens for a
-    metrics scraper need that). Valid ones are cached briefly, so most requests cost no query."""
-
-    CACHE_S = 5.0
-
-    def __init__(self, store: FeedbackStore):
-        self.store = store
-        with store.connect() as con:
-            con.executescript(SESSIONS)
-            cols = {r[1] for r in con.execute("PRAGMA table_info(sessions)")}
-            for col, kind in SESSION_COLUMNS.items():
-                if col not in cols:
-                    con.execute(f"ALTER TABLE sessions ADD COLUMN {col} {kind}")
-        self._cache: dict[str, tuple[float, Session]] = {}
-        self._lock = threading.Lock()
-
-    def create(self, user: User, kind: str, hours: float = SESSION_HOURS) -> tuple[str, Session]:
-        token = secrets.token_urlsafe(32)
-        now = time.time()
-        s = Session(user.name, kind, secrets.token_urlsafe(24), now + hours * 3600, user.account, user.credential)
-        with self.store.connect() as con:
-            con.execute("DELETE FROM sessions WHERE expires < ?", (now,))
-            con.execute(
-                "INSERT INTO sessions(token_hash, user, kind, csrf, created, expires, account, credential) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (_digest(token), s.user, kind, s.csrf, now, s.expires, s.account, s.credential),
-            )
-        return token, s
-
-    def lookup(self, token: str) -> Session | None:
-        if not token or len(token) > 200:
-            return None
-        key = _digest(token)
-        now = time.time()
-        with self._lock:
-            hit = self._cache.get(key)
-        if hit is not None and hit[0] > now and hit[1].expires > now:
-            return hit[1]
-        with self.store.connect() as con:
-            row = con.execute(
-                "SELECT user, kind, csrf, expires, account, credential FROM sessions WHERE token_hash = ?", (key,)
-            ).fetchone()
-        if row is None or row[3] <= now:
-            return None
-        s = Session(*row)
-        with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key] = (now + self.CACHE_S, s)
-        return s
-
-    def revoke(self, token: str) -> None:
-        key = _digest(token)
-        with self._lock:
-            self._cache.pop(key, None)
-        with self.store.connect() as con:
-            con.execute("DELETE FROM sessions WHERE token_hash = ?", (key,))
-
-    def retain(self, keys: set[tuple[str, str, str]]) -> int:
-        """Delete every session whose (name, account, credential) is not in ``keys``: the sessions of
-        removed accounts and of old passwords or roles are gone from the database, so that not even a
-        users file restored from an old backup brings them back."""
-        with self._lock:
-            self._cache.clear()
-        with self.store.connect() as con:
-            rows = con.execute("SELECT token_hash, user, account, credential FROM sessions").fetchall()
-            dead = [(r[0],) for r in rows if (r[1], r[2], r[3]) not in keys]
-            con.executemany("DELETE FROM sessions WHERE token_hash = ?", dead)
-        return len(dead)
 
 
 class SignInThrottle:

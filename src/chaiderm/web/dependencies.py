@@ -17,7 +17,8 @@ from fastapi import Request
 
 from chaiderm.errors import ChaidermError
 from chaiderm.index.archive import ArchiveIndex
-from chaiderm.pipeline import FeedbackStore, Predictor, QueryResult
+from chaiderm.pipeline import Predictor, QueryResult
+from chaiderm.storage import FeedbackStore
 
 # decodes at once, on their own threads: a 49-megapixel PNG takes ~200 MB while it is decoded, and
 # every thread that ever decoded one keeps that much in its malloc arena afterwards. Two threads keep

@@ -101,7 +101,7 @@ async def sign_in(body: SignIn, request: Request, access: AccessDep) -> JSONResp
     address = client_address(request.scope)
     await run_in_threadpool(_audit, access, "sign_in", user.name, user.role, address, 200)
     try:
-        token, session = await run_in_threadpool(access.sessions.create, user, "cookie")
+        token, session = await run_in_threadpool(access.sessions.create, user, "cookie", SESSION_HOURS)
     except DataError:
         raise HTTPException(503, detail="the server's database is busy or unavailable; try again") from None
     out = JSONResponse(Me(name=user.name, role=user.role, sign_in=True, csrf_token=session.csrf).model_dump())

@@ -20,9 +20,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from chaiderm.data.audit import ACTIONS, Entry, parse_time
 from chaiderm.data.diagnoses import NAMES, VOCABULARY, canonical
-from chaiderm.data.feedback import content_id
 from chaiderm.data.images import UPLOAD_FORMATS
 from chaiderm.data.records import ImageTable
 from chaiderm.errors import ChaidermError, DataError
@@ -32,6 +30,7 @@ from chaiderm.index.lock import IndexBusyError, open_for_writing
 from chaiderm.index.refine import Region, parse_regions
 from chaiderm.interfaces import IDENTIFYING
 from chaiderm.pipeline import QueryResult, add_to_index, load_image, render_heatmap, to_png_bytes
+from chaiderm.storage import ACTIONS, Entry, content_id, parse_time
 from chaiderm.web.access import Admin, Expert, Viewer, client_address, current_user
 from chaiderm.web.auth import LOCAL, LOCAL_ROLE, User
 from chaiderm.web.dependencies import ViewerState, get_state
