@@ -201,8 +201,10 @@ from pathlib import Path
 
 import numpy as np
 
+from research._common import ISIC
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_ISIC = HERE.parent.parent / "shared" / "data" / "isic2017"
+DEFAULT_ISIC = ISIC
 KS = (3, 5, 10, 20, 40)
 N_FOLDS = 5
 

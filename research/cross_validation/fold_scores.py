@@ -20,7 +20,7 @@ Neighbours = Callable[[int, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarra
 def training_folds(isic: Path, fold_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(melanoma (N,), fold of each training image (N,))`` for ``cv_select.py``'s split ``fold_seed``."""
     from chaiderm.data.records import load_table
-    from cv_select import folds_of
+    from research.cross_validation.cv_select import folds_of
 
     tr = load_table(isic, "train")
     return tr.is_positive("melanoma"), folds_of(tr.diagnoses, fold_seed)

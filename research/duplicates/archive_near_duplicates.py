@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -34,9 +33,7 @@ from chaiderm.evidence.render import to_png_bytes
 from chaiderm.models import build_model
 from chaiderm.models.inference import embed
 from chaiderm.training import train
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.conftest import tiny_cfg  # noqa: E402
+from research._common import tiny_config
 
 N_COPIES = 60
 
@@ -97,13 +94,13 @@ def main() -> None:
         syn = Path(tmp) / "syn"
         write_dataset(syn, splits={"train": 240, "val": 60, "test": 0}, size=72, seed=0, difficulty="easy")
         table = load_table(syn, "train")
-        cfg = tiny_cfg()
+        cfg = tiny_config()
         results = {}
         for seed in (0, 1):
             torch.manual_seed(seed)
             results[f"untrained_seed{seed}"] = measure(build_model(cfg.model), cfg, table)
         torch.manual_seed(0)
-        trained = tiny_cfg(epochs=4)
+        trained = tiny_config(epochs=4)
         train(trained, table, Path(tmp) / "run")
         from chaiderm.models import load_model
 

@@ -50,7 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--isic", type=Path, required=True)
     ap.add_argument("--n", type=int, default=400)
-    ap.add_argument("--out", type=Path, default=Path("bench/duplicate_threshold.json"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     a = ap.parse_args()
     train = load_table(a.isic, "train")
     feats, train = image_features(train)

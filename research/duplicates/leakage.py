@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--masks-data", type=Path, required=True)
     ap.add_argument("--runs", type=Path, required=True, help="reproduce's runs/seed<N> folder")
     ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
-    ap.add_argument("--out", type=Path, default=Path("bench/leakage.json"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     a = ap.parse_args()
     tables = {sp: load_table(a.isic, sp) for sp in ("train", "val", "test")}
     tables["ham"] = read_folder(a.masks_data)

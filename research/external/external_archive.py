@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from external_offset import embedded, write_round
-from external_select import DEFAULT_DATA, halves
+from research.external.external_offset import embedded, write_round
+from research.external.external_select import DEFAULT_DATA, halves
 
 HERE = Path(__file__).resolve().parent
 KS = (3, 5, 10, 20, 40)

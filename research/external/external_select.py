@@ -38,8 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
+from research._common import DATA
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
+DEFAULT_DATA = DATA
 KS = (3, 5, 10, 20, 40)
 SPLIT_SEED = 2026  # the tune / report halves of ham10000_dev; never changed after round 1
 

@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from research._common import REPO
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -87,8 +89,8 @@ def main() -> None:
     t0 = time.time()
     runs = []
     for _ in range(a.processes):
-        cmd = [sys.executable, __file__, "--child", "--iters", str(a.iters)]
-        runs.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+        cmd = [sys.executable, "-m", "research.fold_bn.fold_bn", "--child", "--iters", str(a.iters)]
+        runs.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO).stdout))
         print(json.dumps(runs[-1]))
     ratios = [r["ratio"] for r in runs]
     faster_everywhere = all(r < 1 for r in ratios)

@@ -27,7 +27,7 @@ def pooled(mask: np.ndarray, cells: int) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--masks-data", type=Path, required=True)
-    ap.add_argument("--out", type=Path, default=Path("bench/map_ceiling.json"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     a = ap.parse_args()
     masks = np.stack([mask_as_seen(m, 256, 224) for m in read_folder(a.masks_data).mask_paths])
     area = masks.mean((1, 2))

@@ -35,15 +35,17 @@ from pathlib import Path
 
 import numpy as np
 
+from research._common import ISIC
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_ISIC = HERE.parent.parent / "shared" / "data" / "isic2017"
+DEFAULT_ISIC = ISIC
 N_FOLDS = 5
 MARGIN = 0.005
 PAIRS = {"seed_pair": ("d_default", "d_reseed"), "lite1_pair": ("d_default", "d_lite1_224")}
 
 
 def score(emb: np.ndarray, y: np.ndarray, fold_of: np.ndarray) -> dict:
-    from fold_scores import exact, score_folds
+    from research.cross_validation.fold_scores import exact, score_folds
 
     return score_folds(exact(emb), y, fold_of)
 
@@ -70,11 +72,8 @@ def main() -> None:
     ap.add_argument("--fold-seed", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "cv_round11.json")
     a = ap.parse_args()
-    import sys
-
-    sys.path.insert(0, str(HERE))
     from chaiderm._io import write_json
-    from fold_scores import embed_fold_models, training_folds
+    from research.cross_validation.fold_scores import embed_fold_models, training_folds
 
     t0 = time.perf_counter()
     y, fold_of = training_folds(a.isic, a.fold_seed)

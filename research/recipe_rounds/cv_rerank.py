@@ -38,8 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
+from research._common import ISIC
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_ISIC = HERE.parent.parent / "shared" / "data" / "isic2017"
+DEFAULT_ISIC = ISIC
 KS = (3, 5, 10, 20, 40)
 N_FOLDS = 5
 N_LOCAL = 10
@@ -68,7 +70,7 @@ def neighbours(name: str, d: np.ndarray, s: np.ndarray, k: int) -> tuple[np.ndar
 
 
 def score(emb: np.ndarray, y: np.ndarray, fold_of: np.ndarray, name: str) -> dict:
-    from fold_scores import score_folds
+    from research.cross_validation.fold_scores import score_folds
 
     def find(f: int, keep: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         arch = emb[f][keep]
@@ -101,11 +103,8 @@ def main() -> None:
     ap.add_argument("--fold-seed", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "cv_round12.json")
     a = ap.parse_args()
-    import sys
-
-    sys.path.insert(0, str(HERE))
     from chaiderm._io import write_json
-    from fold_scores import training_folds
+    from research.cross_validation.fold_scores import training_folds
 
     t0 = time.perf_counter()
     y, fold_of = training_folds(a.isic, a.fold_seed)

@@ -47,8 +47,10 @@ from pathlib import Path
 
 import numpy as np
 
+from research._common import ISIC
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_ISIC = HERE.parent.parent / "shared" / "data" / "isic2017"
+DEFAULT_ISIC = ISIC
 N_FOLDS = 5
 ADOPTABLE = ("std", "sqrt_std", "l2", "std+l2")
 INFORMATION = ("pcaw256", "pcaw256+l2")
@@ -88,7 +90,7 @@ def fit_transform(name: str, train: np.ndarray):
 
 
 def score(emb: np.ndarray, y: np.ndarray, fold_of: np.ndarray, name: str) -> dict:
-    from fold_scores import exact, score_folds
+    from research.cross_validation.fold_scores import exact, score_folds
 
     return score_folds(exact(emb, lambda arch, x: fit_transform(name, arch)(x)), y, fold_of)
 
@@ -116,11 +118,8 @@ def main() -> None:
     ap.add_argument("--fold-seed", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "cv_round10.json")
     a = ap.parse_args()
-    import sys
-
-    sys.path.insert(0, str(HERE))
     from chaiderm._io import write_json
-    from fold_scores import embed_fold_models, training_folds
+    from research.cross_validation.fold_scores import embed_fold_models, training_folds
 
     t0 = time.perf_counter()
     emb = embed_fold_models([a.cv / f"d_default_f{f}" for f in range(N_FOLDS)], a.isic, a.cache, "d_default")

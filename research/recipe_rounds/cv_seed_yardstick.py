@@ -20,6 +20,8 @@ import datetime
 import json
 from pathlib import Path
 
+from research._common import study_path
+
 HERE = Path(__file__).resolve().parent
 # candidate: the round file holding its distance-vote figures, and the key there (one change each)
 CANDIDATES = {
@@ -70,7 +72,7 @@ def main() -> None:
     print(f"{'candidate':<46} pooled  vs seed 0  vs seed 100  vs mean  folds won (0 / 100 / mean)")
     for name, (file, key, what) in CANDIDATES.items():
         entry = json.loads((HERE / file).read_text())["candidates"][key]
-        r = compare(entry, a, b) | {"what": what, "from": f"bench/{file}"}
+        r = compare(entry, a, b) | {"what": what, "from": study_path(HERE / file)}
         rows[name] = r
         print(
             f"{what:<46} {r['pooled_mean']:.3f}  {r['vs_seed0']:+.3f}    {r['vs_seed100']:+.3f}       "
@@ -78,7 +80,7 @@ def main() -> None:
             f"{r['folds_won_vs_seed_mean']}"
         )
     out = {
-        "seeds": {"seed0": a["pooled_mean"], "seed100": b["pooled_mean"], "from": f"bench/{SEEDS[0]}"},
+        "seeds": {"seed0": a["pooled_mean"], "seed100": b["pooled_mean"], "from": study_path(HERE / SEEDS[0])},
         "candidates": rows,
         "date": datetime.date.today().isoformat(),
     }

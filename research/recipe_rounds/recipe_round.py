@@ -26,8 +26,10 @@ from pathlib import Path
 
 import torch
 
+from research._common import DATA
+
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared" / "data"
+SHARED = DATA
 MEL = "melanoma"
 KS = ("3", "5", "10", "20", "40")
 

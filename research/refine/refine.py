@@ -122,7 +122,7 @@ def main() -> None:
     ap.add_argument("--isic", type=Path, required=True)
     ap.add_argument("--masks-data", type=Path, required=True)
     ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--out", type=Path, default=Path("bench/refine.json"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     ap.add_argument("--archive-size", type=int, default=0, help="a random subset of the training images (0: all)")
     ap.add_argument("--ham-size", type=int, default=-1, help="ham10000_dev queries by region (-1: all, 0: skip)")
     a = ap.parse_args()

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from research._common import ISIC
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_ISIC = HERE.parent.parent / "shared" / "data" / "isic2017"
+DEFAULT_ISIC = ISIC
 KS = (3, 5, 10, 20, 40)
 
 # name -> (model settings, training settings); "epochs": 0 means no fine-tuning (Baseline)

@@ -1,14 +1,10 @@
-"""The cross-validated selection of bench/cv_select.py: its folds and its decision rule."""
-
-import importlib.util
-from pathlib import Path
+"""The cross-validated selection of research/cross_validation/cv_select.py: its folds and its decision rule."""
 
 import numpy as np
 import pytest
 
-_spec = importlib.util.spec_from_file_location("cv_select", Path(__file__).parents[1] / "bench" / "cv_select.py")
-cv = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cv)
+from research.cross_validation import cv_select as cv
+from research.recipe_rounds import cv_seed_yardstick as ys
 
 N, K = 100, 40
 RNG = np.random.default_rng(0)
@@ -231,11 +227,8 @@ def test_single_change_rounds_need_a_margin_and_four_folds():
 
 
 def test_seed_yardstick_sets_a_candidate_beside_both_seeds_and_reads_the_committed_rounds(capsys, tmp_path):
-    """bench/cv_seed_yardstick.py: differences and folds won against each seed and their per-fold mean; it
-    runs on the committed round files alone (no data, no training)."""
-    spec = importlib.util.spec_from_file_location("ys", Path(__file__).parents[1] / "bench" / "cv_seed_yardstick.py")
-    ys = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ys)
+    """research/recipe_rounds/cv_seed_yardstick.py: differences and folds won against each seed and their
+    per-fold mean; it runs on the committed round files alone (no data, no training)."""
 
     def entry(pooled, folds):
         return {"pooled_mean": pooled, "per_fold": {str(f): {"mean": m} for f, m in enumerate(folds)}}

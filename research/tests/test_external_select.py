@@ -1,14 +1,8 @@
-"""bench/external_select.py: its fixed halves of ham10000_dev and its decision rule."""
-
-import importlib.util
-from pathlib import Path
+"""research/external/external_select.py: its fixed halves of ham10000_dev and its decision rule."""
 
 import numpy as np
 
-_PATH = Path(__file__).parents[1] / "bench" / "external_select.py"
-_spec = importlib.util.spec_from_file_location("external_select", _PATH)
-ex = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ex)
+from research.external import external_select as ex
 
 
 def test_halves_split_every_diagnosis_and_never_change():
