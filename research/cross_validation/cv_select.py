@@ -359,11 +359,12 @@ def run_fold(
     from chaiderm.data.records import attach_groups, load_table
     from chaiderm.data.transforms import prepare
     from chaiderm.models.embedding import load_model
+    from chaiderm.models.ensemble import set_member_threads
     from chaiderm.training import train
 
     threads = max(1, (os.cpu_count() or 2) // min(workers, N_FOLDS))
     torch.set_num_threads(threads)
-    os.environ["CHAIDERM_MEMBER_THREADS"] = str(threads)  # folds side by side share the cores: members too
+    set_member_threads(threads)  # folds side by side share the cores: an ensemble's members too
     tr_t, va_t = _tables(isic, limit)
     full = load_table(isic, "train")  # groups come from every rated image, also in a --limit smoke run
     ratings = read_enhance(enhance)
