@@ -12,7 +12,7 @@ Sections (figures merged into ``bench/results.json`` with the machine and date):
 - ``ray``: archive embedding in one process and on a local Ray cluster with 1 and 2 actors (images/s);
 - ``serve``: 8 concurrent clients against ``chaiderm serve`` for a minute: query p50/p95 with 10
   evidence pairs, errors, and feedback rows written vs clicks sent.
-ISIC images are used where ``--isic`` (default ``../shared/data/isic2017``) exists; otherwise
+ISIC images are used where ``--isic`` (default: ``shared/data/isic2017`` beside the checkout) exists; otherwise
 synthetic 256x256 images stand in for the throughput and latency sections.
 """
 

@@ -1,9 +1,9 @@
 """Cross-validated choice of the reproduction's training settings.
 
-    python bench/cv_select.py [--device cuda] [--workers 5] [--budget-s 420] [--out bench/cv_selection.json]
+    python -m research.cross_validation.cv_select [--device cuda] [--workers 5] [--budget-s 420] [--out FILE.json]
 
 Why: the 150-image validation split (30 melanomas) cannot rank settings: a seed change moves its AUC
-more than any setting tried (docs/experiments/cross_validation.md). Here every candidate is scored on all 2000
+more than any setting tried (research/cross_validation/cross_validation.md). Here every candidate is scored on all 2000
 *training* images instead, by 5-fold cross-validation, and on five training seeds at once.
 
 Protocol. The training images are split into 5 folds, stratified by disease (seed 0). For fold f
@@ -47,7 +47,7 @@ models of that split are not retrained: CPU training is deterministic, so round 
 variant if ``h_colour``'s pooled mean AUC beats round 5's ``h_default`` by more than 0.01, wins at least 4
 of 5 folds, and ``d_colour``'s pooled mean AUC is not below ``d_default``'s (a colour change that is real
 should not hurt the model the group fine-tuning starts from) (:func:`decide_pair`).
-Outcome: +0.007, 3 of 5 folds, Disease -0.0003: not adopted (docs/experiments/cross_validation.md).
+Outcome: +0.007, 3 of 5 folds, Disease -0.0003: not adopted (research/cross_validation/cross_validation.md).
 
 Round 7 (CPU, third split again: ``--fold-seed 2 --only h_lite1 --baseline <round 5>``): capacity.
 ``d_lite1`` / ``h_lite1`` use EfficientNet-Lite1 at its native 240 input (from the 256 image), all else
@@ -73,7 +73,7 @@ fixed before it ran (:func:`decide_round8`):
   against ``d_ham+distance``).
 The test split is not read; a model trained with ham10000_dev can no longer be measured on it as external.
 Outcome: training data -0.017 (2 of 5 folds), not adopted; distance votes +0.008 (5 of 5), adopted; archive
--0.002, not adopted (docs/experiments/recipe_rounds.md).
+-0.002, not adopted (research/recipe_rounds/recipe_rounds.md).
 
 Round 9 (CPU, third split again: ``--fold-seed 2 --disease d_default --views flip flip4 --baseline
 <round 5>``): test-time views for the recommended recipe's members, which vote by distance. ``d_default``
@@ -91,33 +91,33 @@ trajectory (with 2 threads today's code gives round 5's fold 1 to every digit). 
 judged again against this round's ``d_default`` (1 thread, like ``d_ham``): -0.019, the same verdict. Compare
 only runs with the same ``--workers`` on the same machine; the summary records ``threads_per_fold``.
 
-Round 11 (``--disease d_reseed d_lite1_224``): the fold models ``bench/cv_members.py`` compares as second
-members; its rule is there.
+Round 11 (``--disease d_reseed d_lite1_224``): the fold models ``research/recipe_rounds/cv_members.py`` compares as
+second members; its rule is there.
 
 Round 13 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_ce --baseline
-bench/cv_round9.json``): the recipe's members learn only from triplets; re-identification practice adds a
-classifier's cross-entropy on the same embedding, which also asks the embedding to separate the diagnoses
+research/recipe_rounds/cv_round9.json``): the recipe's members learn only from triplets; re-identification practice adds
+a classifier's cross-entropy on the same embedding, which also asks the embedding to separate the diagnoses
 linearly. ``d_ce`` is ``d_default`` plus a diagnosis head on the embedding, its cross-entropy added with
 weight 1 (``TrainConfig.ce_weight``; the head never votes), trained with round 9's seeds and thread count.
 Rule, fixed before it ran (:func:`decide_single_change`): the term joins the recipe if ``d_ce+distance`` beats round
 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and wins at least 4 of 5 folds (the rule for a
 change of training in round 8); then a recipe round of its own, guarded on the validation split and the
 ham10000_dev tune half, before the test split is read.
-Outcome: -0.016 pooled (0.754 against 0.770), 1 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+Outcome: -0.016 pooled (0.754 against 0.770), 1 of 5 folds: not adopted (research/recipe_rounds/recipe_rounds.md).
 
 Round 14 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_lite2 --baseline
-bench/cv_round9.json``): a larger backbone. ``d_lite2`` is EfficientNet-Lite2 at its native 260 input (the
-256 x 256 images loaded at 260), all else default, with round 9's seeds and thread count. One Lite2 query
+research/recipe_rounds/cv_round9.json``): a larger backbone. ``d_lite2`` is EfficientNet-Lite2 at its native 260 input
+(the 256 x 256 images loaded at 260), all else default, with round 9's seeds and thread count. One Lite2 query
 costs 19.0 ms at p95 against Lite0's 11.6 ms (``bench/run.py --only backbone_query``), so a Lite2 recipe
 would hold about five members instead of eight. Rule, fixed before it ran (:func:`decide_single_change`): Lite2
 becomes the recipe's backbone candidate if ``d_lite2+distance`` beats round 9's ``d_default+distance`` by more
 than 0.01 pooled mean AUC and wins at least 4 of 5 folds; a recipe round with as many Lite2 members as the
 latency rule allows would then decide, guarded on the validation split and the ham10000_dev tune half.
-Outcome: -0.012 pooled (0.758 against 0.770), 2 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+Outcome: -0.012 pooled (0.758 against 0.770), 2 of 5 folds: not adopted (research/recipe_rounds/recipe_rounds.md).
 
 Round 15 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_long_aug --baseline
-bench/cv_round9.json``): the issue's last untried candidate, longer training with stronger augmentation.
-Five epochs alone lost 0.012 on the first split (the models overfit by epoch 3); stronger augmentation
+research/recipe_rounds/cv_round9.json``): the issue's last untried candidate, longer training with stronger
+augmentation. Five epochs alone lost 0.012 on the first split (the models overfit by epoch 3); stronger augmentation
 should let a longer run keep learning. ``d_long_aug`` trains 6 epochs (learning rates / 10 for the last
 two), crops down to 224 / 1.25 = 179 pixels enlarged (``zoom`` 1.25, against 205 at the default) and
 brightness / contrast / saturation jitter of 0.2, all else default (no colour constancy, so members still
@@ -127,11 +127,11 @@ and thread count. Rule, fixed before it ran (:func:`decide_single_change`): the 
 least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the validation split and the
 ham10000_dev tune half) before the test split is read.
 Outcome: -0.006 pooled (0.764 against 0.770), 3 of 5 folds: not adopted; the validation split kept the third
-epoch in four folds, so mostly the augmentation was measured (docs/experiments/recipe_rounds.md).
+epoch in four folds, so mostly the augmentation was measured (research/recipe_rounds/recipe_rounds.md).
 
 Round 16 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_freeze1 --baseline
-bench/cv_round9.json``): the stem and the blocks down to 1/8 resolution (6 of Lite0's 18 stages) have been
-frozen since the first prototype, chosen for training speed (twice the images per second), never judged
+research/recipe_rounds/cv_round9.json``): the stem and the blocks down to 1/8 resolution (6 of Lite0's 18 stages) have
+been frozen since the first prototype, chosen for training speed (twice the images per second), never judged
 for retrieval. ``d_freeze1`` freezes the stem alone, so the early blocks' ImageNet filters can adapt to
 dermoscopic colour and texture; batch-norm statistics stay fixed as before; all else default; round 9's
 seeds and thread count. Rule, fixed before it ran (:func:`decide_single_change`): the setting joins the recipe if
@@ -139,10 +139,10 @@ seeds and thread count. Rule, fixed before it ran (:func:`decide_single_change`)
 least 4 of 5 folds; members would then share one stage instead of six, so a recipe round would first
 measure how many fit in 150 ms at the 95th percentile, then be guarded on the validation split and the
 ham10000_dev tune half before the test split is read.
-Outcome: -0.025 pooled (0.745 against 0.770), 0 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+Outcome: -0.025 pooled (0.745 against 0.770), 0 of 5 folds: not adopted (research/recipe_rounds/recipe_rounds.md).
 
 Round 17 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_dim256 --baseline
-bench/cv_round9.json``): the embedding's 1024 dimensions are the paper's, never judged here. The models
+research/recipe_rounds/cv_round9.json``): the embedding's 1024 dimensions are the paper's, never judged here. The models
 overfit by the third epoch (round 15), and the new 1x1 projection (320 to 1024 channels) is most of what
 is trained from scratch; ``d_dim256`` projects to 256 instead (a quarter of the new weights), all else
 default, round 9's seeds and thread count. A member's embedding and stored maps would also shrink 4x, which
@@ -150,10 +150,10 @@ is not part of the rule. Rule, fixed before it ran (:func:`decide_single_change`
 recipe if ``d_dim256+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and
 wins at least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the validation split
 and the ham10000_dev tune half) before the test split is read.
-Outcome: -0.005 pooled (0.765 against 0.770), 3 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+Outcome: -0.005 pooled (0.765 against 0.770), 3 of 5 folds: not adopted (research/recipe_rounds/recipe_rounds.md).
 
 Round 18 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_freeze12 --baseline
-bench/cv_round9.json``): round 16 found that training more of the backbone (the stem alone frozen) lost
+research/recipe_rounds/cv_round9.json``): round 16 found that training more of the backbone (the stem alone frozen) lost
 0.025 in every fold, the models fitting the 1600 images faster and transferring worse. The other direction
 was never tried: ``d_freeze12`` keeps the first 12 of Lite0's 18 stages frozen (everything down to 1/16
 resolution, against 1/8 by default), so only the 7 x 7 stages, the head and the projection learn; all else
@@ -162,11 +162,11 @@ cheaper; that is not part of the rule. Rule, fixed before it ran (:func:`decide_
 joins the recipe if ``d_freeze12+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled
 mean AUC and wins at least 4 of 5 folds; then a recipe round of its own (members counted by the latency
 rule, guarded on the validation split and the ham10000_dev tune half) before the test split is read.
-Outcome: -0.018 pooled (0.752 against 0.770), 2 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+Outcome: -0.018 pooled (0.752 against 0.770), 2 of 5 folds: not adopted (research/recipe_rounds/recipe_rounds.md).
 
 Round 19 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_batch96 --baseline
-bench/cv_round9.json``): every Disease batch holds 16 images of each diagnosis (48), so an anchor meets at
-most 32 images of the other two diagnoses, and the loss is averaged over the triplets still active. Metric
+research/recipe_rounds/cv_round9.json``): every Disease batch holds 16 images of each diagnosis (48), so an anchor meets
+at most 32 images of the other two diagnoses, and the loss is averaged over the triplets still active. Metric
 learning usually gains from more negatives per anchor, the hard ones being rare. ``d_batch96`` draws batches of
 96 (32 per diagnosis): the same images per epoch and the same three epochs, so the same compute, half the
 optimiser steps and about eight times the in-batch triplets per step; all else default, round 9's seeds and
@@ -174,19 +174,19 @@ thread count. Rule, fixed before it ran (:func:`decide_single_change`): the sett
 ``d_batch96+distance`` beats round 9's ``d_default+distance`` by more than 0.01 pooled mean AUC and wins at
 least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the validation split and the
 ham10000_dev tune half) before the test split is read.
-Outcome: -0.023 pooled (0.747 against 0.770), 1 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+Outcome: -0.023 pooled (0.747 against 0.770), 1 of 5 folds: not adopted (research/recipe_rounds/recipe_rounds.md).
 
 Round 20 (CPU, third split again: ``--fold-seed 2 --workers 2 --disease d_batch24 --baseline
-bench/cv_round9.json``): round 19's larger batches came with half the optimiser steps and lost 0.023, lower at
-every k. The other direction: ``d_batch24`` draws batches of 24 (8 per diagnosis), the same images and three
+research/recipe_rounds/cv_round9.json``): round 19's larger batches came with half the optimiser steps and lost 0.023,
+lower at every k. The other direction: ``d_batch24`` draws batches of 24 (8 per diagnosis), the same images and three
 epochs, so the same compute, twice the optimiser steps (about 200 a fold) and fewer in-batch triplets per step;
 all else default, round 9's seeds and thread count. Rule, fixed before it ran (:func:`decide_single_change`):
 the setting joins the recipe if ``d_batch24+distance`` beats round 9's ``d_default+distance`` by more than 0.01
 pooled mean AUC and wins at least 4 of 5 folds; then a recipe round of its own (eight members, guarded on the
 validation split and the ham10000_dev tune half) before the test split is read.
-Outcome: -0.019 pooled (0.752 against 0.770), 2 of 5 folds: not adopted (docs/experiments/recipe_rounds.md).
+Outcome: -0.019 pooled (0.752 against 0.770), 2 of 5 folds: not adopted (research/recipe_rounds/recipe_rounds.md).
 Rounds 13-20 each compared against seed 0 of ``d_default``, the higher of its two seeds (round 11: 0.770 and
-0.753); ``bench/cv_seed_yardstick.py`` sets every candidate beside both.
+0.753); ``research/recipe_rounds/cv_seed_yardstick.py`` sets every candidate beside both.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ DISEASE: dict[str, tuple[dict, dict]] = {
     "d_lite1": ({"backbone": "efficientnet_lite1", "image_size": 240}, {}),
     "d_ham": ({}, {}),  # + ham10000_dev in training (EXTRA_DATA)
     # round 11: another seed of d_default, and EfficientNet-Lite1 at Lite0's input (ensemble members must
-    # share one input size), judged as the second member beside d_default by bench/cv_members.py
+    # share one input size), judged as the second member beside d_default by research/recipe_rounds/cv_members.py
     "d_reseed": ({}, {"seed_shift": 100}),
     "d_lite1_224": ({"backbone": "efficientnet_lite1"}, {}),
     "d_ce": ({}, {"ce_weight": 1.0}),  # round 13: + a diagnosis classifier's cross-entropy on the embedding

@@ -8,9 +8,9 @@ no fixed scale (one model's copies are as far apart as another model's distinct 
 archive images, copies as an operator could add them again: the API's own path (decoded shrunk, PNG), JPEG
 at quality 95 and 75, scaled 2x up, scaled to half and back; their distance to the original, and every
 archive image's nearest other image, both as a fraction of that median. Writes
-bench/archive_near_duplicates.json (about 30 s on 2 cores).
+research/duplicates/archive_near_duplicates.json (about 30 s on 2 cores).
 
-    python bench/archive_near_duplicates.py
+    python -m research.duplicates.archive_near_duplicates
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ duplicates). The rule fixed before the first run, the 99.5th percentile of the c
 0.58, which 96% of distinct training images also meet (the half-size round trip moves ImageNet features as
 far as another lesion does): unusable. The rule used since, chosen after seeing that run: the 1st
 percentile of the distinct images' nearest distances, rounded down to 0.01 (at most 1% of images flagged
-wrongly), reporting the share of each kind of copy it catches. Writes bench/duplicate_threshold.json.
+wrongly), reporting the share of each kind of copy it catches. Writes research/duplicates/duplicate_threshold.json.
 
-    python bench/duplicate_threshold.py --isic ../shared/data/isic2017
+    python -m research.duplicates.duplicate_threshold --isic DATA/isic2017
 """
 
 from __future__ import annotations

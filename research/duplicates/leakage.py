@@ -3,9 +3,9 @@
 Counts identical and near-duplicate pairs (`chaiderm.evaluation.duplicates`, default threshold) within and
 between the sets, then scores the reproduction's Disease and Hierarchical models (a `chaiderm reproduce`
 output folder) on the full test split and on the test split without every case whose duplicate sits in
-the training archive. Writes bench/leakage.json:
+the training archive. Writes research/duplicates/leakage.json:
 
-    python bench/leakage.py --isic ../shared/data/isic2017 --masks-data ../shared/data/ham10000_dev \\
+    python -m research.duplicates.leakage --isic DATA/isic2017 --masks-data DATA/ham10000_dev \\
         --runs repro/runs/seed0
 """
 

@@ -1,7 +1,7 @@
 """External round 3: another clinic's own labelled cases in the archive, judged on the tune half.
 
-    python bench/external_archive.py --write-halves DIR          # DIR/tune, DIR/report: labels.csv + images
-    python bench/external_archive.py --model RUN --index INDEX [--out bench/external_round3.json]
+    python -m research.external.external_archive --write-halves DIR  # DIR/tune, DIR/report: labels.csv + images
+    python -m research.external.external_archive --model RUN --index INDEX [--out FILE.json]
 
 Why: the model trained on ISIC 2017 ranks images from another clinic's dermoscopes poorly (melanoma AUC@20
 0.66 on the report half of ham10000_dev, the recipe of round 4), and nothing tried in training or in moving
@@ -17,8 +17,8 @@ recipe.
 Leakage guard. HAM10000 holds several photographs of some lesions and ham10000_dev has no lesion ids, so a
 query's own lesion could sit in the clinic's archive under another id. A clinic case never votes for a query
 whose ImageNet features lie within 0.14 of it (the near-duplicate threshold of ``chaiderm duplicates``,
-bench/duplicate_threshold.json). As a sensitivity check, fixed with the rule, the figures are also given with
-a guard at 0.25 (nearer than most distinct lesions' nearest neighbour, median 0.35 on ISIC 2017), which
+research/duplicates/duplicate_threshold.json). As a sensitivity check, fixed with the rule, the figures are also given
+with a guard at 0.25 (nearer than most distinct lesions' nearest neighbour, median 0.35 on ISIC 2017), which
 drops more same-lesion shots and some distinct lesions; the decision reads only the 0.14 figures.
 
 Protocol, fixed before it ran. Choice on the ham10000_dev tune half only (external_select.py's split): its

@@ -1,6 +1,6 @@
 """External round 2: move another clinic's queries to the archive's centre, judged on the tune half.
 
-    python bench/external_offset.py --model RUN --index INDEX [--cache DIR] [--out bench/external_round2.json]
+    python -m research.external.external_offset --model RUN --index INDEX [--cache DIR] [--out FILE.json]
 
 Why: a model trained on ISIC 2017 embeds images from other clinics and dermoscopes away from the ISIC
 archive as a whole (colour, optics), so their nearest neighbours are chosen partly by that offset rather
@@ -26,7 +26,7 @@ never saw the clinic. The ISIC 2017 test split is not read.
 
 Outcome (2026-11-27, the round 4 recipe): ``affine`` adopted on the tune half (AUC@20 +0.018, mean +0.027);
 on the report half +0.007 at k = 20 (0.664 -> 0.671), inside its noise; not built into chaiderm
-(docs/experiments/recipe_rounds.md).
+(research/recipe_rounds/recipe_rounds.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Settings for images from other clinics, chosen on half of ham10000_dev (issue 16's external goal).
 
-    python bench/external_select.py [--seeds 0 1] [--reuse-default MEMBERS_DIR] [--out FILE.json]
+    python -m research.external.external_select [--seeds 0 1] [--reuse-default MEMBERS_DIR] [--out FILE.json]
 
 Why: a model trained on ISIC 2017 alone reaches melanoma AUC@20 of only about 0.58 (one seed) on
 ham10000_dev queries against the ISIC 2017 archive; the goal is 0.75 for a model that never trained on
@@ -150,7 +150,7 @@ def main() -> None:
             r = results[name][seed]
             print(f"{name} seed {seed}: ham-tune AUC@20 {r['ham']['20']:.3f}, val {r['val']['20']:.3f}", flush=True)
             summary = {
-                "rule": "module docstring of bench/external_select.py",
+                "rule": "module docstring of research/external/external_select.py",
                 "split_seed": SPLIT_SEED,
                 "tune_rows": len(tune),
                 "report_rows": len(report),

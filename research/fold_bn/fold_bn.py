@@ -1,6 +1,6 @@
 """Would folding batch norms into their convolutions make a Lite0 member's query faster on 2 cores?
 
-    python bench/fold_bn.py [--processes 6] [--iters 400] [--out bench/fold_bn.json]
+    python -m research.fold_bn.fold_bn [--processes 6] [--iters 400] [--out research/fold_bn/fold_bn.json]
 
 Why: the recipe's member count is capped by query latency (docs/accuracy.md, lead 3), and a prototype of
 2026-11-27 saw a member's forward about 15% faster with every eval-mode batch norm folded into the

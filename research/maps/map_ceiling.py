@@ -2,7 +2,7 @@
 centred Gaussians of several widths, on the ham10000_dev masks (the reproduction's protocol: mask as the
 network sees it, bilinear upsampling, Jaccard at 0.5 of the map's range, share of mass inside the mask).
 
-    python bench/map_ceiling.py --masks-data ../shared/data/ham10000_dev
+    python -m research.maps.map_ceiling --masks-data DATA/ham10000_dev
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Round 5 (mask supervision): candidates that learn from lesion masks (`train(mask
 the zeros-32 reference included, is then chosen on the rest of half A (A2, the same rule: highest A2
 Jaccard within 0.03 of zeros-32's validation AUC@20) and reported on half B, which no candidate saw.
 
-    python bench/map_localisation.py --isic ../shared/data/isic2017 --masks-data ../shared/data/ham10000_dev
+    python -m research.maps.map_localisation --isic DATA/isic2017 --masks-data DATA/ham10000_dev
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ CANDIDATES = [  # (name, padding, map_stride, colour, map_background[, frozen st
     ("replicate-32-border", "replicate", 32, "none", "border"),
     ("replicate-16-border", "replicate", 16, "none", "border"),
     ("replicate-16-border-sog", "replicate", 16, "shades_of_gray", "border"),
-    # round 2, after round 1 (bench/map_localisation_round1.json) found zero padding better on both counts
+    # round 2, after round 1 (research/maps/map_localisation_round1.json) found zero padding better on both counts
     ("zeros-16", "zeros", 16, "none", "none"),
     ("zeros-32-border", "zeros", 32, "none", "border"),
     ("zeros-16-border", "zeros", 16, "none", "border"),

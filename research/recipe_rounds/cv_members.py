@@ -1,10 +1,11 @@
 """Round 11: is a Lite1 model a better second member than another Lite0 seed? Judged on training folds.
 
-    python bench/cv_select.py --fold-seed 2 --workers 2 --disease d_reseed d_lite1_224 --work W11 --out F
-    python bench/cv_members.py --cv9 WORK_OF_ROUND_9 --cv11 W11 [--cache DIR] [--out bench/cv_round11.json]
+    python -m research.cross_validation.cv_select --fold-seed 2 --workers 2 --disease d_reseed d_lite1_224 \
+        --work W11 --out F
+    python -m research.recipe_rounds.cv_members --cv9 WORK_OF_ROUND_9 --cv11 W11 [--cache DIR] [--out FILE.json]
 
 Why: the recommended model's eight members differ only by their training seed, and more seeds stopped
-paying (recipe rounds 3-4, docs/experiments/recipe_rounds.md). Members that differ by more than the
+paying (recipe rounds 3-4, research/recipe_rounds/recipe_rounds.md). Members that differ by more than the
 seed may err in other places. EfficientNet-Lite1 is the next backbone; it runs at Lite0's 224 input here
 because an ensemble's members must see one input (``models/ensemble.py``).
 
@@ -22,7 +23,7 @@ the higher per-fold mean AUC in at least 4 of 5 folds. Adopting also needs a rec
 with Lite0 ones, and the guard on the validation split and the ham10000_dev tune half).
 
 Outcome (2026-11-27, 2-core CPU; 31 min of training, 4.5 min here): the Lite1 pair 0.7719 pooled mean against
-the seed pair's 0.7725 (-0.0006, 2 of 5 folds): not adopted (docs/experiments/recipe_rounds.md).
+the seed pair's 0.7725 (-0.0006, 2 of 5 folds): not adopted (research/recipe_rounds/recipe_rounds.md).
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """Round 12: rank the archive by distance in units of each case's own neighbourhood, on training folds.
 
-    python bench/cv_rerank.py --cache DIR_OF_ROUND_11 [--out bench/cv_round12.json]
+    python -m research.recipe_rounds.cv_rerank --cache DIR_OF_ROUND_11 [--out research/recipe_rounds/cv_round12.json]
 
 Why: in a high-dimensional embedding some archive cases ("hubs") sit near very many queries and vote for
 all of them, while cases in sparse regions rarely vote at all. Rescaling each case's distances by how far
 its own archive neighbours are (local scaling, Zelnik-Manor & Perona 2004; CSLS, Conneau et al. 2018) is
 the usual remedy, and needs no training: one number per archive case, computed from the archive alone.
 
-Protocol. The embeddings round 11 cached (``bench/cv_members.py --cache``: round 9's ``d_default`` fold
-models and round 11's ``d_reseed``; fold seed 2). For fold f, the four other folds are the archive; s_r is
-the mean squared distance of archive case r to its 10 nearest other archive cases. Fold f queries them;
+Protocol. The embeddings round 11 cached (``python -m research.recipe_rounds.cv_members --cache``: round 9's
+``d_default`` fold models and round 11's ``d_reseed``; fold seed 2). For fold f, the four other folds are the archive;
+s_r is the mean squared distance of archive case r to its 10 nearest other archive cases. Fold f queries them;
 neighbours and votes by candidate, pooled over the 2000 queries: melanoma AUC@3..40 and their mean.
 - ``plain``: squared distance d(q, r), votes weighed by 1 / d (the recipe);
 - ``local``: d(q, r) / s_r, for the ranking and the votes (1 / that);
@@ -25,7 +25,7 @@ without it on the ISIC validation split and the ham10000_dev tune half) before t
 The evidence maps explain d(q, r); a re-ranked result would say so in its explanation.
 
 Outcome (2026-11-27): on ``d_default`` local -0.001 (2 of 5 folds), csls +0.000 (3 of 5); on the pair +0.005 and
-+0.004: nothing adopted (docs/experiments/recipe_rounds.md).
++0.004: nothing adopted (research/recipe_rounds/recipe_rounds.md).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def decide(single: dict, pair: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cache", type=Path, required=True, help="bench/cv_members.py's cache (d_default, d_reseed)")
+    ap.add_argument("--cache", type=Path, required=True, help="cv_members.py's cache (d_default, d_reseed)")
     ap.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
     ap.add_argument("--fold-seed", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "cv_round12.json")

@@ -1,12 +1,12 @@
 """Round 10: a fixed rescaling of the embedding, fitted on the training images, judged on training folds.
 
-    python bench/cv_rescale.py --cv WORK_OF_ROUND_9 [--cache DIR] [--out bench/cv_round10.json]
+    python -m research.recipe_rounds.cv_rescale --cv WORK_OF_ROUND_9 [--cache DIR] [--out FILE.json]
 
 Why: the recommended model's distance is the plain squared Euclidean distance between GAP embeddings, so
 the few channels with the largest spread decide most rankings. Retrieval practice rescales or whitens the
 descriptor on the training set before search; no training run is needed to find out whether that helps
-here, only the fold models round 9 already trained (``bench/cv_select.py --fold-seed 2 --disease
-d_default``, 1 torch thread per fold).
+here, only the fold models round 9 already trained (``python -m research.cross_validation.cv_select --fold-seed 2
+--disease d_default``, 1 torch thread per fold).
 
 Protocol. For fold f, round 9's ``d_default_f<f>`` model embeds all 2000 training images (2 torch
 threads). Each transform is fitted on the four training folds' embeddings only (no labels), applied to
@@ -34,7 +34,7 @@ only then is the test split read, once.
 
 Outcome (2026-11-27, 2.7 min on the 2-core CPU): ``raw`` 0.7701 pooled mean (round 9's ``d_default+distance``
 to every digit); the best adoptable, ``sqrt_std``, -0.0047 and 1 of 5 folds: nothing adopted
-(docs/experiments/recipe_rounds.md).
+(research/recipe_rounds/recipe_rounds.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Rounds 11-20's candidates measured against both seeds of the baseline, not one.
 
-    python bench/cv_seed_yardstick.py [--out bench/cv_seed_yardstick.json]
+    python -m research.recipe_rounds.cv_seed_yardstick [--out research/recipe_rounds/cv_seed_yardstick.json]
 
 Why: rounds 13-20 each judged one Disease candidate against round 9's ``d_default`` (seed 0), and every one
 came out below it. Round 11 trained a second seed of the very same candidate (``d_reseed``) on the same folds:

@@ -1,10 +1,11 @@
 """One round of the recommended recipe, as a user runs it, with its guard and ablation:
-``python bench/recipe_round.py --work DIR --ablation 5 --out bench/accuracy_recipe_round4.json``.
+``python -m research.recipe_rounds.recipe_round --work DIR --ablation 5 \\
+--out research/recipe_rounds/accuracy_recipe_round4.json``.
 
 1. ``chaiderm train --recipe recommended`` (skipped where ``DIR/run`` holds a finished run);
 2. the recipe's first ``--ablation`` members as one ensemble (``chaiderm ensemble``), the previous recipe;
 3. both indexed over the ISIC 2017 training split and scored on data one may tune on (the official
-   validation split, the ham10000_dev tune half): the guard (docs/experiments/recipe_rounds.md, recipe
+   validation split, the ham10000_dev tune half): the guard (research/recipe_rounds/recipe_rounds.md, recipe
    rounds 3-4) decides
    from these alone whether the recipe keeps its members;
 4. only then both on the ISIC 2017 test split and ham10000_dev (report half, all): the recipe's figures,

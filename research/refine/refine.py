@@ -1,9 +1,9 @@
 """Does refining a search help? By region and by example, measured (issue 17).
 
-    python bench/refine.py --isic ../shared/data/isic2017 --masks-data ../shared/data/ham10000_dev \
-        --model bench/out/maps/zeros-32 --out bench/refine.json
+    python -m research.refine.refine --isic DATA/isic2017 --masks-data DATA/ham10000_dev \
+        --model research/out/maps/zeros-32 --out research/refine/refine.json
 
-Model: a Disease embedding trained on the ISIC 2017 training split (`bench/map_localisation.py`'s zeros-32,
+Model: a Disease embedding trained on the ISIC 2017 training split (`research/maps/map_localisation.py`'s zeros-32,
 the reproduction's recipe). Archive: the 2000 ISIC 2017 training images.
 
 - **By region**: every ham10000_dev image queries the archive twice, whole and by the bounding box of its

@@ -1,9 +1,9 @@
-"""Validation-only choices for ``chaiderm reproduce``: ``python bench/tune_val.py [--only NAME ...]``.
+"""Validation-only choices for ``chaiderm reproduce``: ``python -m research.reproduction.tune_val [--only NAME ...]``.
 
 Every candidate trains an embedding on the 2000 ISIC 2017 training images (``--seed``, default 0;
 Disease logic, or Hierarchical fine-tuned from a Disease candidate) and is scored on the 150 validation images only
 (melanoma kNN AUC@k against the training archive, k = 3..40, and their mean); the test split is never
-read. Figures are merged into ``bench/tuning.json`` one candidate at a time, so a killed run keeps what
+read. Figures are merged into ``research/reproduction/tuning.json`` one candidate at a time, so a killed run keeps what
 finished. The Lite1 candidates need ``pip install -e '.[lite1]'``. The choices this led to are recorded
 in docs/reproduction.md.
 """
@@ -38,7 +38,7 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
     "disease_lite1_240": ({"backbone": "efficientnet_lite1", "image_size": 240}, {}),
     # fine-tuned from disease_224 on the 1000 group-annotated images: how many epochs val keeps rising
     "hierarchical_224_ft4": ({"image_size": 224}, {"logic": "hierarchical", "epochs": 4, "init": "disease_224"}),
-    # L2-normalised embeddings (the prototype in MEASURED.md used them) need more epochs to settle
+    # L2-normalised embeddings (an early prototype's choice) need more epochs to settle
     "disease_224_norm_e5": ({"image_size": 224, "normalize": True}, {"epochs": 5}),
     "hierarchical_224_norm_ft4": (
         {"image_size": 224, "normalize": True},
