@@ -12,7 +12,7 @@ Sections (figures merged into ``bench/results.json`` with the machine and date):
 - ``ray``: archive embedding in one process and on a local Ray cluster with 1 and 2 actors (images/s);
 - ``serve``: 8 concurrent clients against ``chaiderm serve`` for a minute: query p50/p95 with 10
   evidence pairs, errors, and feedback rows written vs clicks sent.
-ISIC images are used where ``--isic`` (default ``../shared/data/isic2017``) exists; otherwise
+ISIC images are used where ``--isic`` (default: ``shared/data/isic2017`` beside the checkout) exists; otherwise
 synthetic 256x256 images stand in for the throughput and latency sections.
 """
 
@@ -401,21 +401,23 @@ def _evidence_query_ms(pred, images: list) -> np.ndarray:
 def _ensemble_query_ms(pred, images: list) -> dict[str, np.ndarray]:
     """Milliseconds of each query with 10 evidence pairs, three ways taken in turn for every image (so the
     shared machine's slow spells fall on all three alike): as ``query`` answers (members side by side on
-    the member pool), with the members in turn (``CHAIDERM_MEMBER_THREADS=1``, the code before the pool),
+    the member pool), with the members in turn (``set_member_threads(1)``, the code before the pool),
     and as ``serve`` runs a request (the calling thread on one torch thread, members on the pool)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from chaiderm.models.ensemble import set_member_threads
+
     request = ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,))
-    before = os.environ.get("CHAIDERM_MEMBER_THREADS")
+    before = set_member_threads(None)
     out: dict[str, list[float]] = {"side_by_side": [], "in_turn": [], "serve_request": []}
     try:
         for warm in (True, False):
             for img in images[:1] if warm else images:
-                os.environ.pop("CHAIDERM_MEMBER_THREADS", None)
+                set_member_threads(None)
                 a = _one_query_ms(pred, img)
-                os.environ["CHAIDERM_MEMBER_THREADS"] = "1"
+                set_member_threads(1)
                 b = _one_query_ms(pred, img)
-                os.environ.pop("CHAIDERM_MEMBER_THREADS", None)
+                set_member_threads(None)
                 c = request.submit(_one_query_ms, pred, img).result()
                 if not warm:
                     out["side_by_side"].append(a)
@@ -423,10 +425,7 @@ def _ensemble_query_ms(pred, images: list) -> dict[str, np.ndarray]:
                     out["serve_request"].append(c)
     finally:
         request.shutdown()
-        if before is None:
-            os.environ.pop("CHAIDERM_MEMBER_THREADS", None)
-        else:
-            os.environ["CHAIDERM_MEMBER_THREADS"] = before
+        set_member_threads(before)
     return {k: np.array(v) for k, v in out.items()}
 
 

@@ -444,7 +444,7 @@ def test_train_with_mask_data_defaults_to_maps_without_imprint(synth_dir, tmp_pa
     assert r.exit_code == 0, r.output
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["padding"] == "replicate" and cfg["train"]["mask_weight"] == 3.0 and cfg["data"]["masks"]
-    assert cfg["model"]["map_stride"] == 16  # 14x14 maps at 224: round 9 of docs/experiments/maps.md
+    assert cfg["model"]["map_stride"] == 16  # 14x14 maps at 224: round 9 of research/maps/maps.md
     r = runner.invoke(
         app, ["train", "--data", str(synth_dir), "--out", str(tmp_path / "x"), "--mask-data", str(tmp_path), *TINY]
     )

@@ -98,19 +98,20 @@ def test_members_answer_side_by_side_as_they_would_in_turn(tmp_path, rng, monkey
     where: list[str] = []
     for m in net.members:
         m.proj.register_forward_hook(lambda *_: where.append(threading.current_thread().name))
-    monkeypatch.setenv("CHAIDERM_MEMBER_THREADS", "2")
+    monkeypatch.setattr(ensemble, "_MEMBER_THREADS", None)  # restored after the test
+    ensemble.set_member_threads(2)
     with torch.inference_mode():
         side = net.forward_features(x)
     assert len(where) == 3 and all(n.startswith("chaiderm-member") for n in where), where
     assert not side.requires_grad and side.is_inference()  # the caller's inference mode held in the pool
-    monkeypatch.setenv("CHAIDERM_MEMBER_THREADS", "1")
+    assert ensemble.set_member_threads(1) == 2  # the previous setting, to restore
     where.clear()
     torch.set_num_threads(1)
     with torch.inference_mode():
         turn = net.forward_features(x)
     assert where == [threading.current_thread().name] * 3
     assert torch.equal(side, turn)
-    monkeypatch.setenv("CHAIDERM_MEMBER_THREADS", "2")
+    ensemble.set_member_threads(2)
     where.clear()
     plain = load_model(tmp_path / "ens")[0]
     for m in plain.members:
@@ -120,6 +121,13 @@ def test_members_answer_side_by_side_as_they_would_in_turn(tmp_path, rng, monkey
     assert ensemble.member_pool() is ensemble.member_pool()
     monkeypatch.setattr(ensemble.os, "getpid", lambda: -1)  # as in a forked child: the threads are gone
     assert ensemble.member_pool() is not None and ensemble._POOL[0] == (-1, 2)
+    with pytest.raises(ValueError, match="at least 1"):
+        ensemble.set_member_threads(0)
+    # an operator's CHAIDERM_MEMBER_THREADS holds where nothing in the process set a number
+    monkeypatch.setenv("CHAIDERM_MEMBER_THREADS", "3")
+    assert ensemble.member_threads() == 2
+    ensemble.set_member_threads(None)
+    assert ensemble.member_threads() == 3
     monkeypatch.setenv("CHAIDERM_MEMBER_THREADS", "two")
     with pytest.raises(ArtifactError, match="CHAIDERM_MEMBER_THREADS"):
         ensemble.member_threads()

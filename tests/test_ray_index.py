@@ -95,13 +95,17 @@ def test_cli_index_on_ray(ray_cluster, model_run, synth_dir, tmp_path):
 def test_an_actor_runs_ensemble_members_side_by_side_only_within_its_share(model_run, tmp_path, monkeypatch):
     """Two one-thread actors on two cores must not each start a pool of two member threads."""
     from chaiderm.index.ray_embed import _Embedder
+    from chaiderm.models import ensemble
 
-    monkeypatch.setenv("CHAIDERM_MEMBER_THREADS", "8")  # what the process would use alone; restored after
+    monkeypatch.setattr(ensemble, "_MEMBER_THREADS", None)  # restored after the test
+    monkeypatch.delenv("CHAIDERM_MEMBER_THREADS", raising=False)
+    ensemble.set_member_threads(8)  # what the process would use alone
     _Embedder(str(model_run[2]), "none", False, str(tmp_path), 1, None)
-    assert os.environ["CHAIDERM_MEMBER_THREADS"] == "1"
+    assert ensemble.member_threads() == 1
     _Embedder(str(model_run[2]), "none", False, str(tmp_path), 2, None)
-    assert os.environ["CHAIDERM_MEMBER_THREADS"] == "1"  # never above what the process had
-    monkeypatch.setenv("CHAIDERM_MEMBER_THREADS", "8")
+    assert ensemble.member_threads() == 1  # never above what the process had
+    ensemble.set_member_threads(8)
     _Embedder(str(model_run[2]), "none", False, str(tmp_path), 2, None)
-    assert os.environ["CHAIDERM_MEMBER_THREADS"] == "2"
+    assert ensemble.member_threads() == 2
+    assert "CHAIDERM_MEMBER_THREADS" not in os.environ  # the actor's own setting, not its environment's
     torch.set_num_threads(2)

@@ -29,15 +29,15 @@ class ModelConfig:
     n_classes: int = 0  # >0 adds a classifier head (BaselineFT)
     # test-time views averaged into one embedding (models.embedding.VIEWS): "none", "flip", "flip4".
     # An inference setting: indexes record the views they were built with and queries follow the index;
-    # training's per-epoch validation embeds single views (as in every cross-validation round).
+    # training's per-epoch validation always embeds single views.
     views: str = DEFAULT_VIEWS
     # colour normalisation of every input, in training and inference (data.transforms.COLOURS):
     # "none" or "shades_of_gray" (colour constancy, p = 6)
     colour: str = "none"
     # how convolutions pad (models.registry.PADDINGS). "replicate" repeats edge pixels: the maps carry no
     # frame from the padding and a uniform image has a flat map. "zeros" (the ImageNet weights' own) stays
-    # the default: on ISIC it scored 0.07 higher validation AUC@20 and located ham10000_dev lesions
-    # better (bench/map_localisation_round1.json, docs/experiments/maps.md)
+    # the default: on ISIC it scores 0.07 higher validation AUC@20 and locates ham10000_dev lesions
+    # better (research/maps/map_localisation_round1.json)
     padding: str = "zeros"
     # 32: the backbone's own final map; 16: its last downsampling removed, maps of twice the resolution
     map_stride: int = 32
@@ -46,7 +46,8 @@ class ModelConfig:
     # its own skin; "none": the paper's maps
     map_background: str = "none"
     # how the k nearest cases vote (index.knn.VOTES): "uniform" (one vote each) or "distance" (each weighed
-    # by 1 / squared distance; won 5 of 5 folds in cross-validation round 8). An inference setting: query,
+    # by 1 / squared distance; better in 5 of 5 cross-validation folds, research/recipe_rounds/cv_round8.json).
+    # An inference setting: query,
     # serve and evaluate follow the model's.
     vote: str = "uniform"
     # backbone "ensemble" (models.ensemble): each member's own ModelConfig, as a dict
@@ -78,12 +79,12 @@ class TrainConfig:
     select_metric: Literal["auc", "loss", "last"] = "auc"
     positive_class: str = "melanoma"
     feedback_weight: float = 1.0
-    # weight of the lesion-mask term (training.loop._mask_loss), used when mask data is given; 3 was chosen
-    # over 1 on held-out masks (bench/map_localisation_round5.json, _round6.json)
+    # weight of the lesion-mask term (training.loop._mask_loss), used when mask data is given; 3 locates
+    # held-out lesions better than 1 (research/maps/map_localisation_round5.json, _round6.json)
     mask_weight: float = 3.0
     # what the mask term asks of a map: 2 * ((1 - s) * (1 - mass in lesion) + s * (1 - soft Dice)). Mass
     # alone rewards a peak inside the lesion, which the 0.5-threshold Jaccard scores low; Dice alone, a map
-    # that spreads past the lesion's edge (rounds 7-8 of docs/experiments/maps.md)
+    # that spreads past the lesion's edge (research/maps/maps.md)
     mask_dice_share: float = 0.5
     # >0: validate and save an exponential moving average of the weights (per step) instead of the
     # raw weights; smooths the step-to-step drift of short, noisy fine-tuning runs
@@ -93,8 +94,8 @@ class TrainConfig:
     # >1: training crops as small as image_size / zoom pixels, enlarged (1: 0.8-1 of the side, never enlarged)
     zoom: float = 1.0
     # >0, triplet logics: a diagnosis classifier on the embedding, its cross-entropy added with this weight
-    # (the embedding also learns to separate diagnoses linearly; the head is never used to vote). Round 13
-    # found weight 1 no better than another seed (docs/experiments/recipe_rounds.md): off by default
+    # (the embedding also learns to separate diagnoses linearly; the head is never used to vote). Off by
+    # default: weight 1 scores no better than another training seed (research/recipe_rounds/cv_round13.json)
     ce_weight: float = 0.0
     recipe: str = ""  # the named recipe (training.recipes) that fixed some of these settings, if any
 

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 
-# What a query with 10 evidence pairs may cost on 2 cores (issue 16); the recipe's member count was sized to it
+# What a query with 10 evidence pairs may cost on 2 cores; the recipe's member count is sized to it
 QUERY_BUDGET_MS = 150.0
 
 
@@ -253,10 +253,11 @@ def add_to_index(
 
 # A new case is a copy of another when its squared embedding distance to it is under this fraction of the
 # archive's typical nearest-neighbour distance (the median over archive cases of the distance to their
-# nearest other case): a fraction, because raw embeddings have no fixed scale. bench/archive_near_duplicates.py
-# (synthetic set, tiny model untrained with two seeds and trained): distinct images' nearest neighbours lie at
-# 0.22 or more of that median, the server's own re-encoding of an upload at 0; at 0.1 no distinct image is
-# caught, and 87-95% of JPEG quality-95 copies, 33-63% of quality-75 and 47-60% of 2x upscaled copies are.
+# nearest other case): a fraction, because raw embeddings have no fixed scale. On the synthetic set with the
+# tiny model, untrained (two seeds) and trained (research/duplicates/archive_near_duplicates.json), distinct
+# images' nearest neighbours lie at 0.22 or more of that median, the server's own re-encoding of an upload at
+# 0; at 0.1 no distinct image is caught, and 87-95% of JPEG quality-95 copies, 33-63% of quality-75 and
+# 47-60% of 2x upscaled copies are.
 NEAR_DUPLICATE = 0.1
 SCALE_SAMPLE = 256  # archive cases whose nearest neighbours set the scale (spread evenly over the archive)
 

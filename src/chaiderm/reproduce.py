@@ -88,12 +88,12 @@ class ReproduceSettings:
     # masks data (mask_weight of the training term); the localisation metrics then use the other images only
     teach_maps: bool = False
     mask_weight: float = 3.0
-    # padding of the taught variants: no zero-padding imprint, so a uniform image maps flat (round 6 of
-    # bench/map_localisation.py chose replicate-32-masks-w3 on half A2 of ham10000_dev); 14x14 maps (stride
-    # 16): round 9 (docs/experiments/maps.md), the only setting whose four variants met both targets on A2
+    # the taught variants pad by repeating edge pixels: no zero-padding imprint, so a uniform image maps flat
+    # (research/maps/map_localisation_round6.json, half A2 of ham10000_dev); 14x14 maps (stride 16): the one
+    # setting whose four variants meet both localisation targets on A2 (research/maps/maps.md)
     teach_padding: str = "replicate"
     teach_map_stride: int = 16
-    # rounds 7-8 (docs/experiments/maps.md): the Dice term's share of the mask term (TrainConfig.mask_dice_share)
+    # the Dice term's share of the mask term (TrainConfig.mask_dice_share; research/maps/maps.md)
     mask_dice_share: float = 0.5
 
 
@@ -102,7 +102,7 @@ TAUGHT = ("Disease", "Joint", "NonHierarchical", "Hierarchical")  # the variants
 
 
 def taught_rows(n: int) -> np.ndarray:
-    """Rows of the masks data whose masks teach the maps (``bench/map_localisation.py``'s half A1)."""
+    """Rows of the masks data whose masks teach the maps (``research/maps/map_localisation.py``'s half A1)."""
     return np.sort(np.random.default_rng(TEACH_SEED).permutation(n)[: n // 4])
 
 

@@ -2,8 +2,8 @@
 
 Exact duplicates share their file's SHA-256. Near duplicates (a re-encoded, re-scaled or re-cropped copy of
 the same photograph) are pairs whose ImageNet EfficientNet-Lite0 embeddings (global average pooling of the
-final map, L2-normalised) lie within ``threshold`` squared distance. The default threshold was chosen on
-the ISIC 2017 training split by ``bench/duplicate_threshold.py`` (made copies against distinct images).
+final map, L2-normalised) lie within ``threshold`` squared distance. The default threshold is set on the
+ISIC 2017 training split, made copies against distinct images (``research/duplicates/duplicate_threshold.py``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from chaiderm._io import file_digest, write_text
 from chaiderm.data.records import ImageTable
 from chaiderm.index.faiss_index import exact_search
 
-# bench/duplicate_threshold.json, ISIC 2017 training images: at 0.14, 0.9% of images have a distinct nearest
-# image that close (some are real duplicates); it catches 98% of JPEG re-encodes, 63% of 90% re-crops and 2%
-# of half-size round trips, which move ImageNet features as far as another lesion does
+# On ISIC 2017 training images, 0.9% of images have a distinct nearest image within 0.14 (some are real
+# duplicates); it catches 98% of JPEG re-encodes, 63% of 90% re-crops and 2% of half-size round trips, which
+# move ImageNet features as far as another lesion does (research/duplicates/duplicate_threshold.json)
 DEFAULT_THRESHOLD = 0.14
 FEATURE_SIZE = 224
 

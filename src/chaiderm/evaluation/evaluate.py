@@ -102,7 +102,8 @@ def score_neighbours(
     query_groups: np.ndarray | None = None,
 ) -> dict:
     """The figures of ``chaiderm evaluate`` from neighbours already found; ``reproduce`` and
-    ``bench/external_select.py`` score through here too, so their figures and evaluate's are computed one way.
+    ``research/external/external_select.py`` score through here too, so their figures and evaluate's are
+    computed one way.
 
     ``rows[q]`` are archive rows nearest to query q, nearest first (``distances`` their squared
     distances, needed by ``vote="distance"``); ``classes`` defaults to the archive's diagnoses, most

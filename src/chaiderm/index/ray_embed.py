@@ -89,11 +89,11 @@ class _Embedder:
         import torch
 
         from chaiderm.models.embedding import load_model
-        from chaiderm.models.ensemble import member_threads
+        from chaiderm.models.ensemble import member_threads, set_member_threads
 
         torch.set_num_threads(threads)
         # an ensemble's members side by side only within this actor's share of the cores (its own process)
-        os.environ["CHAIDERM_MEMBER_THREADS"] = str(min(threads, member_threads()))
+        set_member_threads(min(threads, member_threads()))
         self.model, self.cfg = load_model(model_dir, fold=True)
         self.model.eval()
         self.views, self.store_maps, self.shard_dir = views, store_maps, Path(shard_dir)

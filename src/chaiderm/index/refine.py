@@ -12,7 +12,7 @@ from chaiderm.errors import DataError
 
 MAX_REGIONS = 8
 MAX_EXAMPLES = 40
-# Rocchio weights, chosen on the ISIC 2017 training split (bench/refine.py, `tune`), never on validation,
+# Rocchio weights, chosen on the ISIC 2017 training split (research/refine/refine.py, `tune`), never on validation,
 # among weights that leave the query its own weight (beta <= MAX_SIMILAR)
 ROCCHIO_SIMILAR = 0.5
 ROCCHIO_NOT_SIMILAR = 0.5

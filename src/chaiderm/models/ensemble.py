@@ -26,11 +26,27 @@ ENSEMBLE = "ensemble"  # ModelConfig.backbone of an ensemble; ModelConfig.member
 
 _POOL: tuple[tuple[int, int], ThreadPoolExecutor] | None = None  # ((pid, threads), pool)
 _POOL_LOCK = threading.Lock()
+_MEMBER_THREADS: int | None = None  # set_member_threads(); None: the operator's variable, else the cores
+
+
+def set_member_threads(n: int | None) -> int | None:
+    """Run at most ``n`` ensemble members at once in this process from now on (1: one after another);
+    ``None`` goes back to the default of :func:`member_threads`. For a process that owns only part of the
+    machine's cores (a Ray actor, one of several training processes side by side). Returns the previous
+    setting, so a caller can restore it."""
+    global _MEMBER_THREADS
+    if n is not None and n < 1:
+        raise ValueError(f"member threads: {n} (at least 1)")
+    previous, _MEMBER_THREADS = _MEMBER_THREADS, n
+    return previous
 
 
 def member_threads() -> int:
-    """How many members of an ensemble run at once when it answers queries: the cores this process may
-    use, at most 8. ``CHAIDERM_MEMBER_THREADS=1`` runs them one after another (as in training)."""
+    """How many members of an ensemble run at once when it answers queries: what
+    :func:`set_member_threads` set, else ``CHAIDERM_MEMBER_THREADS`` from the environment (an operator's
+    setting; 1 runs them one after another, as in training), else the cores this process may use, at most 8."""
+    if _MEMBER_THREADS is not None:
+        return _MEMBER_THREADS
     env = os.environ.get("CHAIDERM_MEMBER_THREADS", "").strip()
     if env:
         try:

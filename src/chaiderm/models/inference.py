@@ -45,7 +45,7 @@ def embed(
     """
     flips = check_views(views)
     device = next(model.parameters()).device
-    # small batches are fastest on a CPU (MEASURED.md); a GPU wants large ones
+    # small batches are fastest on a CPU (measured on 2 cores); a GPU wants large ones
     batch_size = batch_size or (64 if device.type == "cuda" else 8)
     # switching modes walks every submodule (about 35 ms a query for 8 members): only when needed
     was_training = model.training

@@ -33,14 +33,13 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    # Disease: the variant the cross-validation rounds never beat (docs/experiments/cross_validation.md).
-    # Eight members: the most whose query with 10 evidence pairs stays within 150 ms at the 95th
-    # percentile on 2 cores with the 1.7x run-to-run margin MEASURED.md reports (bench/results.json,
-    # ensemble_query: 84 ms; recipe rounds 3-4 in docs/experiments/recipe_rounds.md). Distance-weighted
-    # votes: +0.008 pooled AUC, 5 of 5 folds (bench/cv_round8.json). Not adopted: ISIC + ham10000_dev
-    # training (round 8), colour constancy / zoom for other clinics (bench/external_round1.json), test-time
-    # views (round 9).
-    # Chosen without the test split.
+    # Disease: no other variant beats it in cross-validation (research/cross_validation/). Eight members:
+    # the most whose query with 10 evidence pairs stays within 150 ms at the 95th percentile on 2 cores
+    # (84 ms, bench/results.json's ensemble_query) with a 1.7x margin for the run-to-run variation of shared
+    # 2-core machines (research/recipe_rounds/recipe_rounds.md). Distance-weighted votes: +0.008 pooled AUC,
+    # better in 5 of 5 folds (research/recipe_rounds/cv_round8.json). Left out because they do not beat it:
+    # ISIC + ham10000_dev training (cv_round8.json), test-time views (cv_round9.json), colour constancy or
+    # zoom for other clinics (research/external/external_round1.json). Chosen without the test split.
     "recommended": Recipe(
         name="recommended",
         logic="disease",

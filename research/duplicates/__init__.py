@@ -1,0 +1,1 @@
+"""Near-duplicate thresholds and train/test leakage."""

@@ -1,0 +1,1 @@
+"""Settings for images from other clinics (ham10000_dev), external rounds 1-3."""

@@ -1,0 +1,1 @@
+"""Folding batch norms into convolutions: does a query get faster?"""

@@ -1,0 +1,1 @@
+"""Evidence maps that find the lesion: map settings scored on lesion masks."""

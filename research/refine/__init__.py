@@ -1,0 +1,1 @@
+"""Search by region and refine by example: do they help?"""
