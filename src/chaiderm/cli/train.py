@@ -1,0 +1,366 @@
+"""`chaiderm train` and `chaiderm ensemble`: run folders from data, or from other run folders."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chaiderm.cli._common import _errors, _fail, _progress, _split_of, _warn, console
+from chaiderm.config import DEFAULT_VIEWS
+from chaiderm.errors import ChaidermError
+
+
+def _torchrun(nproc: int) -> int:
+    """``chaiderm train --nproc N ...`` is ``torchrun --nproc-per-node N -m chaiderm.train ...``."""
+    import subprocess
+
+    args, skip = [], False
+    for a in sys.argv[2:]:  # the options after `chaiderm train`, less --nproc
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "-m", "chaiderm.train"]
+    return subprocess.call([*cmd, *args])
+
+
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="trained run folders (two or more)")],
+    out: Annotated[Path, typer.Option(help="run folder to write: index, query, evaluate and serve use it")],
+    views: Annotated[str | None, typer.Option(help="test-time views (default: the first member's)")] = None,
+    vote: Annotated[
+        str | None,
+        typer.Option(help="uniform or distance (default: the members' shared vote, else uniform)"),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
+) -> None:
+    """Several trained embeddings as one model: their embeddings side by side, their maps stacked."""
+    from chaiderm.index.knn import VOTES
+    from chaiderm.models.ensemble import combine
+
+    if vote is not None and vote not in VOTES:
+        raise _fail(f"--vote: one of {', '.join(VOTES)}, not '{vote}'")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise _fail(f"{out}: exists; choose another --out or pass --force")
+    if views is not None:
+        from chaiderm.models.embedding import VIEWS
+
+        if views not in VIEWS:
+            raise _fail(f"--views: '{views}' is not one of {', '.join(VIEWS)}")
+    with _errors():
+        net, cfg = combine([str(r) for r in runs], out, views=views, vote=vote)
+    console.print(f"ensemble of {len(runs)} runs ({net.dim}-d embedding) written to {out}")
+
+
+
+def train_cmd(
+    data: Annotated[Path, typer.Option(help="ISIC 2017 folder or generic folder (labels.csv)")],
+    out: Annotated[Path, typer.Option(help="run folder to write")],
+    extra_data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="more labelled images to train on, e.g. ham10000_dev (repeatable; all of each folder, "
+            "diagnoses in the shared vocabulary); validation still comes from --data"
+        ),
+    ] = None,
+    logic: Annotated[
+        str | None, typer.Option(help="disease (the default), joint, hierarchical, nonhierarchical or classifier")
+    ] = None,
+    groups: Annotated[Path | None, typer.Option(help="groups CSV image_id,group[,disease]")] = None,
+    init: Annotated[Path | None, typer.Option(help="run folder to fine-tune from")] = None,
+    feedback: Annotated[Path | None, typer.Option(help="feedback database from `chaiderm serve`")] = None,
+    feedback_weight: float = 1.0,
+    mask_data: Annotated[
+        Path | None,
+        typer.Option(help="images with lesion masks (ham10000_dev layout): teach the evidence maps where lesions are"),
+    ] = None,
+    mask_weight: float = 3.0,
+    split: Annotated[str | None, typer.Option(help="training split (ISIC: train)")] = None,
+    val_data: Annotated[Path | None, typer.Option(help="validation data (default: same folder, split val)")] = None,
+    val_split: str | None = None,
+    backbone: str = "efficientnet_lite0",
+    weights: Annotated[Path | None, typer.Option(help="backbone weights file (e.g. AlexNet)")] = None,
+    pretrained: bool = True,
+    normalize: bool = False,
+    head: str = "conv",
+    image_size: int = 224,
+    load_size: int = 256,
+    freeze_stages: int | None = None,
+    views: Annotated[str, typer.Option(help="test-time views: none, flip, flip4")] = DEFAULT_VIEWS,
+    vote: Annotated[
+        str | None,
+        typer.Option(
+            help="how the k nearest cases vote in query, serve and evaluate: uniform (the default), or distance "
+            "(each weighed by 1 / squared distance)"
+        ),
+    ] = None,
+    colour: Annotated[
+        str | None,
+        typer.Option(help="colour normalisation of every input: none (the default), shades_of_gray (colour constancy)"),
+    ] = None,
+    colour_jitter: Annotated[
+        float | None,
+        typer.Option(help="random brightness/contrast/saturation factors in [1-x, 1+x] in training (default 0)"),
+    ] = None,
+    zoom: Annotated[
+        float | None,
+        typer.Option(help="training crops as small as image-size / zoom pixels, enlarged (1 to 4; default 1: none)"),
+    ] = None,
+    padding: Annotated[
+        str | None,
+        typer.Option(
+            help="conv padding: zeros (ImageNet's; the default), replicate or reflect (no padding imprint in the "
+            "maps; the default with --mask-data)"
+        ),
+    ] = None,
+    map_stride: Annotated[
+        int | None,
+        typer.Option(help="32, or 16 for evidence maps of twice the resolution (the default with --mask-data)"),
+    ] = None,
+    epochs: int = 3,
+    batch_size: int = 48,
+    m_per_class: int = 4,
+    protocol: Annotated[str, typer.Option(help="mined (in-batch) or random (paper: N triplets/epoch)")] = "mined",
+    triplets_per_epoch: int = 150_000,
+    optimizer: str = "adam",
+    lr_backbone: float = 1e-4,
+    lr_head: float = 1e-3,
+    lr_step: int = 0,
+    margin: float = 1.0,
+    reduction: str = "nonzero_mean",
+    ema_decay: Annotated[float, typer.Option(help="keep a moving average of the weights (0: off; e.g. 0.98)")] = 0.0,
+    seed: int = 0,
+    val_k: int = 10,
+    positive_class: str = "melanoma",
+    resume: Annotated[bool, typer.Option(help="continue a killed run from its last checkpoint")] = False,
+    force: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
+    skip_bad: Annotated[bool, typer.Option(help="skip unreadable images with a counted warning")] = False,
+    device: Annotated[str, typer.Option(help="where to compute: cpu, cuda, cuda:1 (not saved as a setting)")] = "cpu",
+    ensemble: Annotated[
+        int | None,
+        typer.Option(
+            help="train this many members (seeds seed, seed+1, ...) into OUT/members/ and write their "
+            "ensemble to OUT (chaiderm ensemble); default 1, a single model"
+        ),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="a named recipe: 'recommended' (the model we recommend, docs/accuracy.md) sets --logic, "
+            "--ensemble, --vote, --colour, --colour-jitter and --zoom; leave those out"
+        ),
+    ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="data-parallel processes on this machine (torchrun; gloo on CPU, nccl with --device cuda); "
+            "every batch is split between them and the loss sees the whole batch"
+        ),
+    ] = 1,
+) -> None:
+    """Train an embedding (triplet logics) or a multiclass classifier (BaselineFT)."""
+    from chaiderm.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from chaiderm.data.records import is_isic2017, load_table
+
+    if nproc < 1:
+        raise _fail(f"--nproc: must be at least 1, got {nproc}")
+    if ensemble is not None and ensemble < 1:
+        raise _fail(f"--ensemble: must be at least 1, got {ensemble}")
+    # options a recipe may set: None where the user left them out, so an explicit value is never overridden
+    given = {
+        "logic": logic,
+        "ensemble": ensemble,
+        "vote": vote,
+        "colour": colour,
+        "colour_jitter": colour_jitter,
+        "zoom": zoom,
+    }
+    m0, t0 = ModelConfig(), TrainConfig()  # their defaults, where neither the user nor a recipe sets them
+    settings = {
+        "logic": t0.logic,
+        "ensemble": 1,
+        "vote": m0.vote,
+        "colour": m0.colour,
+        "colour_jitter": t0.colour_jitter,
+        "zoom": t0.zoom,
+    }
+    if recipe is not None:
+        from chaiderm.training.recipes import get_recipe
+
+        try:
+            r = get_recipe(recipe)
+        except ValueError as e:
+            raise _fail(f"--recipe: {e}") from None
+        fixed = r.fixes()
+        if any(v is not None and v != fixed[k] for k, v in given.items()):
+            sets = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in fixed.items())
+            raise _fail(f"--recipe {r.name} sets {sets}; leave those out (every other setting is still yours)")
+        settings.update(fixed)
+    settings.update({k: v for k, v in given.items() if v is not None})
+    logic, ensemble, vote, colour, colour_jitter, zoom = (settings[k] for k in given)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_torchrun(nproc))
+
+    with _errors(skip_bad_hint=True):
+        from chaiderm.models.registry import check_backbone
+
+        check_backbone(backbone, pretrained=weights is None)  # before minutes of loading images
+        table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")), groups)
+        if extra_data:
+            from chaiderm.data.records import concat_tables
+
+            table = concat_tables(table, *(load_table(p, "train" if is_isic2017(p) else None) for p in extra_data))
+        val_table = None
+        vd = val_data or data
+        vs = val_split or ("val" if is_isic2017(vd) else _split_of(vd, "val"))
+        if val_data is not None or val_split is not None:
+            val_table = load_table(vd, vs, groups)  # asked for explicitly: a bad one is an error
+        elif vs is not None:
+            # found by convention (ISIC validation split, or a val/ sub-folder): train without if unreadable
+            try:
+                val_table = load_table(vd, vs, groups)
+            except ChaidermError as e:
+                _warn(f"no validation data ({e}); training without it")
+        cfg = RunConfig(
+            model=ModelConfig(
+                backbone=backbone,
+                pretrained=pretrained,
+                weights=str(weights) if weights else None,
+                head=head,
+                normalize=normalize,
+                image_size=image_size,
+                load_size=load_size,
+                freeze_stages=freeze_stages,
+                views=views,
+                vote=vote,
+                colour=colour,
+                padding=padding or ("replicate" if mask_data is not None else "zeros"),
+                map_stride=map_stride or (16 if mask_data is not None else 32),
+            ),
+            train=TrainConfig(
+                logic=logic,
+                epochs=epochs,
+                batch_size=batch_size,
+                m_per_class=m_per_class,
+                protocol=protocol,
+                triplets_per_epoch=triplets_per_epoch,
+                optimizer=optimizer,
+                lr_backbone=lr_backbone,
+                lr_head=lr_head,
+                lr_step=lr_step,
+                margin=margin,
+                reduction=reduction,
+                ema_decay=ema_decay,
+                colour_jitter=colour_jitter,
+                zoom=zoom,
+                seed=seed,
+                val_k=val_k,
+                positive_class=positive_class,
+                feedback_weight=feedback_weight,
+                mask_weight=mask_weight,
+                recipe=recipe or "",
+            ),
+            data=DataConfig(
+                train=str(data),
+                extra=[str(p) for p in extra_data or ()],
+                val=str(vd) if val_table is not None else None,
+                train_split=split,
+                val_split=vs,
+                groups=str(groups) if groups else None,
+                feedback=str(feedback) if feedback else None,
+            ),
+        )
+        fb = _read_feedback(feedback, table) if feedback is not None else None
+        masks = _read_masks(mask_data) if mask_data is not None else None
+        kw = dict(
+            val_table=val_table,
+            init=init,
+            resume=resume,
+            force=force,
+            skip_bad=skip_bad,
+            device=device,
+            feedback=fb,
+            masks=masks,
+        )
+        if ensemble > 1:
+            import copy
+
+            from chaiderm.models.ensemble import combine
+            from chaiderm.training.checkpoint import training_progress
+
+            members = []
+            for i in range(ensemble):
+                mcfg = copy.deepcopy(cfg)
+                mcfg.train.seed = seed + i
+                member = out / "members" / f"seed{seed + i}"
+                done = training_progress(member) if resume and member.exists() else None
+                if done is not None and done[0] >= done[1]:
+                    members.append(member)  # finished before the run was stopped
+                    continue
+                console.print(f"member {i + 1} of {ensemble} (seed {seed + i})")
+                result = _run_training(mcfg, table, member, **{**kw, "resume": resume and member.exists()})
+                members.append(member)
+            if int(os.environ.get("RANK", "0")) == 0:
+                net, _ = combine([str(m) for m in members], out)
+                console.print(f"ensemble of {ensemble} members ({net.dim}-d embedding) written to {out}")
+            return
+        result = _run_training(cfg, table, out, **kw)
+    if result.skipped:
+        _warn(f"skipped {len(result.skipped)} unreadable image(s), e.g. {result.skipped[0]}")
+    console.print(f"model written to {out} (best epoch {result.best_epoch})")
+
+
+def _read_masks(path: Path):
+    from chaiderm.data.records import read_folder
+    from chaiderm.errors import DataError
+
+    table = read_folder(path)
+    if not any(table.mask_paths):
+        raise DataError(path, "no lesion masks found (expected masks/<image_id>_segmentation.png beside images/)")
+    return table
+
+
+def _read_feedback(path: Path, table):
+    from chaiderm.data.feedback import TRAINING_ROLES, read_feedback_triplets
+
+    fb = read_feedback_triplets(path, set(table.image_ids))
+    console.print(
+        f"feedback: {len(fb.triplets)} triplet(s) from {len(fb.query_images)} quer(ies) judged by "
+        f"{'/'.join(TRAINING_ROLES)} users in {path}"
+    )
+    for n, why in (
+        (fb.purged_queries, "judged queries whose image the retention policy erased"),
+        (fb.other_roles, "clicks by users whose role does not train the model"),
+        (fb.unknown_ids, "clicks on images outside the training data"),
+    ):
+        if n:
+            console.print(f"note: {n} {why}: not used", highlight=False)
+    return fb
+
+
+
+def _run_training(cfg, table, out, **kw):
+    from chaiderm.training import train
+
+    with _progress() as p:
+        prep = p.add_task("loading images", total=len(table) + (len(kw.get("val_table") or [])), info="")
+        tasks: dict[int, int] = {}
+
+        def on_step(epoch: int, step: int, n: int, loss: float) -> None:
+            if epoch not in tasks:
+                tasks[epoch] = p.add_task(f"epoch {epoch + 1}/{cfg.train.epochs}", total=n, info="")
+            p.update(tasks[epoch], completed=step, info=f"loss {loss:.4f}")
+
+        def on_epoch(epoch: int, rec: dict) -> None:
+            shown = " ".join(f"{k[4:]} {rec[k]:.3f}" for k in ("val_auc", "val_rel") if k in rec)
+            shown += f" {rec['images_per_s']:.0f} img/s"
+            if epoch in tasks:
+                p.update(tasks[epoch], info=shown)
+
+        return train(cfg, table, out, on_step=on_step, on_epoch=on_epoch, on_prepare=lambda: p.advance(prep), **kw)
