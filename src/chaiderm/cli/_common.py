@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 from rich.console import Console
@@ -11,6 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from chaiderm.errors import ChaidermError
+
+C = TypeVar("C")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evidence-based melanoma classification (CHAI).")
 # no markup: paths and error texts printed here are data, and "[/x]" in one would raise mid-command
@@ -60,5 +65,29 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _split_of(path: Path, split: str) -> str | None:
-    return split if (path / split).is_dir() else None
+SERVER_DB = Path("chaiderm-feedback.db")  # `serve --db`'s default, where `archive` looks for it
+TRAIN, VAL, TEST = "train", "val", "test"  # the splits commands read where none is named
+
+
+def default_split(path: Path, split: str | None, role: str = TRAIN) -> str | None:
+    """The split of ``path`` a command reads: ``split`` where given; else ``role`` where the data has one
+    (an ISIC 2017 folder, or a generic folder with a ``role`` sub-folder); else None, the whole folder."""
+    from chaiderm.data.records import is_isic2017
+
+    if split:
+        return split
+    return role if is_isic2017(path) or (path / role).is_dir() else None
+
+
+def flag_of(setting: str) -> str:
+    """The option that sets a setting: ``--image-size`` for ``image_size``."""
+    return "--" + setting.replace("_", "-")
+
+
+def config_from_options(kind: type[C], options: Mapping[str, object]) -> C:
+    """A ``ModelConfig`` or ``TrainConfig`` from a command's options: the one place the CLI maps flags to
+    settings. An option named after a field sets it (``flag_of``); one left out (None) keeps the field's
+    default; paths are stored as text. A new setting is a field and an option of its name, nothing else."""
+    names = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k in names and v is not None}
+    return kind(**values)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from chaiderm.cli._common import _errors, _progress, _split_of, console
+from chaiderm.cli._common import SERVER_DB, _errors, _progress, console, default_split
 from chaiderm.errors import ChaidermError
 
 archive_app = typer.Typer(no_args_is_help=True, help="Grow, shrink and inspect an index without rebuilding it.")
@@ -55,7 +55,6 @@ def archive_list_cmd(index: Annotated[Path, typer.Option(help="index folder")]) 
 
 # `archive add/remove` wait this long for another writer of the index (a server's add, another command)
 ARCHIVE_WAIT_S = 120.0
-SERVER_DB = Path("chaiderm-feedback.db")  # `serve --db`'s default
 ArchiveDb = Annotated[
     Path | None,
     typer.Option(
@@ -127,7 +126,7 @@ def archive_add_cmd(
 ) -> None:
     """Embed only the cases the index lacks and add them; ids, files and images already there are skipped.
     Waits for another writer of the index (a server's add) to finish first."""
-    from chaiderm.data.records import is_isic2017, load_table
+    from chaiderm.data.records import load_table
     from chaiderm.index.lock import open_for_writing
     from chaiderm.pipeline import add_to_index
 
@@ -136,7 +135,7 @@ def archive_add_cmd(
         try:
             with open_for_writing(index, ARCHIVE_WAIT_S) as loaded:
                 ix, net, cfg = _index_model(index, model, loaded)
-                table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")), groups)
+                table = load_table(data, default_split(data, split), groups)
                 with _progress() as p:
                     task = p.add_task("embedding new cases", total=2 * len(table), info="")
                     new, messages = add_to_index(

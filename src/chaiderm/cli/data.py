@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chaiderm.cli._common import _errors, _progress, _split_of, console
+from chaiderm.cli._common import _errors, _progress, console, default_split
 
 groups_app = typer.Typer(no_args_is_help=True, help="Make similarity-group CSVs for training.")
 
@@ -89,11 +89,11 @@ def annotate(
     """A page for sorting images into visual-similarity groups; writes `chaiderm train --groups` CSVs."""
     import uvicorn
 
-    from chaiderm.data.records import is_isic2017, load_table
+    from chaiderm.data.records import load_table
     from chaiderm.web.annotate import create_annotate_app
 
     with _errors():
-        table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")))
+        table = load_table(data, default_split(data, split))
         application = create_annotate_app(table, out, mode=mode)
         console.print(f"annotator on http://{host}:{port}/ ({len(table)} images, saving to {out})")
         uvicorn.run(application, host=host, port=port, log_level="warning")
@@ -120,10 +120,10 @@ def groups_enhance(
     groups_blind_heldout.csv (the other rated images, for REL only), plus groups_info.json.
     """
     from chaiderm.data.enhance import GROUP_FILES, enhance_groups, read_enhance, write_group_files
-    from chaiderm.data.records import is_isic2017, load_table
+    from chaiderm.data.records import load_table
 
     with _errors():
-        table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")))
+        table = load_table(data, default_split(data, split))
         ratings = read_enhance(enhance)
         per = {"melanoma": melanoma_groups, "seborrheic_keratosis": sk_groups, "nevus": nevus_groups}
         parts = enhance_groups(
@@ -170,10 +170,10 @@ def groups_proxy(
     """PROXY groups computed from the images (size, colour, border, texture), for data without annotations."""
     from chaiderm.data.enhance import GROUP_FILES, write_group_files
     from chaiderm.data.proxy import DESCRIPTORS, proxy_groups
-    from chaiderm.data.records import is_isic2017, load_table
+    from chaiderm.data.records import load_table
 
     with _errors():
-        table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")))
+        table = load_table(data, default_split(data, split))
         per = {"melanoma": melanoma_groups, "seborrheic_keratosis": sk_groups, "nevus": nevus_groups}
         parts = proxy_groups(
             table.paths,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chaiderm.cli._common import _errors, _fail, _progress, _split_of, _warn, console
+from chaiderm.cli._common import _errors, _fail, _progress, _warn, console, default_split
 
 
 def index_cmd(
@@ -45,7 +45,7 @@ def index_cmd(
     ] = None,
 ) -> None:
     """Embed an archive and build its search index."""
-    from chaiderm.data.records import is_isic2017, load_table
+    from chaiderm.data.records import load_table
     from chaiderm.index.faiss_index import INDEX_TYPES
     from chaiderm.index.ondisk import KIND as ONDISK
     from chaiderm.models.embedding import load_model
@@ -72,7 +72,7 @@ def index_cmd(
             _warn(f"{msg}; indexing it as it is (--allow-incomplete)")
         if views is not None:
             cfg.model.views = views  # recorded in the index; queries follow it
-        table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")), groups)
+        table = load_table(data, default_split(data, split), groups)
         with _progress() as p:
             task = p.add_task("indexing", total=2 * len(table), info="")
             index, errors = build_index(

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from chaiderm.cli._common import _errors, _fail, _split_of, _warn, console
+from chaiderm.cli._common import TEST, _errors, _fail, _warn, console, default_split
 from chaiderm.errors import ChaidermError
 
 
@@ -199,7 +199,7 @@ def evaluate(
     """Measure a model and its archive on a labelled split: kNN AUC@k per diagnosis with 95% intervals, the
     vote's balanced accuracy, REL@k where the data has groups. A query never votes for itself or its lesion."""
     from chaiderm._io import write_json
-    from chaiderm.data.records import is_isic2017, load_table
+    from chaiderm.data.records import load_table
     from chaiderm.evaluation.evaluate import evaluate_index
     from chaiderm.index.knn import VOTES
     from chaiderm.pipeline import Predictor
@@ -211,7 +211,7 @@ def evaluate(
     with _errors():
         predictor = Predictor.load(model, index)
         vote = vote or predictor.vote
-        table = load_table(data, split or ("test" if is_isic2017(data) else _split_of(data, "test")))
+        table = load_table(data, default_split(data, split, TEST))
         try:
             res = evaluate_index(predictor, table, n_boot=n_boot, vote=vote)
         except ValueError as e:

@@ -8,15 +8,13 @@ from typing import Annotated
 
 import typer
 
-from chaiderm.cli._common import _errors, _fail, _warn, console
+from chaiderm.cli._common import SERVER_DB, _errors, _fail, _warn, console
 
 
 def serve(
     model: Annotated[Path, typer.Option(help="trained run folder")],
     index: Annotated[Path, typer.Option(help="index folder")],
-    db: Annotated[Path, typer.Option(help="SQLite file for queries, feedback, sessions and the audit log")] = Path(
-        "chaiderm-feedback.db"
-    ),
+    db: Annotated[Path, typer.Option(help="SQLite file for queries, feedback, sessions and the audit log")] = SERVER_DB,
     host: Annotated[str, typer.Option(help="bind address (loopback unless told otherwise)")] = "127.0.0.1",
     port: int = 8000,
     max_upload_mb: int = 20,

@@ -9,7 +9,17 @@ from typing import Annotated
 
 import typer
 
-from chaiderm.cli._common import _errors, _fail, _progress, _split_of, _warn, console
+from chaiderm.cli._common import (
+    VAL,
+    _errors,
+    _fail,
+    _progress,
+    _warn,
+    config_from_options,
+    console,
+    default_split,
+    flag_of,
+)
 from chaiderm.config import DEFAULT_VIEWS
 from chaiderm.errors import ChaidermError
 
@@ -58,8 +68,8 @@ def ensemble(
     console.print(f"ensemble of {len(runs)} runs ({net.dim}-d embedding) written to {out}")
 
 
-
 def train_cmd(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Option(help="ISIC 2017 folder or generic folder (labels.csv)")],
     out: Annotated[Path, typer.Option(help="run folder to write")],
     extra_data: Annotated[
@@ -166,44 +176,25 @@ def train_cmd(
 ) -> None:
     """Train an embedding (triplet logics) or a multiclass classifier (BaselineFT)."""
     from chaiderm.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from chaiderm.data.records import is_isic2017, load_table
+    from chaiderm.data.records import load_table
+    from chaiderm.training.recipes import RecipeConflictError, resolve
 
     if nproc < 1:
         raise _fail(f"--nproc: must be at least 1, got {nproc}")
     if ensemble is not None and ensemble < 1:
         raise _fail(f"--ensemble: must be at least 1, got {ensemble}")
-    # options a recipe may set: None where the user left them out, so an explicit value is never overridden
-    given = {
-        "logic": logic,
-        "ensemble": ensemble,
-        "vote": vote,
-        "colour": colour,
-        "colour_jitter": colour_jitter,
-        "zoom": zoom,
-    }
-    m0, t0 = ModelConfig(), TrainConfig()  # their defaults, where neither the user nor a recipe sets them
-    settings = {
-        "logic": t0.logic,
-        "ensemble": 1,
-        "vote": m0.vote,
-        "colour": m0.colour,
-        "colour_jitter": t0.colour_jitter,
-        "zoom": t0.zoom,
-    }
-    if recipe is not None:
-        from chaiderm.training.recipes import get_recipe
-
-        try:
-            r = get_recipe(recipe)
-        except ValueError as e:
-            raise _fail(f"--recipe: {e}") from None
-        fixed = r.fixes()
-        if any(v is not None and v != fixed[k] for k, v in given.items()):
-            sets = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in fixed.items())
-            raise _fail(f"--recipe {r.name} sets {sets}; leave those out (every other setting is still yours)")
-        settings.update(fixed)
-    settings.update({k: v for k, v in given.items() if v is not None})
-    logic, ensemble, vote, colour, colour_jitter, zoom = (settings[k] for k in given)
+    try:  # the settings a recipe fixes, None where neither the user nor a recipe sets them
+        options = resolve(recipe, ctx.params)
+    except RecipeConflictError as e:
+        sets = ", ".join(f"{flag_of(k)} {v}" for k, v in e.recipe.fixes().items())
+        raise _fail(
+            f"--recipe {e.recipe.name} sets {sets}; leave those out (every other setting is still yours)"
+        ) from None
+    except ValueError as e:
+        raise _fail(f"--recipe: {e}") from None
+    if mask_data is not None:  # maps taught where lesions are: finer, with no padding imprint, unless told
+        options["padding"] = padding or "replicate"
+        options["map_stride"] = map_stride or 16
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_torchrun(nproc))
 
@@ -211,14 +202,14 @@ def train_cmd(
         from chaiderm.models.registry import check_backbone
 
         check_backbone(backbone, pretrained=weights is None)  # before minutes of loading images
-        table = load_table(data, split or ("train" if is_isic2017(data) else _split_of(data, "train")), groups)
+        table = load_table(data, default_split(data, split), groups)
         if extra_data:
-            from chaiderm.data.records import concat_tables
+            from chaiderm.data.records import concat_tables, is_isic2017
 
             table = concat_tables(table, *(load_table(p, "train" if is_isic2017(p) else None) for p in extra_data))
         val_table = None
         vd = val_data or data
-        vs = val_split or ("val" if is_isic2017(vd) else _split_of(vd, "val"))
+        vs = default_split(vd, val_split, VAL)
         if val_data is not None or val_split is not None:
             val_table = load_table(vd, vs, groups)  # asked for explicitly: a bad one is an error
         elif vs is not None:
@@ -228,44 +219,8 @@ def train_cmd(
             except ChaidermError as e:
                 _warn(f"no validation data ({e}); training without it")
         cfg = RunConfig(
-            model=ModelConfig(
-                backbone=backbone,
-                pretrained=pretrained,
-                weights=str(weights) if weights else None,
-                head=head,
-                normalize=normalize,
-                image_size=image_size,
-                load_size=load_size,
-                freeze_stages=freeze_stages,
-                views=views,
-                vote=vote,
-                colour=colour,
-                padding=padding or ("replicate" if mask_data is not None else "zeros"),
-                map_stride=map_stride or (16 if mask_data is not None else 32),
-            ),
-            train=TrainConfig(
-                logic=logic,
-                epochs=epochs,
-                batch_size=batch_size,
-                m_per_class=m_per_class,
-                protocol=protocol,
-                triplets_per_epoch=triplets_per_epoch,
-                optimizer=optimizer,
-                lr_backbone=lr_backbone,
-                lr_head=lr_head,
-                lr_step=lr_step,
-                margin=margin,
-                reduction=reduction,
-                ema_decay=ema_decay,
-                colour_jitter=colour_jitter,
-                zoom=zoom,
-                seed=seed,
-                val_k=val_k,
-                positive_class=positive_class,
-                feedback_weight=feedback_weight,
-                mask_weight=mask_weight,
-                recipe=recipe or "",
-            ),
+            model=config_from_options(ModelConfig, options),
+            train=config_from_options(TrainConfig, options),
             data=DataConfig(
                 train=str(data),
                 extra=[str(p) for p in extra_data or ()],
@@ -276,8 +231,6 @@ def train_cmd(
                 feedback=str(feedback) if feedback else None,
             ),
         )
-        fb = _read_feedback(feedback, table) if feedback is not None else None
-        masks = _read_masks(mask_data) if mask_data is not None else None
         kw = dict(
             val_table=val_table,
             init=init,
@@ -285,35 +238,23 @@ def train_cmd(
             force=force,
             skip_bad=skip_bad,
             device=device,
-            feedback=fb,
-            masks=masks,
+            feedback=_read_feedback(feedback, table) if feedback is not None else None,
+            masks=_read_masks(mask_data) if mask_data is not None else None,
         )
-        if ensemble > 1:
-            import copy
+        members = options["ensemble"] or 1
+        if members > 1:
+            from chaiderm.training.ensemble import train_ensemble
 
-            from chaiderm.models.ensemble import combine
-            from chaiderm.training.checkpoint import training_progress
-
-            members = []
-            for i in range(ensemble):
-                mcfg = copy.deepcopy(cfg)
-                mcfg.train.seed = seed + i
-                member = out / "members" / f"seed{seed + i}"
-                done = training_progress(member) if resume and member.exists() else None
-                if done is not None and done[0] >= done[1]:
-                    members.append(member)  # finished before the run was stopped
-                    continue
-                console.print(f"member {i + 1} of {ensemble} (seed {seed + i})")
-                result = _run_training(mcfg, table, member, **{**kw, "resume": resume and member.exists()})
-                members.append(member)
-            if int(os.environ.get("RANK", "0")) == 0:
-                net, _ = combine([str(m) for m in members], out)
-                console.print(f"ensemble of {ensemble} members ({net.dim}-d embedding) written to {out}")
-            return
-        result = _run_training(cfg, table, out, **kw)
+            result = train_ensemble(cfg, table, out, members, trainer=_run_training, log=console.print, **kw)
+            # written by the first of torchrun's processes only
+            done = f"ensemble of {members} members ({result.dim}-d embedding) written to {out}" if result.dim else ""
+        else:
+            result = _run_training(cfg, table, out, **kw)
+            done = f"model written to {out} (best epoch {result.best_epoch})"
     if result.skipped:
         _warn(f"skipped {len(result.skipped)} unreadable image(s), e.g. {result.skipped[0]}")
-    console.print(f"model written to {out} (best epoch {result.best_epoch})")
+    if done:
+        console.print(done)
 
 
 def _read_masks(path: Path):
@@ -342,7 +283,6 @@ def _read_feedback(path: Path, table):
         if n:
             console.print(f"note: {n} {why}: not used", highlight=False)
     return fb
-
 
 
 def _run_training(cfg, table, out, **kw):
