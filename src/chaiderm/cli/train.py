@@ -24,22 +24,6 @@ from chaiderm.config import DEFAULT_VIEWS
 from chaiderm.errors import ChaidermError
 
 
-def _torchrun(nproc: int) -> int:
-    """``chaiderm train --nproc N ...`` is ``torchrun --nproc-per-node N -m chaiderm.train ...``."""
-    import subprocess
-
-    args, skip = [], False
-    for a in sys.argv[2:]:  # the options after `chaiderm train`, less --nproc
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "-m", "chaiderm.train"]
-    return subprocess.call([*cmd, *args])
-
-
 def ensemble(
     runs: Annotated[list[Path], typer.Argument(help="trained run folders (two or more)")],
     out: Annotated[Path, typer.Option(help="run folder to write: index, query, evaluate and serve use it")],
@@ -196,7 +180,9 @@ def train_cmd(
         options["padding"] = padding or "replicate"
         options["map_stride"] = map_stride or 16
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        raise typer.Exit(_torchrun(nproc))
+        from chaiderm.train import relaunch
+
+        raise typer.Exit(relaunch(nproc, sys.argv[2:]))  # the options after `chaiderm train`
 
     with _errors(skip_bad_hint=True):
         from chaiderm.models.registry import check_backbone
@@ -207,17 +193,8 @@ def train_cmd(
             from chaiderm.data.records import concat_tables, is_isic2017
 
             table = concat_tables(table, *(load_table(p, "train" if is_isic2017(p) else None) for p in extra_data))
-        val_table = None
-        vd = val_data or data
-        vs = default_split(vd, val_split, VAL)
-        if val_data is not None or val_split is not None:
-            val_table = load_table(vd, vs, groups)  # asked for explicitly: a bad one is an error
-        elif vs is not None:
-            # found by convention (ISIC validation split, or a val/ sub-folder): train without if unreadable
-            try:
-                val_table = load_table(vd, vs, groups)
-            except ChaidermError as e:
-                _warn(f"no validation data ({e}); training without it")
+        vd, vs = val_data or data, default_split(val_data or data, val_split, VAL)
+        val_table = _validation(vd, vs, groups, asked=val_data is not None or val_split is not None)
         cfg = RunConfig(
             model=config_from_options(ModelConfig, options),
             train=config_from_options(TrainConfig, options),
@@ -255,6 +232,20 @@ def train_cmd(
         _warn(f"skipped {len(result.skipped)} unreadable image(s), e.g. {result.skipped[0]}")
     if done:
         console.print(done)
+
+
+def _validation(data: Path, split: str | None, groups: Path | None, asked: bool):
+    from chaiderm.data.records import load_table
+
+    if asked:  # a bad one is an error
+        return load_table(data, split, groups)
+    if split is None:
+        return None
+    try:  # found by convention (ISIC validation split, or a val/ sub-folder): train without if unreadable
+        return load_table(data, split, groups)
+    except ChaidermError as e:
+        _warn(f"no validation data ({e}); training without it")
+        return None
 
 
 def _read_masks(path: Path):
