@@ -145,7 +145,7 @@ def test_a_writer_that_waits_too_long_changes_nothing(server, synth_dir, tmp_pat
     from chaiderm.index.lock import writer_lock
 
     monkeypatch.setattr(viewer, "WRITER_WAIT_S", 0.3)
-    monkeypatch.setattr(cli, "ARCHIVE_WAIT_S", 0.3)
+    monkeypatch.setattr(cli.archive, "ARCHIVE_WAIT_S", 0.3)
     data = _split(synth_dir, tmp_path / "new", ["SYN_train_00100"])
     before = {p.name: p.read_bytes() for p in server.ix.iterdir()}
     with writer_lock(server.ix, 0):  # another writer holds the index

@@ -103,7 +103,7 @@ def test_the_csv_is_written_as_answers_come_and_a_rerun_resumes(served, synth_di
     # a run stopped (Ctrl-C) after its first batch keeps that batch's rows, each whole
     from chaiderm.data import images
 
-    monkeypatch.setattr(cli, "QUERY_CHUNK", 4, raising=False)
+    monkeypatch.setattr(cli.query, "QUERY_CHUNK", 4)
     real = images.load_image
     calls = []
 

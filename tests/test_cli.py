@@ -1,4 +1,6 @@
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -637,3 +639,21 @@ def test_hostile_cli_arguments_are_one_line_and_the_port_announced_is_the_port_l
     for bad in ("nan", "-1"):
         r = runner.invoke(app, ["purge", "--db", str(db), "--older-than", bad])
         assert r.exit_code == 2 and "--older-than must be 0 or more days" in r.output, r.output
+
+
+def test_train_options_set_the_settings_they_are_named_after():
+    from chaiderm.cli._common import config_from_options, flag_of
+    from chaiderm.config import ModelConfig, TrainConfig
+
+    options = {"lr_step": 2, "weights": Path("w.pt"), "logic": None, "data": Path("x"), "ensemble": 3}
+    assert config_from_options(TrainConfig, options) == TrainConfig(lr_step=2)  # None: the default
+    assert config_from_options(ModelConfig, options) == ModelConfig(weights="w.pt")
+    assert flag_of("colour_jitter") == "--colour-jitter"
+    # every other option of `chaiderm train` says where data comes from or how this run goes, none a setting
+    import typer
+
+    train = typer.main.get_command(app).commands["train"]
+    settings = {f.name for kind in (ModelConfig, TrainConfig) for f in dataclasses.fields(kind)}
+    others = {p.name for p in train.params} - settings
+    assert others == {"data", "out", "extra_data", "groups", "init", "feedback", "mask_data", "split", "val_data",
+                      "val_split", "resume", "force", "skip_bad", "device", "ensemble", "nproc"}  # fmt: skip

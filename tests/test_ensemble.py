@@ -316,3 +316,44 @@ def test_a_slow_query_is_answered_with_what_would_be_faster(tmp_path):
     assert f"chaiderm ensemble {run / 'members' / 'seed3'} {run / 'members' / 'seed4'} ..." in named
     single = query_cost_warning(QUERY_BUDGET_MS + 30, nn.Identity(), run)
     assert "members" not in single and "slower" in single
+
+
+def _with_a_broken_image(synth_dir, folder, n=40):
+    """A generic folder of ``n`` synthetic training images and one file that is not an image."""
+    import shutil
+
+    rows = (synth_dir / "train" / "labels.csv").read_text().splitlines()
+    (folder / "images").mkdir(parents=True)
+    for row in rows[1 : n + 1]:
+        image_id = row.split(",")[0]
+        shutil.copy(synth_dir / "train" / "images" / f"{image_id}.png", folder / "images")
+    (folder / "images" / "BROKEN.png").write_bytes(b"\x89PNG not really")
+    (folder / "labels.csv").write_text("\n".join([*rows[: n + 1], "BROKEN,nevus,nevus/x"]) + "\n")
+    return folder
+
+
+def test_train_ensemble_returns_every_members_skipped_images_and_leaves_its_config(tmp_path, synth_dir):
+    from chaiderm.data.records import load_table
+    from chaiderm.training.ensemble import train_ensemble
+
+    table = load_table(_with_a_broken_image(synth_dir, tmp_path / "data"))
+    cfg = tiny_cfg(epochs=1, seed=5)
+    logged = []
+    res = train_ensemble(cfg, table, tmp_path / "ens", 2, skip_bad=True, log=logged.append)
+    assert len(res.trained) == 2 and all(len(r.skipped) == 1 for r in res.trained)
+    assert len(res.skipped) == 1 and "BROKEN.png" in res.skipped[0]
+    assert res.members == [tmp_path / "ens" / "members" / s for s in ("seed5", "seed6")] and res.dim == 128
+    assert logged == ["member 1 of 2 (seed 5)", "member 2 of 2 (seed 6)"] and cfg.train.seed == 5
+    again = train_ensemble(cfg, table, tmp_path / "ens", 2, resume=True, skip_bad=True)
+    assert again.trained == [] and again.skipped == []  # finished members are combined, not retrained
+
+
+def test_train_skip_bad_with_an_ensemble_reports_the_skipped_images(tmp_path, synth_dir):
+    data = _with_a_broken_image(synth_dir, tmp_path / "data")
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "ens"), "--backbone", "tiny", "--no-pretrained",
+            "--image-size", "64", "--load-size", "72", "--epochs", "1", "--ensemble", "2", "--skip-bad"]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0 and "ensemble of 2 members" in r.output, r.output
+    said = " ".join(r.output.split())  # the console wraps long lines, paths anywhere
+    assert "warning: skipped 1 unreadable image(s), e.g." in said, r.output
+    assert "BROKEN.png" in r.output.replace("\n", ""), r.output

@@ -10,6 +10,23 @@ import os
 import sys
 
 
+def relaunch(nproc: int, args: list[str]) -> int:
+    """``chaiderm train --nproc N ARGS`` as ``torchrun --nproc-per-node N -m chaiderm.train ARGS``; ``args``
+    are ``chaiderm train``'s options as typed (``--nproc`` is dropped). Returns torchrun's exit status."""
+    import subprocess
+
+    kept, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            kept.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "-m", "chaiderm.train"]
+    return subprocess.call([*cmd, *kept])
+
+
 def main() -> None:
     from chaiderm import cli
 

@@ -7,6 +7,7 @@ stays the user's to change. The evidence behind a recipe and what it reached are
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -54,3 +55,29 @@ def get_recipe(name: str) -> Recipe:
         return RECIPES[name]
     except KeyError:
         raise ValueError(f"unknown recipe '{name}'; known: {', '.join(RECIPES)}") from None
+
+
+class RecipeConflictError(ValueError):
+    """Settings a user gave that the recipe fixes to other values (``settings``: their names)."""
+
+    def __init__(self, recipe: Recipe, settings: list[str]):
+        self.recipe, self.settings = recipe, settings
+        fixed = ", ".join(f"{k} {v}" for k, v in recipe.fixes().items())
+        super().__init__(f"recipe {recipe.name} sets {fixed}; leave {', '.join(settings)} out")
+
+
+def resolve(recipe: str | None, given: Mapping[str, object | None]) -> dict[str, object | None]:
+    """The settings a training run uses: ``given`` (None where the user left a setting out) with the named
+    recipe's fixed settings filled in. A recipe never silently replaces a value the user gave: one that
+    differs from the recipe's raises ``RecipeConflictError``; an unknown recipe, ``ValueError``. Settings
+    that are still None keep their defaults (``TrainConfig`` / ``ModelConfig``; one member)."""
+    settings = dict(given)
+    if recipe is None:
+        return settings
+    r = get_recipe(recipe)
+    fixed = r.fixes()
+    clashes = [k for k, v in fixed.items() if settings.get(k) is not None and settings[k] != v]
+    if clashes:
+        raise RecipeConflictError(r, clashes)
+    settings.update(fixed)
+    return settings

@@ -1,0 +1,99 @@
+"""`chaiderm index`: embed an archive and build its search index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chaiderm.cli._common import _errors, _fail, _progress, _warn, console, default_split
+
+
+def index_cmd(
+    model: Annotated[Path, typer.Option(help="trained run folder")],
+    data: Annotated[Path, typer.Option(help="archive images (ISIC 2017 folder or generic folder)")],
+    out: Annotated[Path, typer.Option(help="index folder to write")],
+    split: Annotated[str | None, typer.Option(help="ISIC split (default train)")] = None,
+    groups: Path | None = None,
+    kind: Annotated[
+        str, typer.Option(help="flat (exact), ivf or hnsw (approximate), ivf_ondisk (larger than memory)")
+    ] = "flat",
+    nlist: int | None = None,
+    nprobe: Annotated[
+        int | None, typer.Option(help="lists searched per query (ivf: 128; ivf_ondisk: a 32nd of them, at least 64)")
+    ] = None,
+    store_maps: Annotated[bool, typer.Option(help="keep archive evidence maps for fast QAM/RAM")] = True,
+    skip_bad: bool = False,
+    views: Annotated[
+        str | None, typer.Option(help="test-time views (none, flip, flip4); default: the model's setting")
+    ] = None,
+    allow_incomplete: Annotated[
+        bool, typer.Option(help="index a model whose training stopped before its last epoch")
+    ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="embed on a Ray cluster: its address (e.g. ray://head:10001), or local for one on this machine "
+            "(needs pip install -e '.[distributed]')"
+        ),
+    ] = None,
+    ray_workers: Annotated[int | None, typer.Option(help="with --ray: embedding actors (default: the CPUs)")] = None,
+    ray_shards: Annotated[
+        Path | None,
+        typer.Option(help="with --ray: a folder every worker can write (shared storage on a real cluster); kept"),
+    ] = None,
+) -> None:
+    """Embed an archive and build its search index."""
+    from chaiderm.data.records import load_table
+    from chaiderm.index.faiss_index import INDEX_TYPES
+    from chaiderm.index.ondisk import KIND as ONDISK
+    from chaiderm.models.embedding import load_model
+    from chaiderm.pipeline import build_index
+    from chaiderm.training.checkpoint import training_progress
+
+    kinds = (*INDEX_TYPES, ONDISK)
+    if kind not in kinds:
+        raise _fail(f"--kind: unknown index type '{kind}'; use one of {', '.join(kinds)}")
+    if ray_workers is not None and (ray is None or ray_workers < 1):
+        raise _fail("--ray-workers: needs --ray and at least 1 worker")
+    if ray_shards is not None and ray is None:
+        raise _fail("--ray-shards: needs --ray")
+    with _errors(skip_bad_hint=True):
+        net, cfg = load_model(model, fold=True)
+        progress = training_progress(model)
+        if progress is not None and progress[0] < progress[1]:
+            msg = (
+                f"{model}: training stopped after epoch {progress[0]} of {progress[1]} (killed or failed?); "
+                f"finish it with `chaiderm train ... --resume`"
+            )
+            if not allow_incomplete:
+                raise _fail(msg + ", or index it as it is with --allow-incomplete")
+            _warn(f"{msg}; indexing it as it is (--allow-incomplete)")
+        if views is not None:
+            cfg.model.views = views  # recorded in the index; queries follow it
+        table = load_table(data, default_split(data, split), groups)
+        with _progress() as p:
+            task = p.add_task("indexing", total=2 * len(table), info="")
+            index, errors = build_index(
+                net,
+                cfg,
+                table,
+                model_dir=model,
+                kind=kind,
+                store_maps=store_maps,
+                skip_bad=skip_bad,
+                progress=lambda n: p.advance(task, max(n, 1)),
+                ray=ray,
+                ray_workers=ray_workers,
+                ray_shards=ray_shards,
+                **(
+                    {"nlist": nlist, "nprobe": nprobe or (128 if kind == "ivf" else None)}
+                    if kind in ("ivf", ONDISK)
+                    else {}
+                ),
+            )
+        index.save(out)
+    if errors:
+        _warn(f"skipped {len(errors)} unreadable image(s), e.g. {errors[0]}")
+    console.print(f"indexed {len(index)} images into {out}")

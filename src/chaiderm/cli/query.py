@@ -1,0 +1,242 @@
+"""`chaiderm query` and `chaiderm evaluate`: a model and its archive answering images."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from chaiderm.cli._common import TEST, _errors, _fail, _warn, console, default_split
+from chaiderm.errors import ChaidermError
+
+
+def query(
+    images: Annotated[list[Path], typer.Argument(help="query image files")],
+    model: Annotated[Path, typer.Option(help="trained run folder")],
+    index: Annotated[Path, typer.Option(help="index folder")],
+    out: Annotated[Path, typer.Option(help="report folder")] = Path("chaiderm-query"),
+    k: int = 10,
+    where: Annotated[
+        str | None, typer.Option(help='only archive cases that pass, e.g. "sex = female and age >= 50"')
+    ] = None,
+    csv: Annotated[
+        Path | None,
+        typer.Option(
+            help="also write the predictions in the ISIC challenge's task 3 CSV layout, a row as each image is "
+            "answered; an existing file of the same layout is resumed (its images are not answered again)"
+        ),
+    ] = None,
+    csv_format: Annotated[str, typer.Option(help="isic2019 (MEL ... SCC, UNK) or isic2018 (MEL ... VASC)")] = (
+        "isic2019"
+    ),
+    region: Annotated[
+        str | None,
+        typer.Option(help="search by the part of the image inside x0,y0,x1,y1 (pixels of the image; ';' for more)"),
+    ] = None,
+    reports: Annotated[
+        str | None,
+        typer.Option(
+            help="per-image reports in --out: html (the evidence page, its JSON and images: about 3 MB with an "
+            "ensemble), json (the vote and neighbours only, a few kB) or none. Default: html, or none with --csv"
+        ),
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option(help="skip unreadable images with a warning naming each (no CSV row, no report)")
+    ] = False,
+) -> None:
+    """Classify images by kNN vote, print each answer, and write evidence reports and/or a predictions CSV.
+
+    Images are embedded in batches and answered as they come. Without --csv each image gets an HTML evidence
+    report (--reports html); with --csv the CSV alone is written unless --reports asks for reports too. A run
+    that is stopped keeps the CSV rows it wrote; running it again with the same --csv answers only the rest."""
+    from chaiderm.data.images import load_image
+    from chaiderm.evaluation import isic_csv
+    from chaiderm.evidence.report import write_query_json, write_query_report
+    from chaiderm.index import refine
+    from chaiderm.pipeline import Predictor
+
+    if not 1 <= k <= 1000:
+        raise _fail(f"--k must be between 1 and 1000 (the number of nearest archive cases that vote), not {k}")
+    if reports is not None and reports not in QUERY_REPORTS:
+        raise _fail(f"--reports: one of {', '.join(QUERY_REPORTS)}, not '{reports}'")
+    paths = _query_paths(images)
+    if reports is None:
+        reports = "none" if csv is not None else "html"
+        if csv is not None:
+            console.print("note: --csv without --reports: no report files (--reports json or html for them)")
+    if reports != "none":
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _fail(f"{out}: cannot write reports there ({e.strerror or e})") from None
+    skipped: list[str] = []
+    answered = 0
+    with _errors(skip_bad_hint=True), contextlib.ExitStack() as stack:
+        predictor = Predictor.load(model, index)
+        if csv is not None:  # refuse a layout the archive's diagnoses do not fit before any query runs
+            for d in predictor.classes:
+                isic_csv.code_of(d, csv_format)
+        boxes = refine.parse_regions(region)
+        sheet = stack.enter_context(isic_csv.PredictionsFile(csv, csv_format)) if csv is not None else None
+        if sheet is not None and sheet.answered:
+            before = len(paths)
+            paths = [p for p in paths if p.stem not in sheet.answered]
+            console.print(
+                f"note: {csv} already answers {before - len(paths)} of these {before} image(s): skipped; "
+                f"answering the other {len(paths)} (delete the file to answer all again)",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+        def answers(chunk: list[Path]):
+            """(path, result, region) for each image of ``chunk`` that loads, in order."""
+            if boxes:  # boxes are in the original image's pixels: decoded whole, one at a time
+                for path in chunk:
+                    try:
+                        img = load_image(path)
+                    except ChaidermError as e:
+                        if not skip_bad:
+                            raise
+                        _skip(e, skipped)
+                        continue
+                    try:
+                        regions = refine.from_original(boxes, img.shape[:2], predictor.cfg.model.load_size)
+                    except ChaidermError as e:
+                        raise _fail(f"{path}: {e}") from None
+                    res = predictor.predict(
+                        img, k=k, image_id=path.stem, where=where, regions=regions, evidence=reports == "html"
+                    )
+                    yield path, res, ";".join(map(str, regions)) or None
+                return
+            loaded, imgs, bad = [], [], None
+            for path in chunk:
+                try:  # decoded as an index, evaluate and the server decode: shrunk while >= load_size
+                    imgs.append(load_image(path, fit=predictor.cfg.model.load_size))
+                    loaded.append(path)
+                except ChaidermError as e:
+                    if not skip_bad:
+                        bad = e  # the images before it are answered (and written) first
+                        break
+                    _skip(e, skipped)
+            results = predictor.predict_many(
+                imgs, k=k, image_ids=[p.stem for p in loaded], where=where, evidence=reports == "html"
+            )
+            for path, res in zip(loaded, results, strict=True):
+                yield path, res, None
+            if bad is not None:
+                raise bad
+
+        for start in range(0, len(paths), QUERY_CHUNK):
+            for path, res, searched in answers(paths[start : start + QUERY_CHUNK]):
+                pred = res.prediction
+                try:
+                    if reports == "html":
+                        neigh = predictor.neighbor_images(res)
+                        write_query_report(out, path.stem, res.image, pred, neigh, res.qams, res.rams, region=searched)
+                    elif reports == "json":
+                        write_query_json(out, path.stem, pred, region=searched)
+                except OSError as e:
+                    raise _fail(f"{out}: cannot write the report of {path.name} ({e.strerror or e})") from None
+                if sheet is not None:
+                    try:
+                        sheet.write(path.stem, pred.class_probabilities)
+                    except OSError as e:
+                        raise _fail(f"{csv}: cannot write the row of {path.name} ({e.strerror or e})") from None
+                answered += 1
+                dist = " ".join(f"{d}={p:.3f}" for d, p in pred.class_probabilities.items())
+                typer.echo(f"{path.name}\t{pred.positive_class}_probability={pred.positive_probability:.3f}\t{dist}")
+    if skipped:
+        _warn(f"skipped {len(skipped)} unreadable image(s): no row, no report")
+    if reports != "none":
+        console.print(f"reports in {out}/", highlight=False, soft_wrap=True)
+    if csv is not None:
+        console.print(f"{answered} row(s) added to {csv}", highlight=False, soft_wrap=True)
+
+
+QUERY_REPORTS = ("none", "json", "html")
+# images decoded, embedded and searched together; small enough that a stopped run loses little
+QUERY_CHUNK = 64
+
+
+def _query_paths(images: list[Path]) -> list[Path]:
+    """The query files, each once; refused where two files would answer under one image id (the CSV's rows
+    and the reports are named by it)."""
+    seen: dict[str, Path] = {}
+    paths = []
+    for p in images:
+        first = seen.get(p.stem)
+        if first is None:
+            seen[p.stem] = p
+            paths.append(p)
+        elif first.resolve() != p.resolve():
+            raise _fail(f"{first} and {p} would both answer as image '{p.stem}': query them in separate runs")
+    return paths
+
+
+def _skip(e: ChaidermError, skipped: list[str]) -> None:
+    skipped.append(str(e))
+    typer.echo(f"warning: skipped {e}", err=True)  # plain and unwrapped: the message names the file
+
+
+def evaluate(
+    model: Annotated[Path, typer.Option(help="trained run folder")],
+    index: Annotated[Path, typer.Option(help="index folder (the archive that votes)")],
+    data: Annotated[Path, typer.Option(help="labelled queries (ISIC 2017 folder or generic folder)")],
+    split: Annotated[str | None, typer.Option(help="split of --data (ISIC default: test)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write every figure here as JSON")] = None,
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
+    vote: Annotated[
+        str | None,
+        typer.Option(
+            help="uniform (each of the k neighbours one vote) or distance (weighed by 1 / squared distance); "
+            "default: the model's own vote, as query and serve use it"
+        ),
+    ] = None,
+) -> None:
+    """Measure a model and its archive on a labelled split: kNN AUC@k per diagnosis with 95% intervals, the
+    vote's balanced accuracy, REL@k where the data has groups. A query never votes for itself or its lesion."""
+    from chaiderm._io import write_json
+    from chaiderm.data.records import load_table
+    from chaiderm.evaluation.evaluate import evaluate_index
+    from chaiderm.index.knn import VOTES
+    from chaiderm.pipeline import Predictor
+
+    if not 10 <= n_boot <= 100_000:
+        raise _fail(f"--n-boot must be between 10 and 100000, not {n_boot}")
+    if vote is not None and vote not in VOTES:
+        raise _fail(f"--vote: one of {', '.join(VOTES)}, not '{vote}'")
+    with _errors():
+        predictor = Predictor.load(model, index)
+        vote = vote or predictor.vote
+        table = load_table(data, default_split(data, split, TEST))
+        try:
+            res = evaluate_index(predictor, table, n_boot=n_boot, vote=vote)
+        except ValueError as e:
+            raise _fail(f"{data}: {e}") from None
+    t = evaluation_table(res, len(table))
+    console.print(t)
+    if res["not_in_archive"]:
+        console.print(f"note: diagnoses no archive case has (never predicted): {', '.join(res['not_in_archive'])}")
+    if out is not None:
+        write_json(out, {"model": str(model), "index": str(index), "data": str(data), "split": split, **res})
+        console.print(f"written to {out}")
+
+
+def evaluation_table(res: dict, n_queries: int) -> Table:
+    """``evaluate``'s terminal table. Each AUC sits over its interval in one cell and long diagnosis names
+    fold, so that seven diagnoses fit 80 columns without an ellipsis hiding a figure."""
+    t = Table(title=f"{n_queries} queries against {res['n_archive']} archive cases")
+    ks = list(res["balanced_accuracy"])
+    t.add_column("AUC (95% interval)", overflow="fold")
+    for k in ks:
+        t.add_column(f"k={k}", justify="right", no_wrap=True)
+    for c, row in res["auc"].items():
+        t.add_row(c, *(f"{row[k]:.3f}\n{res['auc_ci'][c][k][0]:.2f}-{res['auc_ci'][c][k][1]:.2f}" for k in ks))
+    t.add_section()
+    t.add_row("balanced accuracy", *(f"{res['balanced_accuracy'][k]:.3f}" for k in ks))
+    if "rel" in res:
+        t.add_row("REL", *(f"{res['rel'][k]:.2f}" for k in ks))
+    return t
