@@ -51,7 +51,8 @@ def reproduce(
 ) -> None:
     """The paper's Table 1: six embeddings, AUC@k, REL@k, map localisation, statistics and figures.
 
-    Defaults are the settings chosen on the validation split (research/reproduction/tune_val.py, docs/reproduction.md)."""
+    Defaults are the settings chosen on the validation split (research/reproduction/tune_val.py,
+    docs/reproduction.md)."""
     from chaiderm.reproduce import ReproduceSettings, run_reproduce
 
     given = dict(
