@@ -2,9 +2,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
+
+try:
+    import numpy as np
+    import torch
+except ModuleNotFoundError as e:  # pytest run before the project was installed
+    raise pytest.UsageError(
+        f"{e.name} is not installed: install chaiderm with its test extras first, pip install -e '.[test]'"
+    ) from None
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
