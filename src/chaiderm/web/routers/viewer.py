@@ -59,17 +59,13 @@ def audit(
 ) -> None:
     """Record who did this; a database that cannot record it refuses the action (503): nothing is seen
     or changed unrecorded."""
+    _store(request.app.state.access.audit.record, action, **_who(request), target=target, status=status, detail=detail)
+
+
+def _who(request: Request) -> dict[str, str]:
+    """The audit columns that say who acted: user, role and address."""
     user = current_user(request)
-    _store(
-        request.app.state.access.audit.record,
-        action,
-        user=user.name,
-        role=user.role,
-        address=client_address(request.scope),
-        target=target,
-        status=status,
-        detail=detail,
-    )
+    return {"user": user.name, "role": user.role, "address": client_address(request.scope)}
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -468,21 +464,12 @@ def _save(
 ) -> None:
     """Save ``new`` over the index folder and record the outcome with it: the database is reserved first, so
     one that cannot record refuses the change before it is made (503), and the row follows the save."""
-    user = current_user(request)
     saved = False
     try:
         with request.app.state.access.audit.change() as record:
             new.save(state.index_dir)
             saved = True
-            record(
-                action,
-                user=user.name,
-                role=user.role,
-                address=client_address(request.scope),
-                target=target,
-                status=status,
-                detail=detail,
-            )
+            record(action, **_who(request), target=target, status=status, detail=detail)
     except DataError as e:
         if saved:  # the commit after a save failed (disk error): the change stands, the server's log says so
             log.error("%s '%s' was saved but its audit row could not be written: %s", action, target, e)
