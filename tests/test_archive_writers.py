@@ -24,8 +24,8 @@ from chaiderm import cli
 from chaiderm.data.audit import AuditLog
 from chaiderm.data.feedback import FeedbackStore
 from chaiderm.index.archive import ArchiveIndex
+from chaiderm.web import archive_writes
 from chaiderm.web.app import create_app
-from chaiderm.web.routers import viewer
 from tests.test_archive import _split
 
 runner = CliRunner()
@@ -144,7 +144,7 @@ def test_two_servers_on_one_index_lose_nothing(served, ix, synth_dir, tmp_path, 
 def test_a_writer_that_waits_too_long_changes_nothing(server, synth_dir, tmp_path, monkeypatch):
     from chaiderm.index.lock import writer_lock
 
-    monkeypatch.setattr(viewer, "WRITER_WAIT_S", 0.3)
+    monkeypatch.setattr(archive_writes, "WRITER_WAIT_S", 0.3)
     monkeypatch.setattr(cli.archive, "ARCHIVE_WAIT_S", 0.3)
     data = _split(synth_dir, tmp_path / "new", ["SYN_train_00100"])
     before = {p.name: p.read_bytes() for p in server.ix.iterdir()}
@@ -294,3 +294,78 @@ def test_an_image_request_reads_one_index(server, monkeypatch):
     monkeypatch.setattr(ArchiveIndex, "row_of", row_then_removed)
     r = server.get(f"/api/images/{last}")
     assert r.status_code == 200 and r.content == expected
+
+
+def test_requests_while_cases_are_added_never_answer_500(server, synth_dir):
+    """Cases added through the API and, as `chaiderm archive add` does, straight into the index folder (which
+    the server picks up between requests), while four clients query, re-query, fetch archive images and maps
+    and list the archive: every request answers from one state of the archive, never with a 500."""
+    from chaiderm.data.records import ImageTable
+    from chaiderm.index.lock import open_for_writing
+    from chaiderm.pipeline import add_to_index
+
+    state = server.app.state.viewer
+    model, cfg = state.predictor.model, state.predictor.cfg
+    done, seen, failures = threading.Event(), [], []
+
+    def add_cases():
+        try:
+            for n in range(6):
+                r = _add(server, synth_dir, f"api_race_{n}", f"SYN_test_{n:05d}.png")
+                assert r.status_code in (201, 409), r.text
+                path = synth_dir / "train" / "images" / f"SYN_train_{80 + n:05d}.png"
+                table = ImageTable([f"cli_race_{n}"], [str(path)], ["nevus"], source="test")
+                with open_for_writing(server.ix, 30) as index:
+                    add_to_index(index, model, cfg, table)[0].save(server.ix)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            failures.append(f"adder: {e!r}")
+        finally:
+            done.set()
+
+    def client(seed: int):
+        n = 0
+        while not done.is_set() or n < 8:
+            n += 1
+            try:
+                for r in _one_round(server, seed + n):
+                    seen.append(r.status_code)
+                    if r.request.url.path == "/api/info" and r.status_code == 200:  # one archive, not two
+                        info = r.json()
+                        if info["archive_size"] != len(info["cases"]):
+                            failures.append(
+                                f"/api/info: {info['archive_size']} cases said, {len(info['cases'])} listed"
+                            )
+                    if r.status_code >= 500:
+                        failures.append(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text}")
+            except BaseException as e:  # noqa: BLE001 - the server raised instead of answering
+                failures.append(f"client: {e!r}")
+
+    threads = [threading.Thread(target=add_cases)] + [threading.Thread(target=client, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not failures, failures[:5]
+    assert len(seen) > 100 and seen.count(200) > len(seen) // 2
+    assert server.get("/healthz").json()["archive"] == len(ArchiveIndex.load(server.ix))
+
+
+def _one_round(c, seed: int) -> list:
+    """One client's requests against whatever the archive holds right now, newest cases included."""
+    cases = c.get("/api/archive", params={"limit": 5000})
+    ids = [x["image_id"] for x in cases.json()]
+    newest, pick = ids[-1], ids[seed % len(ids)]
+    q = c.post("/api/query", data={"archive_id": pick, "k": "5"})
+    out = [
+        cases,
+        c.get("/api/info", params={"limit": 5000}),
+        c.get(f"/api/images/{newest}"),
+        c.get(f"/api/images/{pick}"),
+        q,
+    ]
+    if q.status_code == 200:
+        body = q.json()
+        out.append(c.get(f"/api/query/{body['query_id']}", params={"k": 3, "similar": newest}))
+        out.append(c.get(body["neighbors"][0]["qam_url"]))
+        out.append(c.get(f"/api/maps/{body['query_id']}/{newest}/ram.png"))
+    return out

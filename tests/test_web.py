@@ -287,3 +287,19 @@ def test_the_schema_declares_what_the_server_enforces(client):
     r = client.options("/api/archive")
     assert r.status_code == 405 and set(r.headers["allow"].split(", ")) >= {"GET", "POST"}
     assert client.request("PATCH", "/api/archive/x").headers["allow"] == "DELETE"
+
+
+def test_project_errors_map_to_one_status_and_line():
+    """web.errors: each error type/code has one status; messages naming server paths are said in words."""
+    from chaiderm.errors import ArtifactError, DataError
+    from chaiderm.index.lock import IndexBusyError
+    from chaiderm.web.errors import answer
+
+    assert answer(DataError("up.png", "not an image", code="not_image")).status == 415
+    assert answer(DataError(None, "box outside", code="bad_region")).status == 422
+    assert answer(DataError(None, "exists", code="conflict")).status == 409
+    db = answer(DataError("/srv/secret/fb.db", "database is locked", code="unavailable"))
+    assert db.status == 503 and "/srv/secret" not in db.detail and "try again" in db.detail
+    busy = answer(IndexBusyError("/srv/secret/ix: held"))
+    assert busy.status == 503 and busy.headers["Retry-After"] == "5" and "/srv/secret" not in busy.detail
+    assert answer(ArtifactError("the archive is incomplete")).status == 500

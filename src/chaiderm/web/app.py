@@ -18,11 +18,12 @@ from fastapi import FastAPI
 from chaiderm.errors import DataError
 from chaiderm.pipeline import Predictor
 from chaiderm.storage import AuditLog, Database, FeedbackStore, Sessions
+from chaiderm.web import errors
 from chaiderm.web.access import Access, Forwarded, SignedIn
 from chaiderm.web.auth import Users
 from chaiderm.web.dependencies import ViewerState, inference_workers
 from chaiderm.web.observe import Metrics, Observe
-from chaiderm.web.routers import session, viewer
+from chaiderm.web.routers import admin, archive, feedback, maps, pages, query, session
 from chaiderm.web.security import allowed_methods, secure
 
 MAX_UPLOAD = 20_000_000
@@ -133,8 +134,9 @@ def create_app(
     app.state.access = access
     app.state.query_ms = query_ms
     app.state.metrics = metrics
-    app.include_router(session.router)
-    app.include_router(viewer.router)
+    for module in (session, pages, query, maps, archive, feedback, admin):
+        app.include_router(module.router)
+    errors.register(app)  # every project error a route raises: one status and one readable line
     allowed_methods(app)  # inside sign-in: an anonymous caller learns nothing of which methods a path takes
     app.add_middleware(SignedIn, access=access)
     secure(app, max_upload + MULTIPART_SLACK)

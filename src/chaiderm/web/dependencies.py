@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Request
+from fastapi import Depends, Request
 
 from chaiderm.errors import ChaidermError
 from chaiderm.index.archive import ArchiveIndex
@@ -34,6 +34,21 @@ def inference_workers(cores: int | None) -> int:
     return max(1, min(4, cores or 1))
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The search state one request answers from, taken once at its start: the predictor (model + index),
+    what the page says is loaded, and the generation they belong to. An archive changed meanwhile replaces
+    the state's predictor with a new object; this request never mixes the two."""
+
+    predictor: Predictor
+    info: dict[str, Any]
+    generation: int
+
+    @property
+    def index(self) -> ArchiveIndex:
+        return self.predictor.index
+
+
 @dataclass
 class ViewerState:
     predictor: Predictor
@@ -46,12 +61,13 @@ class ViewerState:
     decoder: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(MAX_DECODES, thread_name_prefix="chaiderm-decode")
     )
-    cache: OrderedDict[str, QueryResult] = field(default_factory=OrderedDict)
+    cache: OrderedDict[str, tuple[int, QueryResult]] = field(default_factory=OrderedDict)
     held: OrderedDict[str, tuple[float, np.ndarray]] = field(default_factory=OrderedDict)
     cache_size: int = 64
     index_dir: Path | None = None  # watched: an index changed on disk (`chaiderm archive`) is reloaded
     describe: Callable[[Predictor], dict[str, Any]] | None = None
     stamp: int = 0
+    generation: int = 0  # counts the predictors served: a cached result is used only by its own generation
     reload_lock: threading.Lock = field(default_factory=threading.Lock)
 
     keep_queries_days: float | None = None  # None: forever; 0: query images are never stored
@@ -64,10 +80,19 @@ class ViewerState:
         self.slots = threading.BoundedSemaphore(self.workers)
         self.count_lock = threading.Lock()
 
+    def snapshot(self) -> Snapshot:
+        with self.lock:
+            return Snapshot(self.predictor, self.info, self.generation)
+
     @contextlib.contextmanager
     def inference(self) -> Iterator[Predictor]:
-        """One inference slot and the predictor to use for the whole request: an index reloaded meanwhile
-        replaces ``self.predictor`` as a new object, so a request never sees half of each."""
+        """One inference slot and the current predictor (requests use :meth:`slot` with their snapshot's)."""
+        with self.slot():
+            yield self.predictor
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """One of ``workers`` inference slots for the block (waiting and running counted for the metrics)."""
         with self.count_lock:
             self.waiting += 1
         try:
@@ -79,7 +104,7 @@ class ViewerState:
             self.running += 1
         t = time.perf_counter()
         try:
-            yield self.predictor
+            yield
         finally:
             with self.count_lock:
                 self.running -= 1
@@ -106,10 +131,12 @@ class ViewerState:
                 return
             try:
                 index = ArchiveIndex.load(self.index_dir)
+                index.warm_cache()
+                self.replace_index(index)
             except ChaidermError:
-                return  # caught mid-swap: the next request tries again
-            index.warm_cache()
-            self.replace_index(index)
+                # caught mid-swap, or an index this model cannot serve: keep answering from the loaded one,
+                # the next request tries again
+                return
             self.stamp = stamp
 
     def replace_index(self, index: ArchiveIndex) -> None:
@@ -133,6 +160,7 @@ class ViewerState:
     def _swap(self, fresh: Predictor) -> None:
         with self.lock:
             self.predictor = fresh
+            self.generation += 1
             self.cache.clear()
             if self.describe is not None:
                 self.info = self.describe(fresh)
@@ -161,19 +189,33 @@ class ViewerState:
             for key in [k for k in self.cache if k == query_id or k.startswith(query_id + "?")]:
                 del self.cache[key]
 
-    def remember(self, key: str, result: QueryResult) -> None:
+    def remember(self, key: str, result: QueryResult, generation: int) -> None:
         with self.lock:
-            self.cache[key] = result
+            self.cache[key] = (generation, result)
             self.cache.move_to_end(key)
             while len(self.cache) > self.cache_size:
                 self.cache.popitem(last=False)
 
-    def recall(self, key: str) -> QueryResult | None:
+    def recall(self, key: str, generation: int) -> QueryResult | None:
+        """The cached result, if it was computed by the predictor of ``generation`` (a result computed on an
+        archive since replaced would name rows of another index)."""
         with self.lock:
-            return self.cache.get(key)
+            hit = self.cache.get(key)
+        return hit[1] if hit is not None and hit[0] == generation else None
 
 
 def get_state(request: Request) -> ViewerState:
     state = request.app.state.viewer
     state.refresh()
     return state
+
+
+State = Annotated[ViewerState, Depends(get_state)]
+
+
+def get_snapshot(state: State) -> Snapshot:
+    """The request's one view of the search state (FastAPI resolves ``get_state`` once per request)."""
+    return state.snapshot()
+
+
+Search = Annotated[Snapshot, Depends(get_snapshot)]

@@ -11,7 +11,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from chaiderm.errors import DataError
 from chaiderm.web.access import (
     UNREADABLE,
     Access,
@@ -84,10 +83,8 @@ async def _verify(access: Access, request: Request, body: SignIn) -> User:
 
 
 def _audit(access: Access, action: str, name: str | None, role: str | None, address: str, status: int) -> None:
-    try:
-        access.audit.record(action, user=name, role=role, address=address, status=status)
-    except DataError:
-        raise HTTPException(503, detail="the server's database is busy or unavailable; try again") from None
+    """A database that cannot record raises its DataError 'unavailable' (503, ``web.errors``)."""
+    access.audit.record(action, user=name, role=role, address=address, status=status)
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -100,10 +97,7 @@ async def sign_in(body: SignIn, request: Request, access: AccessDep) -> JSONResp
     user = await _verify(access, request, body)
     address = client_address(request.scope)
     await run_in_threadpool(_audit, access, "sign_in", user.name, user.role, address, 200)
-    try:
-        token, session = await run_in_threadpool(access.sessions.create, user, "cookie", SESSION_HOURS)
-    except DataError:
-        raise HTTPException(503, detail="the server's database is busy or unavailable; try again") from None
+    token, session = await run_in_threadpool(access.sessions.create, user, "cookie", SESSION_HOURS)
     out = JSONResponse(Me(name=user.name, role=user.role, sign_in=True, csrf_token=session.csrf).model_dump())
     out.set_cookie(
         COOKIE,
@@ -122,10 +116,7 @@ async def token(body: TokenIn, request: Request, access: AccessDep) -> TokenOut:
     """A bearer token for scripts and scrapers (``Authorization: Bearer ...``), valid ``hours``."""
     user = await _verify(access, request, body)
     await run_in_threadpool(_audit, access, "token", user.name, user.role, client_address(request.scope), 200)
-    try:
-        tok, session = await run_in_threadpool(access.sessions.create, user, "token", body.hours)
-    except DataError:
-        raise HTTPException(503, detail="the server's database is busy or unavailable; try again") from None
+    tok, session = await run_in_threadpool(access.sessions.create, user, "token", body.hours)
     return TokenOut(token=tok, name=user.name, role=user.role, expires=session.expires)
 
 
@@ -144,10 +135,7 @@ def sign_out(request: Request, access: AccessDep) -> JSONResponse:
     user = current_user(request)
     token = getattr(request.state, "session_token", None)
     if access.enabled and token:
-        try:
-            access.sessions.revoke(token)
-        except DataError:
-            raise HTTPException(503, detail="the server's database is busy or unavailable; try again") from None
+        access.sessions.revoke(token)
         _audit(access, "sign_out", user.name, user.role, client_address(request.scope), 200)
     out = JSONResponse({"ok": True})
     out.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=access.secure_cookies)
