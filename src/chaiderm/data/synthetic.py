@@ -160,10 +160,109 @@ def _dots(canvas, rng, centres_mask, n, radius, colour, yy, xx, alpha=1.0):
         canvas[:] = canvas * (1 - m) + np.asarray(colour, dtype=np.float32) * m
 
 
+def _outline(rng: np.random.Generator, diagnosis: str, atypical: bool) -> tuple[float, float, float]:
+    """Asymmetry, border roughness and aspect ratio of the lesion outline."""
+    if diagnosis == "melanoma":
+        return (0.04, 0.012, 0.9) if atypical else (rng.uniform(0.06, 0.14), 0.03, 0.85)
+    if diagnosis == "seborrheic_keratosis":
+        return rng.uniform(0.02, 0.06), 0.01, rng.uniform(0.65, 0.9)
+    return (0.07, 0.02, 0.9) if atypical else (rng.uniform(0.0, 0.04), 0.006, 0.92)
+
+
+def _pigment(rng: np.random.Generator, pr: dict, S: int, theta: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """The lesion's base brown and up to three extra colour blobs."""
+    base = np.asarray(BROWNS[int(rng.integers(len(BROWNS)))]) * rng.uniform(0.8, 1.15) + rng.normal(0, 8, 3)
+    lesion = np.ones((S, S, 3), np.float32) * base
+    n_col = int(rng.choice([1, 2, 3, 4], p=pr["n_colours"]))
+    if n_col > 1:
+        extra = np.array(BROWNS + [BLUE_GREY, RED], dtype=np.float32)
+        allow = len(BROWNS) + (2 if rng.random() < pr["blue_red"] else 0)
+        cols = extra[rng.choice(allow, size=n_col - 1, replace=False)]
+        for c in cols:
+            blob = _smooth_noise(rng, S, 5)
+            # melanoma colours sit off-centre (asymmetric); benign ones concentric
+            shift = np.cos(theta - rng.uniform(0, 6.28)) if rng.random() < pr["eccentric"] else -rel
+            w = np.clip((blob + 0.5 * shift - 0.45) * 4, 0, 1)[..., None]
+            lesion = lesion * (1 - 0.8 * w) + c * 0.8 * w
+    return lesion
+
+
+def _texture(lesion, rng: np.random.Generator, pr: dict, S: int, yy, xx, rel: np.ndarray) -> np.ndarray:
+    """Pigment network (regular or warped) and cerebriform waxy texture."""
+    if rng.random() < pr["network"]:
+        period = rng.uniform(5.0, 7.0) * S / 128
+        irregular = rng.random() < pr["irregular_network"]
+        warp = _smooth_noise(rng, S, 8) * (6.0 if irregular else 0.0)
+        net = (np.sin((xx + warp) * 2 * np.pi / period) * np.sin((yy - warp) * 2 * np.pi / period)) ** 2
+        lesion *= 1.0 - 0.35 * net[..., None] * np.clip(1.2 - rel, 0, 1)[..., None]
+    if rng.random() < pr["cerebriform"]:
+        cereb = np.sin(_smooth_noise(rng, S, 16) * rng.uniform(18, 26))
+        lesion *= (1.0 + 0.16 * cereb)[..., None]
+        lesion += rng.normal(0, 6, (S, S, 1))  # waxy grain
+    return lesion
+
+
+def _structures(lesion, rng: np.random.Generator, pr: dict, S: int, yy, xx, rel: np.ndarray, mask: np.ndarray):
+    """Milia-like cysts, comedo-like openings, blue-white veil and peripheral dots, drawn in place."""
+    inside = mask & (rel < 0.85)
+    if rng.random() < pr["milia"]:
+        _dots(lesion, rng, inside, int(rng.integers(3, 9)), S * 0.018, (245, 238, 200), yy, xx)
+    if rng.random() < pr["comedo"]:
+        _dots(lesion, rng, inside, int(rng.integers(3, 8)), S * 0.014, (45, 30, 20), yy, xx)
+    if rng.random() < pr["veil"]:
+        veil = (_smooth_noise(rng, S, 4) > 0.62) & mask
+        lesion[veil] = lesion[veil] * 0.4 + np.array([165, 180, 205]) * 0.6
+    if rng.random() < pr["peripheral_dots"]:
+        _dots(lesion, rng, mask & (rel > 0.7), int(rng.integers(3, 9)), S * 0.012, (30, 20, 18), yy, xx)
+
+
+def _edge_alpha(rng: np.random.Generator, pr: dict, rel: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """How the lesion blends into skin: sharp, soft or mixed border."""
+    edge = {"sharp": 0.04, "soft": 0.35, "mixed": rng.uniform(0.05, 0.3)}[
+        str(rng.choice(["sharp", "soft", "mixed"], p=pr["edge"]))
+    ]
+    alpha = np.clip((1.0 - rel) / edge, 0, 1) ** 0.8
+    return alpha * mask
+
+
+def _hair(img: np.ndarray, rng: np.random.Generator, S: int, yy, xx) -> None:
+    """A few dark curved strands, drawn in place (not part of the mask)."""
+    for _ in range(int(rng.integers(2, 7))):
+        a, b = rng.uniform(-1, 1, 2)
+        c = rng.uniform(0, S)
+        curve = a * 0.004 * (xx - S / 2) ** 2 / max(S / 128, 1) + b * (xx - S / 2) + c
+        strand = np.abs(yy - curve) < rng.uniform(0.5, 1.2) * S / 128
+        if rng.random() < 0.5:
+            strand = strand.T
+        img[strand] = img[strand] * 0.3 + np.array([40, 30, 25]) * 0.7
+
+
+def _acquisition(img: np.ndarray, rng: np.random.Generator, S: int, yy, xx, difficulty: str) -> np.ndarray:
+    """Nuisances of taking the picture: hair, vignette, exposure, white balance, noise, dermoscope."""
+    if rng.random() < 0.5:
+        _hair(img, rng, S, yy, xx)
+    if rng.random() < 0.5:  # uneven lighting: dermoscope vignette
+        v = 1.0 - rng.uniform(0.15, 0.35) * (np.hypot(yy - S / 2, xx - S / 2) / (S / 1.4)) ** 2
+        img *= v[..., None]
+    img *= rng.uniform(0.85, 1.1) * (1 + rng.normal(0, 0.04, 3))  # exposure and white balance
+    img += rng.normal(0, 3, img.shape)
+    if difficulty == "standard":
+        # acquisition differences between dermoscopes (contrast curve, colour cast): they dominate generic
+        # image features without saying anything about the disease, so an embedding must learn to ignore them
+        img = 255.0 * (np.clip(img, 0, 255) / 255.0) ** rng.uniform(0.65, 1.5)
+        img *= 1 + rng.normal(0, 0.1, 3)
+    return img
+
+
 def make_case(seed: int, index: int, diagnosis: str, size: int = 128, difficulty: str = "standard") -> SyntheticCase:
-    """Draw one case. The same (seed, index, diagnosis, size) always gives the same pixels."""
+    """Draw one case. The same (seed, index, diagnosis, size) always gives the same pixels.
+
+    The random draws happen in a fixed order (helpers below are called in sequence on one generator),
+    so reordering any of them changes every image for a given seed."""
     if diagnosis not in DISEASES:
         raise ValueError(f"unknown synthetic diagnosis '{diagnosis}'")
+    if difficulty not in ("easy", "standard"):
+        raise ValueError(f"unknown difficulty '{difficulty}' (use 'easy' or 'standard')")
     rng = np.random.default_rng([seed, index, DISEASES.index(diagnosis)])
     S = size
     lesion_size = SIZES[int(rng.integers(2))]
@@ -181,12 +280,7 @@ def make_case(seed: int, index: int, diagnosis: str, size: int = 128, difficulty
     theta = np.arctan2(yy - cy, xx - cx) - rot
     dist = np.hypot(yy - cy, xx - cx)
 
-    if diagnosis == "melanoma":
-        asym, rough, aspect = (0.04, 0.012, 0.9) if atypical else (rng.uniform(0.06, 0.14), 0.03, 0.85)
-    elif diagnosis == "seborrheic_keratosis":
-        asym, rough, aspect = rng.uniform(0.02, 0.06), 0.01, rng.uniform(0.65, 0.9)
-    else:
-        asym, rough, aspect = (0.07, 0.02, 0.9) if atypical else (rng.uniform(0.0, 0.04), 0.006, 0.92)
+    asym, rough, aspect = _outline(rng, diagnosis, atypical)
     # ellipse: stretch along the rotated x axis
     ell = 1.0 / np.sqrt(np.cos(theta) ** 2 + (np.sin(theta) / aspect) ** 2)
     boundary = R * ell * _radius(theta, rng, asym, rough)
@@ -195,68 +289,12 @@ def make_case(seed: int, index: int, diagnosis: str, size: int = 128, difficulty
 
     # Each cue is drawn with a disease-dependent probability, so no single cue decides the label
     # and colour statistics overlap between diseases (what makes the task need training).
-    if difficulty not in ("easy", "standard"):
-        raise ValueError(f"unknown difficulty '{difficulty}' (use 'easy' or 'standard')")
     pr = (EASY_CUE_PROBABILITY if difficulty == "easy" else CUE_PROBABILITY)[diagnosis]
-    base = np.asarray(BROWNS[int(rng.integers(len(BROWNS)))]) * rng.uniform(0.8, 1.15) + rng.normal(0, 8, 3)
-    lesion = np.ones((S, S, 3), np.float32) * base
-    n_col = int(rng.choice([1, 2, 3, 4], p=pr["n_colours"]))
-    if n_col > 1:
-        extra = np.array(BROWNS + [BLUE_GREY, RED], dtype=np.float32)
-        allow = len(BROWNS) + (2 if rng.random() < pr["blue_red"] else 0)
-        cols = extra[rng.choice(allow, size=n_col - 1, replace=False)]
-        for c in cols:
-            blob = _smooth_noise(rng, S, 5)
-            # melanoma colours sit off-centre (asymmetric); benign ones concentric
-            shift = np.cos(theta - rng.uniform(0, 6.28)) if rng.random() < pr["eccentric"] else -rel
-            w = np.clip((blob + 0.5 * shift - 0.45) * 4, 0, 1)[..., None]
-            lesion = lesion * (1 - 0.8 * w) + c * 0.8 * w
-    if rng.random() < pr["network"]:
-        period = rng.uniform(5.0, 7.0) * S / 128
-        irregular = rng.random() < pr["irregular_network"]
-        warp = _smooth_noise(rng, S, 8) * (6.0 if irregular else 0.0)
-        net = (np.sin((xx + warp) * 2 * np.pi / period) * np.sin((yy - warp) * 2 * np.pi / period)) ** 2
-        lesion *= 1.0 - 0.35 * net[..., None] * np.clip(1.2 - rel, 0, 1)[..., None]
-    if rng.random() < pr["cerebriform"]:
-        cereb = np.sin(_smooth_noise(rng, S, 16) * rng.uniform(18, 26))
-        lesion *= (1.0 + 0.16 * cereb)[..., None]
-        lesion += rng.normal(0, 6, (S, S, 1))  # waxy grain
-    inside = mask & (rel < 0.85)
-    if rng.random() < pr["milia"]:
-        _dots(lesion, rng, inside, int(rng.integers(3, 9)), S * 0.018, (245, 238, 200), yy, xx)
-    if rng.random() < pr["comedo"]:
-        _dots(lesion, rng, inside, int(rng.integers(3, 8)), S * 0.014, (45, 30, 20), yy, xx)
-    if rng.random() < pr["veil"]:
-        veil = (_smooth_noise(rng, S, 4) > 0.62) & mask
-        lesion[veil] = lesion[veil] * 0.4 + np.array([165, 180, 205]) * 0.6
-    if rng.random() < pr["peripheral_dots"]:
-        _dots(lesion, rng, mask & (rel > 0.7), int(rng.integers(3, 9)), S * 0.012, (30, 20, 18), yy, xx)
-    edge = {"sharp": 0.04, "soft": 0.35, "mixed": rng.uniform(0.05, 0.3)}[
-        str(rng.choice(["sharp", "soft", "mixed"], p=pr["edge"]))
-    ]
-    alpha = np.clip((1.0 - rel) / edge, 0, 1) ** 0.8
-    alpha = alpha * mask
+    lesion = _texture(_pigment(rng, pr, S, theta, rel), rng, pr, S, yy, xx, rel)
+    _structures(lesion, rng, pr, S, yy, xx, rel, mask)
+    alpha = _edge_alpha(rng, pr, rel, mask)
     img = img * (1 - alpha[..., None]) + lesion * alpha[..., None]
-
-    if rng.random() < 0.5:  # hair: a few dark curved strands (not part of the mask)
-        for _ in range(int(rng.integers(2, 7))):
-            a, b = rng.uniform(-1, 1, 2)
-            c = rng.uniform(0, S)
-            curve = a * 0.004 * (xx - S / 2) ** 2 / max(S / 128, 1) + b * (xx - S / 2) + c
-            strand = np.abs(yy - curve) < rng.uniform(0.5, 1.2) * S / 128
-            if rng.random() < 0.5:
-                strand = strand.T
-            img[strand] = img[strand] * 0.3 + np.array([40, 30, 25]) * 0.7
-    if rng.random() < 0.5:  # uneven lighting: dermoscope vignette
-        v = 1.0 - rng.uniform(0.15, 0.35) * (np.hypot(yy - S / 2, xx - S / 2) / (S / 1.4)) ** 2
-        img *= v[..., None]
-    img *= rng.uniform(0.85, 1.1) * (1 + rng.normal(0, 0.04, 3))  # exposure and white balance
-    img += rng.normal(0, 3, img.shape)
-    if difficulty == "standard":
-        # acquisition differences between dermoscopes (contrast curve, colour cast): they dominate generic
-        # image features without saying anything about the disease, so an embedding must learn to ignore them
-        img = 255.0 * (np.clip(img, 0, 255) / 255.0) ** rng.uniform(0.65, 1.5)
-        img *= 1 + rng.normal(0, 0.1, 3)
+    img = _acquisition(img, rng, S, yy, xx, difficulty)
     group_blind = f"{lesion_size}-{tone}"
     return SyntheticCase(
         image=np.clip(img, 0, 255).astype(np.uint8),
