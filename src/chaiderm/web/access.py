@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chaiderm.errors import DataError
-from chaiderm.storage import AuditLog, Sessions
+from chaiderm.storage import AuditLog, Session, Sessions
 from chaiderm.web.auth import COOKIE, LOCAL, SignInThrottle, User, Users
 from chaiderm.web.security import HEADERS, page
 
@@ -124,20 +124,20 @@ class SignedIn:
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})
-        access = self.access
-        if not access.enabled:
+        if not self.access.enabled:
             scope["state"]["user"] = LOCAL
             await self.app(scope, receive, send)
             return
-        method, path = scope["method"], scope["path"]
-        if (method, path) in PUBLIC or (method in ("GET", "HEAD") and path.startswith(PUBLIC_PREFIX)):
+        if _public(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
+        await self._signed_in(scope, receive, send)
+
+    async def _signed_in(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Passes the request on with its user, or answers it (503, 401 or 403) itself."""
+        access = self.access
         headers = dict(scope.get("headers", []))
-        token = _bearer(headers)
-        kind = "token"
-        if token is None:
-            token, kind = _cookie(headers), "cookie"
+        token, kind = _credential(headers)
         session = None
         user = None
         try:
@@ -152,24 +152,58 @@ class SignedIn:
             # bound to the account as it is now: removed, new password or new role -> signed out at once
             user = access.users.current(session)
         if user is None:
-            message = "sign in first" if session is None else "this account was removed or its password or role changed"
-            if token:
-                reason = "no such session" if session is None else "session ended"
-                await _refused(access, scope, session.user if session else None, 401, f"{reason} ({kind})")
-            if method == "GET" and path == "/":
-                await page("login.html", status_code=401)(scope, receive, send)
-            else:
-                await _answer(scope, receive, send, 401, f"{message} (your session may have ended)", bearer=True)
+            await _not_signed_in(access, scope, receive, send, token, kind, session)
             return
-        if kind == "cookie" and method in UNSAFE:
-            sent = headers.get(CSRF_HEADER.encode(), b"").decode("latin-1")
-            if not hmac.compare_digest(sent, session.csrf):
-                await _refused(access, scope, user.name, 403, "missing CSRF token" if not sent else "wrong CSRF token")
-                await _answer(scope, receive, send, 403, "missing or stale CSRF token: reload the page and try again")
-                return
+        if await _csrf_refused(access, scope, receive, send, headers, kind, session, user):
+            return
         scope["state"]["user"] = user
         scope["state"]["session_token"] = token
         await self.app(scope, receive, send)
+
+
+def _public(method: str, path: str) -> bool:
+    return (method, path) in PUBLIC or (method in ("GET", "HEAD") and path.startswith(PUBLIC_PREFIX))
+
+
+def _credential(headers: dict[bytes, bytes]) -> tuple[str | None, str]:
+    """The presented credential and its kind: a bearer token if there is one, else the session cookie."""
+    token = _bearer(headers)
+    return (token, "token") if token is not None else (_cookie(headers), "cookie")
+
+
+async def _not_signed_in(
+    access: Access, scope: Scope, receive: Receive, send: Send, token: str | None, kind: str, session: Session | None
+) -> None:
+    """401: the sign-in page for a browser's page request, JSON otherwise; audited when a credential was sent."""
+    message = "sign in first" if session is None else "this account was removed or its password or role changed"
+    if token:
+        reason = "no such session" if session is None else "session ended"
+        await _refused(access, scope, session.user if session else None, 401, f"{reason} ({kind})")
+    if scope["method"] == "GET" and scope["path"] == "/":
+        await page("login.html", status_code=401)(scope, receive, send)
+    else:
+        await _answer(scope, receive, send, 401, f"{message} (your session may have ended)", bearer=True)
+
+
+async def _csrf_refused(
+    access: Access,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    headers: dict[bytes, bytes],
+    kind: str,
+    session: Session,
+    user: User,
+) -> bool:
+    """True (after answering 403) for a cookie-authenticated write without the session's CSRF token."""
+    if kind != "cookie" or scope["method"] not in UNSAFE:
+        return False
+    sent = headers.get(CSRF_HEADER.encode(), b"").decode("latin-1")
+    if hmac.compare_digest(sent, session.csrf):
+        return False
+    await _refused(access, scope, user.name, 403, "missing CSRF token" if not sent else "wrong CSRF token")
+    await _answer(scope, receive, send, 403, "missing or stale CSRF token: reload the page and try again")
+    return True
 
 
 def refresh_users(access: Access) -> bool:

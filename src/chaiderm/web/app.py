@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,48 @@ def describe(predictor: Predictor, model_dir: str | Path, index_dir: str | Path)
         "positive_class": predictor.positive_class,
         "synthetic": bool(idx.info.get("synthetic", False)),
     }
+
+
+def _purger(store: FeedbackStore, access: Access, keep_queries_days: float | None) -> Callable[[], None]:
+    """Erase query images older than the retention policy and audit how many went (no-op when unset)."""
+
+    def purge() -> None:
+        if keep_queries_days:
+            try:
+                n = store.purge(keep_queries_days)
+            except DataError as e:
+                log.warning("retention: purge failed (%s); retried in an hour", e)
+                return
+            if n:
+                access.audit.record(
+                    "purge", user="server", detail=f"{n} query image(s) over {keep_queries_days:g} days"
+                )
+
+    return purge
+
+
+def _lifespan(state: ViewerState, purge: Callable[[], None], keep_queries_days: float | None):
+    """The app's lifespan: publishes the state and, under a retention policy, purges every hour."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.viewer = state
+        task = None
+        if keep_queries_days:
+
+            async def every_hour() -> None:
+                while True:
+                    await asyncio.to_thread(purge)
+                    await asyncio.sleep(PURGE_EVERY_S)
+
+            task = asyncio.create_task(every_hour())
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return lifespan
 
 
 def create_app(
@@ -98,35 +141,8 @@ def create_app(
     metrics = Metrics(lambda: state.waiting, lambda: state.running)
     state.on_inference = metrics.inference.observe
 
-    def purge() -> None:
-        if keep_queries_days:
-            try:
-                n = store.purge(keep_queries_days)
-            except DataError as e:
-                log.warning("retention: purge failed (%s); retried in an hour", e)
-                return
-            if n:
-                access.audit.record(
-                    "purge", user="server", detail=f"{n} query image(s) over {keep_queries_days:g} days"
-                )
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        app.state.viewer = state
-        task = None
-        if keep_queries_days:
-
-            async def every_hour() -> None:
-                while True:
-                    await asyncio.to_thread(purge)
-                    await asyncio.sleep(PURGE_EVERY_S)
-
-            task = asyncio.create_task(every_hour())
-        yield
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    purge = _purger(store, access, keep_queries_days)
+    lifespan = _lifespan(state, purge, keep_queries_days)
 
     purge()  # before the first request: nothing older than the policy is ever served
     app = FastAPI(title="chaiderm", lifespan=lifespan, docs_url=None, redoc_url=None)
