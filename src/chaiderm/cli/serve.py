@@ -38,37 +38,14 @@ def serve(
     access_log: Annotated[Path | None, typer.Option(help="append one JSON line per request to this file")] = None,
 ) -> None:
     """Serve the evidence viewer (query page + JSON API) and record users' similarity judgements."""
-    import logging
-
     import uvicorn
 
     from chaiderm.pipeline import query_cost_warning
     from chaiderm.web.app import create_app
 
-    if not 1 <= max_upload_mb <= 200:
-        raise _fail(f"--max-upload-mb must be between 1 and 200, not {max_upload_mb}")
-    if workers is not None and not 1 <= workers <= 16:
-        raise _fail(f"--workers must be between 1 and 16, not {workers}")
-    if not 0 <= port <= 65535:
-        raise _fail(f"--port must be between 1 and 65535 (0: any free port), not {port}")
-    if keep_queries is not None and (not math.isfinite(keep_queries) or keep_queries < 0):
-        raise _fail(f"--keep-queries must be 0 (keep no query images) or more days, not {keep_queries:g}")
-    if (ssl_certfile is None) != (ssl_keyfile is None):
-        raise _fail("--ssl-certfile and --ssl-keyfile go together")
-    for f in (ssl_certfile, ssl_keyfile):
-        if f is not None and not f.is_file():
-            raise _fail(f"{f}: file not found")
-    if ssl_certfile is not None and ssl_keyfile is not None:
-        _check_tls(ssl_certfile, ssl_keyfile)  # before the model loads: uvicorn would raise only after
-    if users is None and not _is_loopback(host):
-        raise _fail(
-            f"--host {host} would let anyone who reaches this port see every archive and query image and write "
-            "feedback: sign-in is required off loopback. Create users with `chaiderm users add NAME --role admin "
-            "--users users.json`, then add `--users users.json` (and TLS: --ssl-certfile/--ssl-keyfile, or "
-            "--behind-https-proxy)"
-        )
-    if behind_https_proxy and not _is_loopback(host):
-        raise _fail("--behind-https-proxy: bind to loopback (--host 127.0.0.1) and let the proxy reach the world")
+    _check_limits(max_upload_mb, workers, port, keep_queries)
+    _check_tls_options(ssl_certfile, ssl_keyfile)  # before the model loads: uvicorn would raise only after
+    _check_exposure(host, users, behind_https_proxy)
     with _errors():
         application = create_app(
             model,
@@ -82,14 +59,7 @@ def serve(
             behind_proxy=behind_https_proxy,
         )
     if access_log is not None:
-        try:
-            handler = logging.FileHandler(access_log)
-        except OSError as e:
-            raise _fail(f"{access_log}: cannot write the access log ({e.strerror})") from None
-        logger = logging.getLogger("chaiderm.access")
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+        _log_access_to(access_log)
     sock = _bind(host, port)  # before announcing the address: a port in use is one readable line
     port = sock.getsockname()[1]  # the port really listened on (--port 0 picks a free one)
     scheme = "https" if ssl_certfile else "http"
@@ -110,6 +80,54 @@ def serve(
         proxy_headers=False,  # the app reads them itself (web.access.Forwarded), keeping the peer beside them
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _check_limits(max_upload_mb: int, workers: int | None, port: int, keep_queries: float | None) -> None:
+    if not 1 <= max_upload_mb <= 200:
+        raise _fail(f"--max-upload-mb must be between 1 and 200, not {max_upload_mb}")
+    if workers is not None and not 1 <= workers <= 16:
+        raise _fail(f"--workers must be between 1 and 16, not {workers}")
+    if not 0 <= port <= 65535:
+        raise _fail(f"--port must be between 1 and 65535 (0: any free port), not {port}")
+    if keep_queries is not None and (not math.isfinite(keep_queries) or keep_queries < 0):
+        raise _fail(f"--keep-queries must be 0 (keep no query images) or more days, not {keep_queries:g}")
+
+
+def _check_tls_options(ssl_certfile: Path | None, ssl_keyfile: Path | None) -> None:
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise _fail("--ssl-certfile and --ssl-keyfile go together")
+    for f in (ssl_certfile, ssl_keyfile):
+        if f is not None and not f.is_file():
+            raise _fail(f"{f}: file not found")
+    if ssl_certfile is not None and ssl_keyfile is not None:
+        _check_tls(ssl_certfile, ssl_keyfile)
+
+
+def _check_exposure(host: str, users: Path | None, behind_https_proxy: bool) -> None:
+    """Off loopback only with sign-in; behind a proxy only on loopback."""
+    if users is None and not _is_loopback(host):
+        raise _fail(
+            f"--host {host} would let anyone who reaches this port see every archive and query image and write "
+            "feedback: sign-in is required off loopback. Create users with `chaiderm users add NAME --role admin "
+            "--users users.json`, then add `--users users.json` (and TLS: --ssl-certfile/--ssl-keyfile, or "
+            "--behind-https-proxy)"
+        )
+    if behind_https_proxy and not _is_loopback(host):
+        raise _fail("--behind-https-proxy: bind to loopback (--host 127.0.0.1) and let the proxy reach the world")
+
+
+def _log_access_to(access_log: Path) -> None:
+    """One JSON line per request appended to ``access_log``, and not to the console."""
+    import logging
+
+    try:
+        handler = logging.FileHandler(access_log)
+    except OSError as e:
+        raise _fail(f"{access_log}: cannot write the access log ({e.strerror})") from None
+    logger = logging.getLogger("chaiderm.access")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def _check_tls(certfile: Path, keyfile: Path) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import html
 import io
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,31 +56,37 @@ def find_duplicates(
 ) -> list[Pair]:
     """Pairs within each set and between every two sets; ``sets`` holds (name, table, features)."""
     pairs: dict[tuple[str, str], Pair] = {}
-
-    def add(a: str, b: str, kind: str, d: float) -> None:
+    for a, b, kind, d in itertools.chain(_identical_files(sets), _near_duplicates(sets, threshold, k)):
         key = (min(a, b), max(a, b))
+        # a pair that is both keeps "identical file": the stronger finding
         if key not in pairs or kind == "identical file":
             pairs[key] = Pair(key[0], key[1], kind, d)
+    return sorted(pairs.values(), key=lambda p: (p.kind != "identical file", p.distance, p.a, p.b))
 
-    digests = {}
+
+def _identical_files(sets: list[tuple[str, ImageTable, np.ndarray]]) -> Iterator[tuple[str, str, str, float]]:
+    """Every two images, in any set, whose files have the same SHA-256."""
+    digests: dict[str, list[str]] = {}
     for name, table, _ in sets:
         for iid, path in zip(table.image_ids, table.paths, strict=True):
             digests.setdefault(file_digest(path), []).append(f"{name}:{iid}")
     for ids in digests.values():
-        for i in range(len(ids)):
-            for j in range(i + 1, len(ids)):
-                add(ids[i], ids[j], "identical file", 0.0)
+        for a, b in itertools.combinations(ids, 2):
+            yield a, b, "identical file", 0.0
+
+
+def _near_duplicates(
+    sets: list[tuple[str, ImageTable, np.ndarray]], threshold: float, k: int
+) -> Iterator[tuple[str, str, str, float]]:
+    """Each image's ``k`` nearest images in its own set and every later set, kept when within ``threshold``."""
     for i, (name_a, ta, fa) in enumerate(sets):
         for name_b, tb, fb in sets[i:]:
             same = name_a == name_b
             dist, idx = exact_search(fb, fa, min(k + int(same), len(fb)))
             for r, (drow, irow) in enumerate(zip(dist, idx, strict=True)):
                 for d, j in zip(drow, irow, strict=True):
-                    if same and j == r:
-                        continue
-                    if d <= threshold:
-                        add(f"{name_a}:{ta.image_ids[r]}", f"{name_b}:{tb.image_ids[j]}", "near duplicate", float(d))
-    return sorted(pairs.values(), key=lambda p: (p.kind != "identical file", p.distance, p.a, p.b))
+                    if d <= threshold and not (same and j == r):
+                        yield f"{name_a}:{ta.image_ids[r]}", f"{name_b}:{tb.image_ids[j]}", "near duplicate", float(d)
 
 
 def write_report(out: str | Path, pairs: list[Pair], paths: dict[str, str], *, side: int = 128) -> None:

@@ -79,34 +79,45 @@ def parse_where(text: str, diagnoses: list[str], metadata: list[dict[str, str]])
     if len(text) > MAX_LENGTH:
         raise _bad(f"longer than {MAX_LENGTH} characters")
     fields = {"diagnosis"} | {f for m in metadata for f in m if f not in IDENTIFYING}
-    clauses = []
-    for part in re.split(r"\s+and\s+", text.strip(), flags=re.I):
-        m = _CLAUSE.match(part)
-        if not part.strip() or m is None:
-            raise _bad(f"cannot read '{part.strip()}'; write {SYNTAX}")
-        field, op, value = m.group(1).lower(), m.group(2), m.group(3)
-        if field in IDENTIFYING:
-            raise _bad(f"'{field}' identifies a person or lesion and cannot be filtered on")
-        if field not in fields:
-            raise _bad(f"unknown field '{field}'; this archive has {', '.join(sorted(fields))}")
+    parts = re.split(r"\s+and\s+", text.strip(), flags=re.I)
+    return Filter(text, tuple(_clause(part, fields, diagnoses, metadata) for part in parts))
+
+
+def _clause(part: str, fields: set[str], diagnoses: list[str], metadata: list[dict[str, str]]) -> Clause:
+    m = _CLAUSE.match(part)
+    if not part.strip() or m is None:
+        raise _bad(f"cannot read '{part.strip()}'; write {SYNTAX}")
+    field, op, value = m.group(1).lower(), m.group(2), m.group(3)
+    if field in IDENTIFYING:
+        raise _bad(f"'{field}' identifies a person or lesion and cannot be filtered on")
+    if field not in fields:
+        raise _bad(f"unknown field '{field}'; this archive has {', '.join(sorted(fields))}")
+    word = _one_value(value)
+    if field in NUMERIC:
         try:
-            words = shlex.split(value)
+            return Clause(field, op, float(word))
         except ValueError:
-            raise _bad(f"unbalanced quotes in '{value}'") from None
-        if len(words) != 1:
-            raise _bad(f"'{value}' holds several values; quote a value with spaces")
-        word = words[0]
-        if field in NUMERIC:
-            try:
-                clauses.append(Clause(field, op, float(word)))
-            except ValueError:
-                raise _bad(f"{field} compares as a number, not '{word}'") from None
-            continue
-        if op not in ("=", "!="):
-            raise _bad(f"{field} is text; compare it with = or !=, not {op}")
-        have = sorted(set(diagnoses) if field == "diagnosis" else {md[field] for md in metadata if field in md})
-        word = canonical(word) if field == "diagnosis" else word.lower()
-        if word not in {h.lower() for h in have}:
-            raise _bad(f"no case has {field} = '{words[0]}'; values: {', '.join(have[:30])}")
-        clauses.append(Clause(field, op, word))
-    return Filter(text, tuple(clauses))
+            raise _bad(f"{field} compares as a number, not '{word}'") from None
+    return _text_clause(field, op, word, diagnoses, metadata)
+
+
+def _one_value(value: str) -> str:
+    """The clause's value as one word (quotes removed); several words must have been quoted."""
+    try:
+        words = shlex.split(value)
+    except ValueError:
+        raise _bad(f"unbalanced quotes in '{value}'") from None
+    if len(words) != 1:
+        raise _bad(f"'{value}' holds several values; quote a value with spaces")
+    return words[0]
+
+
+def _text_clause(field: str, op: str, word: str, diagnoses: list[str], metadata: list[dict[str, str]]) -> Clause:
+    """A text comparison, refused unless some case has the value (a typo would silently match nothing)."""
+    if op not in ("=", "!="):
+        raise _bad(f"{field} is text; compare it with = or !=, not {op}")
+    have = sorted(set(diagnoses) if field == "diagnosis" else {md[field] for md in metadata if field in md})
+    value = canonical(word) if field == "diagnosis" else word.lower()
+    if value not in {h.lower() for h in have}:
+        raise _bad(f"no case has {field} = '{word}'; values: {', '.join(have[:30])}")
+    return Clause(field, op, value)
