@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from chaiderm.cli._common import SERVER_DB, _errors, _progress, console, default_split
+from chaiderm.cli._common import SERVER_DB, _errors, _fail, _progress, console, default_split
+from chaiderm.cli._pacs import DicomWeb, Labels, Qido, SeriesOpt, Studies
 from chaiderm.errors import ChaidermError
 
 archive_app = typer.Typer(no_args_is_help=True, help="Grow, shrink and inspect an index without rebuilding it.")
@@ -117,19 +118,35 @@ def _login() -> str:
 @archive_app.command("add")
 def archive_add_cmd(
     index: Annotated[Path, typer.Option(help="index folder to grow")],
-    data: Annotated[Path, typer.Option(help="new cases (ISIC 2017 folder or generic folder)")],
+    data: Annotated[Path | None, typer.Option(help="new cases (ISIC 2017 folder or generic folder)")] = None,
     split: Annotated[str | None, typer.Option(help="ISIC split (default train)")] = None,
     groups: Path | None = None,
     model: Annotated[Path | None, typer.Option(help="model run (default: the one the index records)")] = None,
     skip_bad: bool = False,
     db: ArchiveDb = None,
+    dicomweb: DicomWeb = None,
+    study: Studies = None,
+    series: SeriesOpt = None,
+    qido: Qido = None,
+    labels: Labels = None,
 ) -> None:
     """Embed only the cases the index lacks and add them; ids, files and images already there are skipped.
-    Waits for another writer of the index (a server's add) to finish first."""
+    Waits for another writer of the index (a server's add) to finish first.
+
+    From a PACS (--dicomweb with --study, --series or --qido, and --labels): its dermoscopic and VL
+    photographic instances that have a label and are not in the index yet are retrieved into
+    <index>-cases/ as <SOP Instance UID>.dcm and added; other instances are skipped and counted."""
     from chaiderm.data.records import load_table
     from chaiderm.index.lock import open_for_writing
     from chaiderm.pipeline import add_to_index
 
+    if (data is None) == (dicomweb is None):
+        raise _fail("archive add: give --data FOLDER or --dicomweb URL (one of them)")
+    if dicomweb is not None:
+        if labels is None:
+            raise _fail("--dicomweb: needs --labels CSV (sop_instance_uid,diagnosis)")
+        _add_from_pacs(index, model, skip_bad, db, dicomweb, study, series, qido, labels)
+        return
     with _errors(skip_bad_hint=True):
         audit = _ArchiveAudit(db, "archive_add")
         try:
@@ -153,6 +170,70 @@ def archive_add_cmd(
     for m in messages:
         console.print(f"note: {m}", highlight=False)
     console.print(f"added {len(new) - len(ix)} case(s); {index} now holds {len(new)}")
+
+
+def _add_from_pacs(index, model, skip_bad, db, url, study, series, qido, labels) -> None:
+    """``archive add --dicomweb``: retrieval outside the writer lock (a slow PACS never holds up the server's
+    own adds), the add under it; the files of cases the index did not take are deleted again."""
+    from chaiderm.cli._pacs import find_images
+    from chaiderm.index.archive import ArchiveIndex, cases_dir
+    from chaiderm.index.lock import open_for_writing
+    from chaiderm.pacs.fetch import fetch_cases, read_labels
+    from chaiderm.pipeline import add_to_index
+
+    with _errors(skip_bad_hint=True):
+        audit = _ArchiveAudit(db, "archive_add")
+        try:
+            snapshot = ArchiveIndex.load(index)
+            _, net, cfg = _index_model(index, model, snapshot)
+            rows = read_labels(labels)
+            pacs, found = find_images(url, study, series, qido)
+            folder = cases_dir(index)
+            folder.mkdir(parents=True, exist_ok=True)
+            with _progress() as p:
+                task = p.add_task("retrieving", total=len(found.images), info="")
+                fetched = fetch_cases(
+                    pacs,
+                    found.images,
+                    rows,
+                    folder,
+                    have=set(snapshot.image_ids),
+                    skip_bad=skip_bad,
+                    progress=lambda n: p.advance(task, n),
+                )
+            studies = {r.instance: r.study for r in found.images}
+            kept: set[str] = set()
+            try:
+                with open_for_writing(index, ARCHIVE_WAIT_S) as ix:
+                    new, messages = ix, []
+                    if len(fetched.table):
+                        with _progress() as p:
+                            task = p.add_task("embedding new cases", total=2 * len(fetched.table), info="")
+                            new, messages = add_to_index(
+                                ix,
+                                net,
+                                cfg,
+                                fetched.table,
+                                skip_bad=skip_bad,
+                                progress=lambda n: p.advance(task, max(n, 1)),
+                            )
+                    if new is not ix:
+                        added = new.image_ids[len(ix) :]
+                        # the audit names studies and instances by UID only, never the patient
+                        details = [
+                            f"{d}; study {studies.get(i, '?')}"
+                            for i, d in zip(added, new.diagnoses[len(ix) :], strict=True)
+                        ]
+                        audit.save(new, index, added, 201, details)
+                        kept = set(added)
+            finally:
+                fetched.discard(keep=kept)
+        except ChaidermError as e:
+            audit.refused(e)
+            raise
+    for m in [*fetched.messages, *messages]:
+        console.print(f"note: {m}", highlight=False, soft_wrap=True)
+    console.print(f"added {len(new) - len(ix)} case(s) from {pacs.name}; {index} now holds {len(new)}", highlight=False)
 
 
 @archive_app.command("remove")

@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from chaiderm.cli._common import _errors, _fail, _progress, _warn, console, default_split
+from chaiderm.cli._pacs import DicomWeb, Labels, Qido, SeriesOpt, Studies
 
 
 def index_cmd(
     model: Annotated[Path, typer.Option(help="trained run folder")],
-    data: Annotated[Path, typer.Option(help="archive images (ISIC 2017 folder or generic folder)")],
     out: Annotated[Path, typer.Option(help="index folder to write")],
+    data: Annotated[Path | None, typer.Option(help="archive images (ISIC 2017 folder or generic folder)")] = None,
     split: Annotated[str | None, typer.Option(help="ISIC split (default train)")] = None,
     groups: Path | None = None,
     kind: Annotated[
@@ -43,13 +44,20 @@ def index_cmd(
         Path | None,
         typer.Option(help="with --ray: a folder every worker can write (shared storage on a real cluster); kept"),
     ] = None,
+    dicomweb: DicomWeb = None,
+    study: Studies = None,
+    series: SeriesOpt = None,
+    qido: Qido = None,
+    labels: Labels = None,
 ) -> None:
-    """Embed an archive and build its search index."""
+    """Embed an archive and build its search index.
+
+    From a PACS (--dicomweb with --study, --series or --qido, and --labels): its labelled dermoscopic and VL
+    photographic instances are retrieved into <out>-cases/ as <SOP Instance UID>.dcm and indexed."""
     from chaiderm.data.records import load_table
     from chaiderm.index.faiss_index import INDEX_TYPES
     from chaiderm.index.ondisk import KIND as ONDISK
     from chaiderm.models.embedding import load_model
-    from chaiderm.pipeline import build_index
     from chaiderm.training.checkpoint import training_progress
 
     kinds = (*INDEX_TYPES, ONDISK)
@@ -59,6 +67,11 @@ def index_cmd(
         raise _fail("--ray-workers: needs --ray and at least 1 worker")
     if ray_shards is not None and ray is None:
         raise _fail("--ray-shards: needs --ray")
+    if (data is None) == (dicomweb is None):
+        raise _fail("index: give --data FOLDER or --dicomweb URL (one of them)")
+    if dicomweb is not None and labels is None:
+        raise _fail("--dicomweb: needs --labels CSV (sop_instance_uid,diagnosis)")
+    fetched = None
     with _errors(skip_bad_hint=True):
         net, cfg = load_model(model, fold=True)
         progress = training_progress(model)
@@ -72,28 +85,64 @@ def index_cmd(
             _warn(f"{msg}; indexing it as it is (--allow-incomplete)")
         if views is not None:
             cfg.model.views = views  # recorded in the index; queries follow it
-        table = load_table(data, default_split(data, split), groups)
-        with _progress() as p:
-            task = p.add_task("indexing", total=2 * len(table), info="")
-            index, errors = build_index(
-                net,
-                cfg,
-                table,
-                model_dir=model,
-                kind=kind,
-                store_maps=store_maps,
-                skip_bad=skip_bad,
-                progress=lambda n: p.advance(task, max(n, 1)),
-                ray=ray,
-                ray_workers=ray_workers,
-                ray_shards=ray_shards,
-                **(
-                    {"nlist": nlist, "nprobe": nprobe or (128 if kind == "ivf" else None)}
-                    if kind in ("ivf", ONDISK)
-                    else {}
-                ),
-            )
-        index.save(out)
+        if dicomweb is not None:
+            fetched = _fetch_archive(out, dicomweb, study, series, qido, labels, skip_bad)
+            table = fetched.table
+            if not len(table):
+                fetched.discard()
+                raise _fail(f"{dicomweb}: no labelled dermoscopic instance to index")
+        else:
+            table = load_table(data, default_split(data, split), groups)
+        try:
+            _build(table, net, cfg, model, out, kind, store_maps, skip_bad, ray, ray_workers, ray_shards, nlist, nprobe)
+        except BaseException:
+            if fetched is not None:  # the files retrieved go again unless the index that holds them is saved
+                fetched.discard()
+            raise
+    if fetched is not None:
+        for m in fetched.messages:
+            console.print(f"note: {m}", highlight=False, soft_wrap=True)
+
+
+def _fetch_archive(out, url, study, series, qido, labels, skip_bad):
+    from chaiderm.cli._pacs import find_images
+    from chaiderm.index.archive import cases_dir
+    from chaiderm.pacs.fetch import fetch_cases, read_labels
+
+    rows = read_labels(labels)
+    pacs, found = find_images(url, study, series, qido)
+    folder = cases_dir(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _progress() as p:
+        task = p.add_task("retrieving", total=len(found.images), info="")
+        return fetch_cases(pacs, found.images, rows, folder, skip_bad=skip_bad, progress=lambda n: p.advance(task, n))
+
+
+def _build(table, net, cfg, model, out, kind, store_maps, skip_bad, ray, ray_workers, ray_shards, nlist, nprobe):
+    from chaiderm.index.ondisk import KIND as ONDISK
+    from chaiderm.pipeline import build_index
+
+    with _progress() as p:
+        task = p.add_task("indexing", total=2 * len(table), info="")
+        index, errors = build_index(
+            net,
+            cfg,
+            table,
+            model_dir=model,
+            kind=kind,
+            store_maps=store_maps,
+            skip_bad=skip_bad,
+            progress=lambda n: p.advance(task, max(n, 1)),
+            ray=ray,
+            ray_workers=ray_workers,
+            ray_shards=ray_shards,
+            **(
+                {"nlist": nlist, "nprobe": nprobe or (128 if kind == "ivf" else None)}
+                if kind in ("ivf", ONDISK)
+                else {}
+            ),
+        )
+    index.save(out)
     if errors:
         _warn(f"skipped {len(errors)} unreadable image(s), e.g. {errors[0]}")
     console.print(f"indexed {len(index)} images into {out}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 from pathlib import Path
 from typing import Annotated
 
@@ -10,13 +11,14 @@ import typer
 from rich.table import Table
 
 from chaiderm.cli._common import TEST, _errors, _fail, _warn, console, default_split
+from chaiderm.cli._pacs import DicomWeb, Studies
 from chaiderm.errors import ChaidermError
 
 
 def query(
-    images: Annotated[list[Path], typer.Argument(help="query image files")],
     model: Annotated[Path, typer.Option(help="trained run folder")],
     index: Annotated[Path, typer.Option(help="index folder")],
+    images: Annotated[list[Path] | None, typer.Argument(help="query image files")] = None,
     out: Annotated[Path, typer.Option(help="report folder")] = Path("chaiderm-query"),
     k: int = 10,
     where: Annotated[
@@ -46,12 +48,25 @@ def query(
     skip_bad: Annotated[
         bool, typer.Option(help="skip unreadable images with a warning naming each (no CSV row, no report)")
     ] = False,
+    dicomweb: DicomWeb = None,
+    study: Studies = None,
+    store: Annotated[
+        bool,
+        typer.Option(
+            help="with --dicomweb: store the results back into each study, in new series: a Structured Report "
+            "per image and a Secondary Capture of its evidence, both marked decision support, not a diagnosis"
+        ),
+    ] = False,
 ) -> None:
     """Classify images by kNN vote, print each answer, and write evidence reports and/or a predictions CSV.
 
     Images are embedded in batches and answered as they come. Without --csv each image gets an HTML evidence
     report (--reports html); with --csv the CSV alone is written unless --reports asks for reports too. A run
-    that is stopped keeps the CSV rows it wrote; running it again with the same --csv answers only the rest."""
+    that is stopped keeps the CSV rows it wrote; running it again with the same --csv answers only the rest.
+
+    From a PACS: --dicomweb URL --study UID answers every dermoscopic and VL photographic image of the study
+    (named by SOP Instance UID; other instances skipped and counted); no report files unless --reports asks,
+    and with --store the results go back to the study."""
     from chaiderm.data.images import load_image
     from chaiderm.evaluation import isic_csv
     from chaiderm.evidence.report import write_query_json, write_query_report
@@ -62,6 +77,15 @@ def query(
         raise _fail(f"--k must be between 1 and 1000 (the number of nearest archive cases that vote), not {k}")
     if reports is not None and reports not in QUERY_REPORTS:
         raise _fail(f"--reports: one of {', '.join(QUERY_REPORTS)}, not '{reports}'")
+    if dicomweb is not None or study or store:
+        if images or dicomweb is None or not study:
+            raise _fail("query: --dicomweb URL --study UID [--store] reads a PACS instead of image files")
+        if csv is not None or region is not None:
+            raise _fail("query --dicomweb: --csv and --region are for image files")
+        _query_pacs(dicomweb, study, model, index, out, k, where, reports or "none", skip_bad, store)
+        return
+    if not images:
+        raise _fail("query: name image files, or a PACS study with --dicomweb URL --study UID")
     paths = _query_paths(images)
     if reports is None:
         reports = "none" if csv is not None else "html"
@@ -154,6 +178,80 @@ def query(
         console.print(f"reports in {out}/", highlight=False, soft_wrap=True)
     if csv is not None:
         console.print(f"{answered} row(s) added to {csv}", highlight=False, soft_wrap=True)
+
+
+def _query_pacs(url, studies, model, index, out, k, where, reports, skip_bad, store) -> None:
+    """``query --dicomweb``: every dermoscopic image of the studies, retrieved into memory (nothing of the
+    patient's is written here unless --reports asks), answered, printed by SOP Instance UID; with ``store``,
+    one STOW-RS request per study puts an SR and an evidence capture per image back into it."""
+    from pydicom import dcmread
+
+    from chaiderm.cli._pacs import find_images
+    from chaiderm.data.images import load_image
+    from chaiderm.evidence.report import write_query_json, write_query_report
+    from chaiderm.pacs.results import Identity, study_results
+    from chaiderm.pipeline import Predictor
+
+    if reports != "none":
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _fail(f"{out}: cannot write reports there ({e.strerror or e})") from None
+    skipped: list[str] = []
+    with _errors(skip_bad_hint=True):
+        predictor = Predictor.load(model, index)
+        identity = Identity.of(predictor)
+        pacs, found = find_images(url, studies, None, None)
+        if not found.images:
+            raise _fail(f"{pacs.name}: no dermoscopic or VL photographic image in study {', '.join(studies)}")
+        stored = 0
+        for uid in studies:
+            refs = [r for r in found.images if r.study == uid]
+            heads, results, neighbours = [], [], []
+            for start in range(0, len(refs), QUERY_CHUNK):
+                chunk, imgs = [], []
+                for ref in refs[start : start + QUERY_CHUNK]:
+                    try:
+                        data = pacs.fetch(ref)
+                        imgs.append(load_image(data, ref.name, fit=predictor.cfg.model.load_size))
+                    except ChaidermError as e:
+                        if not skip_bad or getattr(e, "code", None) is None:
+                            raise
+                        _skip(e, skipped)
+                        continue
+                    chunk.append(ref)
+                    if store:  # the header only: the SR and capture copy the study's patient and study modules
+                        heads.append(dcmread(io.BytesIO(data), stop_before_pixels=True))
+                answered = predictor.predict_many(
+                    imgs, k=k, image_ids=[r.instance for r in chunk], where=where, evidence=store or reports == "html"
+                )
+                for ref, res in zip(chunk, answered, strict=True):
+                    pred = res.prediction
+                    neigh = predictor.neighbor_images(res) if store or reports == "html" else []
+                    if reports == "html":
+                        write_query_report(out, ref.instance, res.image, pred, neigh, res.qams, res.rams)
+                    elif reports == "json":
+                        write_query_json(out, ref.instance, pred)
+                    if store:
+                        results.append(res)
+                        neighbours.append(neigh)
+                    dist = " ".join(f"{d}={p:.3f}" for d, p in pred.class_probabilities.items())
+                    typer.echo(
+                        f"{ref.instance}\t{pred.positive_class}_probability={pred.positive_probability:.3f}\t{dist}"
+                    )
+            if store and results:
+                stored += pacs.store(study_results(heads, results, neighbours, identity), uid)
+    if skipped:
+        _warn(f"skipped {len(skipped)} unreadable image(s): no answer")
+    if store:
+        console.print(
+            f"stored {stored} result object(s) (a report and an evidence capture per image) in new series of "
+            f"study {', '.join(studies)} on {pacs.name}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if reports != "none":
+        console.print(f"reports in {out}/", highlight=False, soft_wrap=True)
 
 
 QUERY_REPORTS = ("none", "json", "html")
