@@ -358,3 +358,80 @@ def test_pacs_options_are_checked_before_any_request():
     for uid in ("../../etc/passwd", "1.2.x", "1" * 65):
         with pytest.raises(DataError):
             check_uid(uid)
+
+
+@pytest.fixture
+def pacs_server(orthanc, served, tmp_path):
+    """The viewer on the test PACS, signed in (a viewer and an expert), storing no query images."""
+    from fastapi.testclient import TestClient
+
+    from chaiderm.web.app import create_app
+    from chaiderm.web.auth import Users
+    from tests.test_clinic import PASSWORD
+
+    users = Users(tmp_path / "users.json", create=True)
+    for name, role in (("viewer", "viewer"), ("expert", "expert"), ("admin", "admin")):
+        users.add(name, role, PASSWORD)
+    app = create_app(
+        served / "run",
+        served / "ix",
+        tmp_path / "fb.db",
+        users=tmp_path / "users.json",
+        keep_queries_days=0,
+        dicomweb=orthanc.dicomweb,
+    )
+    with TestClient(app) as c:
+
+        def token(name: str) -> dict:
+            r = c.post("/api/token", json={"name": name, "password": PASSWORD})
+            assert r.status_code == 200, r.text
+            return {"Authorization": f"Bearer {r.json()['token']}"}
+
+        c.token, c.db = token, tmp_path / "fb.db"
+        yield c
+
+
+def test_the_viewer_opens_a_pacs_study_and_only_experts_store_back(pacs_server, orthanc, study):
+    from dicomweb_client.api import DICOMwebClient
+
+    c = pacs_server
+    viewer, expert = c.token("viewer"), c.token("expert")
+    assert c.get("/api/pacs", headers=viewer).json() == {"configured": True}
+    listed = c.get(f"/api/pacs/studies/{study['uid']}", headers=viewer)
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    assert sorted(i["instance"] for i in body["images"]) == sorted(study["photos"])
+    assert body["skipped"]["CT Image Storage"] == 1
+    first = study["photos"][0]
+    q = c.post("/api/pacs/query", data={"study": study["uid"], "instance": first, "k": 5}, headers=viewer)
+    assert q.status_code == 200, q.text
+    query_id = q.json()["query_id"]
+    assert len(q.json()["neighbors"]) == 5
+    # --keep-queries 0: the image is held in memory for the page, never written to the database
+    assert FeedbackStore(c.db).query_record(query_id)[0] is None
+
+    before = len(DICOMwebClient(orthanc.dicomweb).search_for_instances(study["uid"]))
+    assert c.post("/api/pacs/store", data={"query_id": query_id}, headers=viewer).status_code == 403
+    assert c.post("/api/pacs/store", data={"query_id": query_id}, headers=expert).status_code == 404  # not theirs
+    q2 = c.post("/api/pacs/query", data={"study": study["uid"], "instance": first}, headers=expert)
+    stored = c.post("/api/pacs/store", data={"query_id": q2.json()["query_id"]}, headers=expert)
+    assert stored.status_code == 201, stored.text
+    assert len(stored.json()["stored"]) == 2
+    assert len(DICOMwebClient(orthanc.dicomweb).search_for_instances(study["uid"])) == before + 2
+
+    assert c.get("/api/pacs/studies/not-a-uid", headers=viewer).status_code == 422
+    other = c.post("/api/pacs/query", data={"study": study["uid"], "instance": "1.2.3"}, headers=viewer)
+    assert other.status_code == 404
+    audit = _audit_dump(c.db)
+    assert "pacs_study" in audit and "pacs_store" in audit and first in audit and study["uid"] in audit
+    _no_patient(audit, listed.text, q.text, stored.text)
+
+
+def test_a_viewer_without_a_configured_pacs_says_so(served, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from chaiderm.web.app import create_app
+
+    with TestClient(create_app(served / "run", served / "ix", tmp_path / "fb.db")) as c:
+        assert c.get("/api/pacs").json() == {"configured": False}
+        assert c.get("/api/pacs/studies/1.2.3").status_code == 404

@@ -36,6 +36,13 @@ def serve(
         ),
     ] = False,
     access_log: Annotated[Path | None, typer.Option(help="append one JSON line per request to this file")] = None,
+    dicomweb: Annotated[
+        str | None,
+        typer.Option(
+            help="a PACS's DICOMweb root: signed-in users open its studies by UID and query their dermoscopic "
+            "images; experts and admins store results back into a study (audited)"
+        ),
+    ] = None,
 ) -> None:
     """Serve the evidence viewer (query page + JSON API) and record users' similarity judgements."""
     import uvicorn
@@ -57,6 +64,7 @@ def serve(
             workers=workers,
             secure_cookies=ssl_certfile is not None or behind_https_proxy,
             behind_proxy=behind_https_proxy,
+            dicomweb=dicomweb,
         )
     if access_log is not None:
         _log_access_to(access_log)

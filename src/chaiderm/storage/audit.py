@@ -32,6 +32,8 @@ ACTIONS = (
     "feedback",
     "archive_add",
     "archive_remove",
+    "pacs_study",  # a PACS study opened in the viewer (target: its Study Instance UID)
+    "pacs_store",  # a query's results stored into its PACS study (target: the source's SOP Instance UID)
     "audit_read",
     "forbidden",  # a signed-in user asked for more than their role allows
     "refused",  # a presented session (401: ended, unknown) or CSRF token (403) refused before any route

@@ -17,6 +17,7 @@ import torch
 from fastapi import FastAPI
 
 from chaiderm.errors import DataError
+from chaiderm.pacs.client import Pacs
 from chaiderm.pipeline import Predictor
 from chaiderm.storage import AuditLog, Database, FeedbackStore, Sessions
 from chaiderm.web import errors
@@ -24,7 +25,7 @@ from chaiderm.web.access import Access, Forwarded, SignedIn
 from chaiderm.web.auth import Users
 from chaiderm.web.dependencies import ViewerState, inference_workers
 from chaiderm.web.observe import Metrics, Observe
-from chaiderm.web.routers import admin, archive, feedback, maps, pages, query, session
+from chaiderm.web.routers import admin, archive, feedback, maps, pacs, pages, query, session
 from chaiderm.web.security import allowed_methods, secure
 
 MAX_UPLOAD = 20_000_000
@@ -106,11 +107,13 @@ def create_app(
     workers: int | None = None,
     secure_cookies: bool = False,
     behind_proxy: bool = False,
+    dicomweb: str | None = None,
 ) -> FastAPI:
     """The viewer app. ``users`` (a users file) turns sign-in on; without it the server has one local
     user and must stay on loopback (the CLI refuses anything else). ``keep_queries_days``: query images
     older than this are erased (0: never stored). ``workers``: inferences at once (default: the cores).
-    ``behind_proxy``: requests from loopback carry the client's address in X-Forwarded-For (see Forwarded)."""
+    ``behind_proxy``: requests from loopback carry the client's address in X-Forwarded-For (see Forwarded).
+    ``dicomweb``: a PACS's DICOMweb root, whose studies users open and query (``routers.pacs``)."""
     if keep_queries_days is not None and not keep_queries_days >= 0:  # NaN too
         raise DataError(None, "--keep-queries must be 0 (keep no query images) or more days")
     workers = inference_workers(workers or os.cpu_count())
@@ -150,7 +153,8 @@ def create_app(
     app.state.access = access
     app.state.query_ms = query_ms
     app.state.metrics = metrics
-    for module in (session, pages, query, maps, archive, feedback, admin):
+    app.state.pacs = pacs.PacsLink(Pacs(dicomweb)) if dicomweb else None
+    for module in (session, pages, query, maps, archive, feedback, admin, pacs):
         app.include_router(module.router)
     errors.register(app)  # every project error a route raises: one status and one readable line
     allowed_methods(app)  # inside sign-in: an anonymous caller learns nothing of which methods a path takes
