@@ -17,7 +17,7 @@ from pathlib import Path
 from chaiderm._io import atomic_path
 from chaiderm.data.diagnoses import canonical
 from chaiderm.data.records import ImageTable, _read_csv, metadata_of
-from chaiderm.errors import ChaidermError, DataError
+from chaiderm.errors import DataError
 from chaiderm.pacs.client import Pacs
 from chaiderm.pacs.select import InstanceRef
 
@@ -125,7 +125,7 @@ def fetch_cases(
             diagnoses.append(row["diagnosis"])
             groups.append(row.get("group") or None)
             metadata.append(meta)
-    except (ChaidermError, OSError, KeyboardInterrupt):
+    except BaseException:  # an error, a refusal, Ctrl-C: no file of this run stays behind
         out.discard()
         raise
     out.messages += [f"skipped unreadable: {e}" for e in bad]
