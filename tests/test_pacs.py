@@ -68,7 +68,13 @@ def study(orthanc, synth_dir, tmp_path_factory):
     labels = tmp_path_factory.mktemp("labels") / "labels.csv"
     rows = [(p.SOPInstanceUID, d) for p, (_, d) in zip(photos, cases, strict=True)][:-1]
     labels.write_text("sop_instance_uid,diagnosis\n" + "".join(f"{u},{d}\n" for u, d in rows))
-    return {"uid": uid, "photos": [p.SOPInstanceUID for p in photos], "labels": labels, "rows": dict(rows)}
+    return {
+        "uid": uid,
+        "series": series,
+        "photos": [p.SOPInstanceUID for p in photos],
+        "labels": labels,
+        "rows": dict(rows),
+    }
 
 
 @pytest.fixture
@@ -143,6 +149,11 @@ def test_index_from_pacs_by_a_qido_query(orthanc, study, served, tmp_path):
     ix = ArchiveIndex.load(out)
     assert sorted(ix.image_ids) == sorted(study["rows"])
     _no_patient(r.output)
+    # by series: the photographs' series alone (the CT and the report are in series of their own)
+    from chaiderm.pacs.client import Pacs
+
+    found = Pacs(orthanc.dicomweb).find(series=[study["series"]])
+    assert sorted(r.instance for r in found.images) == sorted(study["photos"]) and not found.others
 
 
 def test_query_store_puts_a_report_and_a_capture_per_image_into_new_series(orthanc, study, served, tmp_path):
