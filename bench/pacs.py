@@ -8,8 +8,10 @@ untrained model (the tiny backbone: the model's cost is the same on both sides; 
 Then, each command in a fresh process as a user runs it (model and index loading included):
 - add: `archive add --data FOLDER` (the N .dcm files) against `archive add --dicomweb URL --study UID`
   (search, retrieval, the same embedding), each on its own copy of the index;
-- query: `query FILES --reports html` (evidence pictures written to disk) against `query --dicomweb URL
-  --study UID --store` (retrieval, the same evidence, an SR and a Secondary Capture per image stored back).
+- query: `query FILES --reports none` against `query --dicomweb URL --study UID` (the answers only: what the
+  PACS adds is search and retrieval); and `query FILES --reports html` (the evidence of each image written to
+  disk: 31 PNGs of 224 px per image) against `query --dicomweb URL --study UID --store` (the same evidence
+  drawn into one Secondary Capture per image, an SR per image, all stored back in one STOW-RS request).
 Each pair runs --repeats times in alternating order; the medians are reported.
 Writes bench/pacs.json (or --out):  python bench/pacs.py --n 100
 """
@@ -90,7 +92,8 @@ def main() -> None:
             pf.store(orthanc, photos)
             stow_s = time.perf_counter() - t
             url = orthanc.dicomweb
-            times: dict[str, list[float]] = {"add_files": [], "add_pacs": [], "query_files": [], "query_pacs": []}
+            names = ("add_files", "add_pacs", "query_files", "query_pacs", "query_files_html", "query_pacs_store")
+            times: dict[str, list[float]] = {name: [] for name in names}
             for r in range(args.repeats):
                 order = ["files", "pacs"] if r % 2 == 0 else ["pacs", "files"]
                 for side in order:
@@ -99,17 +102,20 @@ def main() -> None:
                     source = ["--data", str(tmp / "new")] if side == "files" else [
                         "--dicomweb", url, "--study", study, "--labels", str(labels)]  # fmt: skip
                     times[f"add_{side}"].append(run(["archive", "add", "--index", str(copy), *source]))
+                common = ["--model", str(run_dir), "--index", str(ix), "--k", "10"]
+                images = sorted(map(str, files.iterdir()))
+                pacs = ["--dicomweb", url, "--study", study]
                 for side in order:
-                    common = ["--model", str(run_dir), "--index", str(ix), "--k", "10"]
                     if side == "files":
-                        out = tmp / f"reports-{r}"
-                        times["query_files"].append(
-                            run(["query", *sorted(map(str, files.iterdir())), *common, "--out", str(out)])
-                        )
+                        times["query_files"].append(run(["query", *images, *common, "--reports", "none"]))
                     else:
-                        times["query_pacs"].append(
-                            run(["query", *common, "--dicomweb", url, "--study", study, "--store"])
-                        )
+                        times["query_pacs"].append(run(["query", *common, *pacs]))
+                for side in order:
+                    if side == "files":
+                        out = ["--out", str(tmp / f"reports-{r}"), "--reports", "html"]
+                        times["query_files_html"].append(run(["query", *images, *common, *out]))
+                    else:
+                        times["query_pacs_store"].append(run(["query", *common, *pacs, "--store"]))
             stored = len(pf_instances(url, study)) - args.n
             orthanc_version = orthanc.rest("/system")["Version"]
 
@@ -126,7 +132,8 @@ def main() -> None:
         "seconds": times,
         "median_s": med,
         "ratio_add_pacs_to_files": round(med["add_pacs"] / med["add_files"], 2),
-        "ratio_query_store_to_files_html": round(med["query_pacs"] / med["query_files"], 2),
+        "ratio_query_pacs_to_files": round(med["query_pacs"] / med["query_files"], 2),
+        "ratio_query_store_to_files_html": round(med["query_pacs_store"] / med["query_files_html"], 2),
         "per_image_ms": {k: round(1000 * v / args.n, 1) for k, v in med.items()},
         "objects_stored_back": stored,
     }
