@@ -446,3 +446,41 @@ def test_a_viewer_without_a_configured_pacs_says_so(served, tmp_path):
     with TestClient(create_app(served / "run", served / "ix", tmp_path / "fb.db")) as c:
         assert c.get("/api/pacs").json() == {"configured": False}
         assert c.get("/api/pacs/studies/1.2.3").status_code == 404
+
+
+def test_the_report_carries_novelty_and_a_prediction_set_where_the_result_has_them(synth_dir):
+    """Results from before those fields (none of either) and with them (a score object, a set of classes)."""
+    import dataclasses
+
+    import highdicom as hd
+
+    from chaiderm.interfaces import Neighbor, Prediction
+    from chaiderm.pacs import results
+    from chaiderm.pipeline import QueryResult
+
+    @dataclasses.dataclass
+    class Novelty:
+        score: float
+        novel: bool
+
+    (iid, _), *_ = _labels(synth_dir)
+    pixels = _pixels(synth_dir, iid)
+    source = pf.photograph(pixels, generate_uid(), generate_uid())
+    neighbours = [Neighbor(r + 1, f"case{r}", d, None, 0.1 * (r + 1)) for r, d in enumerate(["melanoma", "nevus"])]
+    pred = Prediction("q", "melanoma", {"melanoma": 0.5, "nevus": 0.5}, 2, neighbours)
+    maps = np.zeros((2, 4, 4), np.float32)
+    plain = QueryResult(pred, pixels, maps, maps, np.zeros(4), np.zeros((4, 4, 4)))
+    identity = results.Identity("digest", "2 cases, x", "chaiderm test")
+
+    def concepts(sr) -> dict[str, object]:
+        return {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in sr.ContentSequence}
+
+    before = concepts(results.result_sr(source, plain, identity, series_uid=hd.UID()))
+    assert "Novelty" not in before and "Prediction set" not in before
+    richer = dataclasses.replace(plain)
+    richer.novelty, richer.prediction_set = Novelty(0.93, True), ["melanoma", "nevus"]
+    after = concepts(results.result_sr(source, richer, identity, series_uid=hd.UID()))
+    assert float(after["Novelty"].MeasuredValueSequence[0].NumericValue) == pytest.approx(0.93)
+    assert after["Novelty detail"].TextValue == "novel: True"
+    members = {i.ConceptCodeSequence[0].CodeValue for i in after["Prediction set"].ContentSequence}
+    assert members == {"1162635006", "400096001"}

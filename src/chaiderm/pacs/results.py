@@ -61,6 +61,7 @@ K = _private("CHD010", "Number of nearest cases voting")
 NOVELTY = _private("CHD011", "Novelty")
 PREDICTION_SET = _private("CHD012", "Prediction set")
 DISCLAIMER = _private("CHD013", "Intended use")
+NOVELTY_DETAIL = _private("CHD014", "Novelty detail")
 ALGORITHM_NAME = Code("111001", "DCM", "Algorithm Name")
 ALGORITHM_VERSION = Code("111003", "DCM", "Algorithm Version")
 FINDING = Code("121071", "DCM", "Finding")
@@ -144,7 +145,7 @@ def _optional_items(result) -> list:
         if dataclasses.is_dataclass(novelty):
             for key, value in dataclasses.asdict(novelty).items():
                 if key != "score" and isinstance(value, str | int | float | bool):
-                    items.append(_text(_private("CHD011", f"Novelty {key}"), str(value)))
+                    items.append(_text(NOVELTY_DETAIL, f"{key}: {value}"))
     pset = getattr(result, "prediction_set", None)
     members = getattr(pset, "classes", pset)
     if members is not None and not isinstance(members, str):
