@@ -55,42 +55,18 @@ def index_cmd(
     From a PACS (--dicomweb with --study, --series or --qido, and --labels): its labelled dermoscopic and VL
     photographic instances are retrieved into <out>-cases/ as <SOP Instance UID>.dcm and indexed."""
     from chaiderm.data.records import load_table
-    from chaiderm.index.faiss_index import INDEX_TYPES
-    from chaiderm.index.ondisk import KIND as ONDISK
     from chaiderm.models.embedding import load_model
-    from chaiderm.training.checkpoint import training_progress
 
-    kinds = (*INDEX_TYPES, ONDISK)
-    if kind not in kinds:
-        raise _fail(f"--kind: unknown index type '{kind}'; use one of {', '.join(kinds)}")
-    if ray_workers is not None and (ray is None or ray_workers < 1):
-        raise _fail("--ray-workers: needs --ray and at least 1 worker")
-    if ray_shards is not None and ray is None:
-        raise _fail("--ray-shards: needs --ray")
-    if (data is None) == (dicomweb is None):
-        raise _fail("index: give --data FOLDER or --dicomweb URL (one of them)")
-    if dicomweb is not None and labels is None:
-        raise _fail("--dicomweb: needs --labels CSV (sop_instance_uid,diagnosis)")
+    _check_options(kind, ray, ray_workers, ray_shards, data, dicomweb, labels)
     fetched = None
     with _errors(skip_bad_hint=True):
         net, cfg = load_model(model, fold=True)
-        progress = training_progress(model)
-        if progress is not None and progress[0] < progress[1]:
-            msg = (
-                f"{model}: training stopped after epoch {progress[0]} of {progress[1]} (killed or failed?); "
-                f"finish it with `chaiderm train ... --resume`"
-            )
-            if not allow_incomplete:
-                raise _fail(msg + ", or index it as it is with --allow-incomplete")
-            _warn(f"{msg}; indexing it as it is (--allow-incomplete)")
+        _check_training(model, allow_incomplete)
         if views is not None:
             cfg.model.views = views  # recorded in the index; queries follow it
         if dicomweb is not None:
             fetched = _fetch_archive(out, dicomweb, study, series, qido, labels, skip_bad)
             table = fetched.table
-            if not len(table):
-                fetched.discard()
-                raise _fail(f"{dicomweb}: no labelled dermoscopic instance to index")
         else:
             table = load_table(data, default_split(data, split), groups)
         try:
@@ -104,6 +80,38 @@ def index_cmd(
             console.print(f"note: {m}", highlight=False, soft_wrap=True)
 
 
+def _check_options(kind, ray, ray_workers, ray_shards, data, dicomweb, labels) -> None:
+    from chaiderm.index.faiss_index import INDEX_TYPES
+    from chaiderm.index.ondisk import KIND as ONDISK
+
+    kinds = (*INDEX_TYPES, ONDISK)
+    if kind not in kinds:
+        raise _fail(f"--kind: unknown index type '{kind}'; use one of {', '.join(kinds)}")
+    if ray_workers is not None and (ray is None or ray_workers < 1):
+        raise _fail("--ray-workers: needs --ray and at least 1 worker")
+    if ray_shards is not None and ray is None:
+        raise _fail("--ray-shards: needs --ray")
+    if (data is None) == (dicomweb is None):
+        raise _fail("index: give --data FOLDER or --dicomweb URL (one of them)")
+    if dicomweb is not None and labels is None:
+        raise _fail("--dicomweb: needs --labels CSV (sop_instance_uid,diagnosis)")
+
+
+def _check_training(model: Path, allow_incomplete: bool) -> None:
+    """A run whose training stopped early is indexed only when asked (--allow-incomplete), with a warning."""
+    from chaiderm.training.checkpoint import training_progress
+
+    progress = training_progress(model)
+    if progress is not None and progress[0] < progress[1]:
+        msg = (
+            f"{model}: training stopped after epoch {progress[0]} of {progress[1]} (killed or failed?); "
+            f"finish it with `chaiderm train ... --resume`"
+        )
+        if not allow_incomplete:
+            raise _fail(msg + ", or index it as it is with --allow-incomplete")
+        _warn(f"{msg}; indexing it as it is (--allow-incomplete)")
+
+
 def _fetch_archive(out, url, study, series, qido, labels, skip_bad):
     from chaiderm.cli._pacs import find_images
     from chaiderm.index.archive import cases_dir
@@ -115,7 +123,13 @@ def _fetch_archive(out, url, study, series, qido, labels, skip_bad):
     folder.mkdir(parents=True, exist_ok=True)
     with _progress() as p:
         task = p.add_task("retrieving", total=len(found.images), info="")
-        return fetch_cases(pacs, found.images, rows, folder, skip_bad=skip_bad, progress=lambda n: p.advance(task, n))
+        fetched = fetch_cases(
+            pacs, found.images, rows, folder, skip_bad=skip_bad, progress=lambda n: p.advance(task, n)
+        )
+    if not len(fetched.table):
+        fetched.discard()
+        raise _fail(f"{pacs.name}: no labelled dermoscopic instance to index")
+    return fetched
 
 
 def _build(table, net, cfg, model, out, kind, store_maps, skip_bad, ray, ray_workers, ray_shards, nlist, nprobe):
