@@ -500,3 +500,48 @@ def test_a_refined_answer_is_shown_as_a_change(server, browser, synth_dir, tmp_p
     page.click("#refinereset")
     wait_until(lambda: not page.locator("#change").is_visible(), what="back to the first answer")
     assert not page.inner_text("#summary").startswith("Refined")
+
+
+def test_open_a_pacs_study_query_an_image_and_store_the_results(served, browser, synth_dir, tmp_path):
+    """`serve --dicomweb`: the study box lists a study's photographs, one is answered as an upload is, and
+    the local user (an admin) stores its results back into the study."""
+    import numpy as np
+    from dicomweb_client.api import DICOMwebClient
+    from PIL import Image
+    from pydicom.uid import generate_uid
+
+    from chaiderm.web.app import create_app
+    from tests import pacs_fixture as pf
+
+    why = pf.missing()
+    if why:
+        assert not pf.REQUIRED, why
+        pytest.skip(why)
+    with pf.running_orthanc(tmp_path / "orthanc") as orthanc:
+        study, series = generate_uid(), generate_uid()
+        names = ("SYN_test_00002.png", "SYN_test_00003.png")
+        pixels = [np.asarray(Image.open(synth_dir / "test" / "images" / n).convert("RGB")) for n in names]
+        photos = [pf.photograph(p, study, series, number=i + 1) for i, p in enumerate(pixels)]
+        pf.store(orthanc, [*photos, pf.ct_slice(study)])
+        srv, thread, url = _serve(
+            create_app(served / "run", served / "ix", tmp_path / "fb.db", dicomweb=orthanc.dicomweb)
+        )
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            wait_until(lambda: page.locator("#pacs").is_visible(), what="the PACS study box")
+            page.fill("#pacsstudy", study)
+            page.click("#pacsopen")
+            wait_until(lambda: page.locator("#pacsimages button").count() == 2, what="the study's two photographs")
+            assert "1 CT Image Storage" in page.inner_text("#pacsnote")
+            assert pf.PATIENT[0] not in page.content() and pf.PATIENT[1] not in page.content()
+            page.locator("#pacsimages button").first.click()
+            wait_until(lambda: cards(page).count() == 10, what="10 neighbours")
+            assert "PACS image 1" in page.inner_text("#qname")
+            wait_until(lambda: page.locator("#pacsstore").is_visible(), what="the store button")
+            page.click("#pacsstore")
+            wait_until(lambda: "stored 2 object(s)" in page.inner_text("#status"), what="stored")
+            assert len(DICOMwebClient(orthanc.dicomweb).search_for_instances(study)) == 3 + 2
+        finally:
+            srv.should_exit = True
+            thread.join(timeout=10)
