@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 from pathlib import Path
 from typing import Annotated
 
@@ -77,12 +76,11 @@ def query(
         raise _fail(f"--k must be between 1 and 1000 (the number of nearest archive cases that vote), not {k}")
     if reports is not None and reports not in QUERY_REPORTS:
         raise _fail(f"--reports: one of {', '.join(QUERY_REPORTS)}, not '{reports}'")
-    if dicomweb is not None or study or store:
-        if images or dicomweb is None or not study:
-            raise _fail("query: --dicomweb URL --study UID [--store] reads a PACS instead of image files")
-        if csv is not None or region is not None:
-            raise _fail("query --dicomweb: --csv and --region are for image files")
-        _query_pacs(dicomweb, study, model, index, out, k, where, reports or "none", skip_bad, store)
+    if any((dicomweb, study, store)):  # a PACS study instead of files
+        from chaiderm.cli import query_pacs
+
+        query_pacs.check_options(images, dicomweb, study, csv, region)
+        query_pacs.query_studies(dicomweb, study, model, index, out, k, where, reports or "none", skip_bad, store)
         return
     if not images:
         raise _fail("query: name image files, or a PACS study with --dicomweb URL --study UID")
@@ -178,80 +176,6 @@ def query(
         console.print(f"reports in {out}/", highlight=False, soft_wrap=True)
     if csv is not None:
         console.print(f"{answered} row(s) added to {csv}", highlight=False, soft_wrap=True)
-
-
-def _query_pacs(url, studies, model, index, out, k, where, reports, skip_bad, store) -> None:
-    """``query --dicomweb``: every dermoscopic image of the studies, retrieved into memory (nothing of the
-    patient's is written here unless --reports asks), answered, printed by SOP Instance UID; with ``store``,
-    one STOW-RS request per study puts an SR and an evidence capture per image back into it."""
-    from pydicom import dcmread
-
-    from chaiderm.cli._pacs import find_images
-    from chaiderm.data.images import load_image
-    from chaiderm.evidence.report import write_query_json, write_query_report
-    from chaiderm.pacs.results import Identity, study_results
-    from chaiderm.pipeline import Predictor
-
-    if reports != "none":
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise _fail(f"{out}: cannot write reports there ({e.strerror or e})") from None
-    skipped: list[str] = []
-    with _errors(skip_bad_hint=True):
-        predictor = Predictor.load(model, index)
-        identity = Identity.of(predictor)
-        pacs, found = find_images(url, studies, None, None)
-        if not found.images:
-            raise _fail(f"{pacs.name}: no dermoscopic or VL photographic image in study {', '.join(studies)}")
-        stored = 0
-        for uid in studies:
-            refs = [r for r in found.images if r.study == uid]
-            heads, results, neighbours = [], [], []
-            for start in range(0, len(refs), QUERY_CHUNK):
-                chunk, imgs = [], []
-                for ref in refs[start : start + QUERY_CHUNK]:
-                    try:
-                        data = pacs.fetch(ref)
-                        imgs.append(load_image(data, ref.name, fit=predictor.cfg.model.load_size))
-                    except ChaidermError as e:
-                        if not skip_bad or getattr(e, "code", None) is None:
-                            raise
-                        _skip(e, skipped)
-                        continue
-                    chunk.append(ref)
-                    if store:  # the header only: the SR and capture copy the study's patient and study modules
-                        heads.append(dcmread(io.BytesIO(data), stop_before_pixels=True))
-                answered = predictor.predict_many(
-                    imgs, k=k, image_ids=[r.instance for r in chunk], where=where, evidence=store or reports == "html"
-                )
-                for ref, res in zip(chunk, answered, strict=True):
-                    pred = res.prediction
-                    neigh = predictor.neighbor_images(res) if store or reports == "html" else []
-                    if reports == "html":
-                        write_query_report(out, ref.instance, res.image, pred, neigh, res.qams, res.rams)
-                    elif reports == "json":
-                        write_query_json(out, ref.instance, pred)
-                    if store:
-                        results.append(res)
-                        neighbours.append(neigh)
-                    dist = " ".join(f"{d}={p:.3f}" for d, p in pred.class_probabilities.items())
-                    typer.echo(
-                        f"{ref.instance}\t{pred.positive_class}_probability={pred.positive_probability:.3f}\t{dist}"
-                    )
-            if store and results:
-                stored += pacs.store(study_results(heads, results, neighbours, identity), uid)
-    if skipped:
-        _warn(f"skipped {len(skipped)} unreadable image(s): no answer")
-    if store:
-        console.print(
-            f"stored {stored} result object(s) (a report and an evidence capture per image) in new series of "
-            f"study {', '.join(studies)} on {pacs.name}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    if reports != "none":
-        console.print(f"reports in {out}/", highlight=False, soft_wrap=True)
 
 
 QUERY_REPORTS = ("none", "json", "html")
