@@ -2,7 +2,8 @@
 free, with a temporary configuration and storage, stopped after; and the DICOM instances put into it
 (synthetic dermoscopy as Dermoscopic Photography / VL Photographic instances, a CT, a text report).
 
-Skips where Orthanc or its plugin is missing, except under CHAIDERM_REQUIRE_PACS=1 (set by .ci/run)."""
+Skips where Orthanc or its plugin is missing, except under CHAIDERM_REQUIRE_PACS=1 (set by .ci/run), where
+that is a failure."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+# Debian's places; CHAIDERM_ORTHANC / CHAIDERM_ORTHANC_DICOMWEB name others (an Orthanc built elsewhere)
+ORTHANC = os.environ.get("CHAIDERM_ORTHANC") or shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+PLUGIN = Path(os.environ.get("CHAIDERM_ORTHANC_DICOMWEB") or "/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 REQUIRED = os.environ.get("CHAIDERM_REQUIRE_PACS") == "1"
 START_S = 30.0
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"

@@ -27,7 +27,6 @@ from tests import pacs_fixture as pf
 why = pf.missing()
 if why and pf.REQUIRED:
     raise RuntimeError(f"CHAIDERM_REQUIRE_PACS=1 but {why}")
-pytestmark = pytest.mark.skipif(why is not None, reason=why or "")
 
 runner = CliRunner()
 N_IMAGES = 6  # dermoscopic instances of the main study (one of them VL photographic)
@@ -44,6 +43,8 @@ def _pixels(synth_dir: Path, image_id: str, split: str = "test") -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
+    if why:
+        pytest.skip(why)
     with pf.running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
         yield server
 
@@ -239,7 +240,17 @@ def _dead_port() -> int:
     return pf.free_port()  # nothing listens there once the probe socket is closed
 
 
-def test_a_pacs_that_is_down_is_one_line_and_changes_nothing(study, ix, served):
+@pytest.fixture
+def nowhere(tmp_path):
+    """A study to ask for, and its labels, for a PACS that never answers (no Orthanc needed)."""
+    pytest.importorskip("dicomweb_client", reason="the pacs extra is not installed")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("sop_instance_uid,diagnosis\n1.2.3.4,melanoma\n")
+    return {"uid": "1.2.3", "labels": labels}
+
+
+def test_a_pacs_that_is_down_is_one_line_and_changes_nothing(nowhere, ix, served):
+    study = nowhere
     url = f"http://127.0.0.1:{_dead_port()}/dicom-web"
     before = (ix / "cases.json").read_bytes()
     t = time.monotonic()
@@ -281,9 +292,10 @@ def silent_pacs():
     srv.close()
 
 
-def test_a_slow_pacs_times_out_within_the_limit(silent_pacs, study, ix, monkeypatch):
+def test_a_slow_pacs_times_out_within_the_limit(silent_pacs, nowhere, ix, monkeypatch):
     from chaiderm.pacs import client
 
+    study = nowhere
     monkeypatch.setattr(client, "READ_S", 1.0)
     before = (ix / "cases.json").read_bytes()
     t = time.monotonic()
@@ -452,7 +464,7 @@ def test_the_report_carries_novelty_and_a_prediction_set_where_the_result_has_th
     """Results from before those fields (none of either) and with them (a score object, a set of classes)."""
     import dataclasses
 
-    import highdicom as hd
+    hd = pytest.importorskip("highdicom", reason="the pacs extra is not installed")
 
     from chaiderm.interfaces import Neighbor, Prediction
     from chaiderm.pacs import results
