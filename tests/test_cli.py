@@ -167,7 +167,7 @@ def test_ham10000_codes_train_and_vote_for_melanoma(synth_dir, tmp_path):
     rec = json.loads((tmp_path / f"{q.stem}.json").read_text())
     assert rec["melanoma_probability"] > 0  # 40 neighbours from an archive with ~1/3 melanoma
     assert set(rec["class_probabilities"]) == {"melanoma", "nevus", "benign_keratosis"}
-    assert "melanoma_probability=" in r.output and "nevus=" in r.output
+    assert "melanoma_share=" in r.output and "nevus=" in r.output
 
 
 def test_a_positive_class_absent_from_the_labels_is_refused(synth_dir, tmp_path):

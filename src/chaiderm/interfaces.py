@@ -47,6 +47,13 @@ class Prediction:
     neighbors: list[Neighbor] = field(default_factory=list)
     # "uniform": each neighbour one vote; "distance": weighed by 1 / squared distance (index.knn.VOTES)
     vote: str = "uniform"
+    # how far to trust it (index.uncertainty): novelty percentile and words, unlike_archive, calibrated
+    # probabilities, prediction set and its level; None where no one computed it
+    uncertainty: dict[str, Any] | None = None
+
+    @property
+    def unlike_archive(self) -> bool:
+        return bool(self.uncertainty and self.uncertainty.get("unlike_archive"))
 
     @property
     def positive_probability(self) -> float:
@@ -68,7 +75,9 @@ class Prediction:
             return "no neighbours"
         (d0, n0), rest = counts[0], counts[1:]
         text = f"{n0} of {self.k} nearest cases: {d0.replace('_', ' ')}"
-        return text + "".join(f"; {n} {d.replace('_', ' ')}" for d, n in rest)
+        text += "".join(f"; {n} {d.replace('_', ' ')}" for d, n in rest)
+        # a query unlike the archive never reads as a bare vote, wherever the summary is shown
+        return f"unlike the archive, so the vote may not apply: {text}" if self.unlike_archive else text
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,5 +89,6 @@ class Prediction:
             "summary": self.summary(),
             "k": self.k,
             "vote": self.vote,
+            "uncertainty": self.uncertainty,
             "neighbors": [n.to_dict() for n in self.neighbors],
         }

@@ -14,12 +14,16 @@ import torch
 from chaiderm._io import file_digest
 from chaiderm.config import RunConfig
 from chaiderm.data.diagnoses import require_class
+from chaiderm.data.image_stats import image_statistics
 from chaiderm.data.images import load_image
 from chaiderm.data.records import ImageTable
 from chaiderm.data.transforms import prepare, resize_square
 from chaiderm.errors import ArtifactError, DataError
+from chaiderm.evaluation.conformal import DEFAULT_LEVEL, check_level
 from chaiderm.evidence.maps import activation_map_pairs
 from chaiderm.evidence.render import render_heatmap, to_png_bytes
+from chaiderm.index import novelty as nv
+from chaiderm.index import uncertainty as unc
 from chaiderm.index.archive import ArchiveIndex
 from chaiderm.index.filters import parse_where
 from chaiderm.index.knn import check_vote, class_distribution, vote_weights
@@ -35,6 +39,7 @@ __all__ = [
     "QueryResult",
     "add_to_index",
     "build_index",
+    "calibrate_sets",
     "load_image",
     "query_cost_warning",
     "read_feedback_triplets",
@@ -81,15 +86,19 @@ def embed_archive(
     skip_bad: bool = False,
     progress: Callable[[int], None] | None = None,
     digests: list[str] | None = None,
+    stats_out: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, ImageTable, list[str], list[str]]:
     """Embed archive images with the model's views: ``(embeddings, maps, the rows that loaded, their
     content digests, messages for skipped files)``. Shared by a new index and by adding to one;
-    ``digests`` (one per row of ``table``) are used instead of hashing the files again."""
+    ``digests`` (one per row of ``table``) are used instead of hashing the files again. ``stats_out``, a
+    list, receives the loaded images' statistics (``data.image_stats``), taken while they are decoded."""
     check_views(cfg.model.views)  # before any image is decoded
     images, ok, errors = prepare(
         table.paths, cfg.model.load_size, skip_bad=skip_bad, progress=(lambda: progress(0)) if progress else None
     )
     table = table.subset(ok)
+    if stats_out is not None:
+        stats_out.append(image_statistics(images))
     emb, maps = embed(
         model, images, cfg.model.image_size, with_maps=store_maps, progress=progress, views=cfg.model.views
     )
@@ -110,10 +119,17 @@ def build_index(
     ray: str | None = None,
     ray_workers: int | None = None,
     ray_shards: str | Path | None = None,
+    novelty_method: str = nv.DEFAULT_METHOD,
+    novelty_threshold: float = nv.DEFAULT_THRESHOLD,
     **index_params,
 ) -> tuple[ArchiveIndex, list[str]]:
     """Embed every archive image and index it; returns the index and messages for skipped files.
-    ``ray`` (a cluster address, or ``local``) embeds on a Ray cluster instead of in this process."""
+    ``ray`` (a cluster address, or ``local``) embeds on a Ray cluster instead of in this process.
+    The index gets its novelty reference and calibrator (``index.uncertainty``); embedded with ``ray`` it
+    keeps no image statistics, and its novelty is then the embedding distance alone."""
+    nv.check_method(novelty_method)
+    nv.check_threshold(novelty_threshold)
+    stats: list[np.ndarray] = []
     check_views(cfg.model.views)
     # an archive without the model's positive class would vote 0 for every query: refuse it up front
     positive = require_class(cfg.train.positive_class, table.diagnoses, table.source or "archive")
@@ -133,7 +149,7 @@ def build_index(
         )
     else:
         emb, maps, table, content, errors = embed_archive(
-            model, cfg, table, store_maps=store_maps, skip_bad=skip_bad, progress=progress
+            model, cfg, table, store_maps=store_maps, skip_bad=skip_bad, progress=progress, stats_out=stats
         )
     info = {
         "model_dir": str(Path(model_dir).resolve()),
@@ -159,8 +175,10 @@ def build_index(
         info=info,
         content=content,
         metadata=table.metadata,
+        image_stats=stats[0] if stats else None,
         **index_params,
     )
+    index.uncertainty = unc.build(index, vote=cfg.model.vote, method=novelty_method, threshold=novelty_threshold)
     return index, errors
 
 
@@ -214,6 +232,7 @@ def add_to_index(
         )
     if not fresh:
         return index, messages
+    stats: list[np.ndarray] = []
     emb, maps, rows, content, errors = embed_archive(
         model,
         cfg,
@@ -222,7 +241,9 @@ def add_to_index(
         skip_bad=skip_bad,
         progress=progress,
         digests=fresh_digests,
+        stats_out=stats,
     )
+    new_stats = stats[0] if stats else None
     messages += [f"skipped unreadable: {e}" for e in errors]
     copies = near_copies(index, emb, rows.image_ids)
     if copies:
@@ -234,6 +255,7 @@ def add_to_index(
         )
         emb, rows, content = emb[keep], rows.subset(keep), [content[i] for i in keep]
         maps = None if maps is None else maps[keep]
+        new_stats = None if new_stats is None else new_stats[keep]
     if not len(rows):
         return index, messages
     new = index.add(
@@ -245,10 +267,52 @@ def add_to_index(
         maps=maps,
         content=content,
         metadata=rows.metadata,
+        image_stats=new_stats,
     )
     new.info["sources"] = [*index.info.get("sources", [index.info.get("source", "")]), rows.source]
     new.info["synthetic"] = bool(index.info.get("synthetic", False)) and rows.synthetic
     return new, messages
+
+
+def calibrate_sets(
+    index: ArchiveIndex,
+    model: EmbeddingNet,
+    cfg: RunConfig,
+    table: ImageTable,
+    *,
+    k: int = 10,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Calibrate ``index``'s conformal prediction sets on labelled held-out images (``evaluation.conformal``):
+    each is voted on (``k`` neighbours, the model's vote) and its nonconformity kept. The images must never
+    have been used to train or choose anything, or the sets' coverage is not guaranteed. Returns notes."""
+    from chaiderm.evaluation.conformal import Conformal, nonconformity
+
+    if index.uncertainty is None:
+        return ["the archive is too small for a novelty reference: no prediction sets"]
+    predictor = Predictor(model, cfg, index)
+    classes = predictor.classes
+    shares, truth, skipped = [], [], 0
+    for start in range(0, len(table), 64):
+        part = table.subset(list(range(start, min(start + 64, len(table)))))
+        images = [load_image(p, fit=cfg.model.load_size) for p in part.paths]
+        for res, d in zip(predictor.predict_many(images, k=k, image_ids=part.image_ids), part.diagnoses, strict=True):
+            if d not in classes:
+                skipped += 1
+                continue
+            shares.append([res.prediction.class_probabilities[c] for c in classes])
+            truth.append(classes.index(d))
+        if progress is not None:
+            progress(len(part))
+    if not truth:
+        raise DataError(None, f"{table.source}: none of its diagnoses is in the archive: no prediction sets")
+    scores = nonconformity(np.array(shares), np.array(truth))
+    fitted = Conformal.fit(scores, fitted_on=f"{len(scores)} labelled held-out cases of {table.source} (k={k})")
+    index.uncertainty = unc.with_conformal(index.uncertainty, fitted, len(index))
+    notes = [f"prediction sets calibrated on {len(scores)} held-out case(s)"]
+    if skipped:
+        notes.append(f"{skipped} held-out case(s) with a diagnosis the archive lacks left out of the calibration")
+    return notes
 
 
 # A new case is a copy of another when its squared embedding distance to it is under this fraction of the
@@ -308,11 +372,25 @@ class QueryResult:
 
 
 class Predictor:
-    """Loads once, answers many queries: ``predict`` -> :class:`QueryResult`."""
+    """Loads once, answers many queries: ``predict`` -> :class:`QueryResult`.
 
-    def __init__(self, model: EmbeddingNet, cfg: RunConfig, index: ArchiveIndex):
+    Every answer carries ``prediction.uncertainty`` (``index.uncertainty``): the query's novelty, whether it
+    is unlike the archive (above ``novelty_threshold``, default the index's), calibrated probabilities and
+    the prediction set at ``level``."""
+
+    def __init__(
+        self,
+        model: EmbeddingNet,
+        cfg: RunConfig,
+        index: ArchiveIndex,
+        *,
+        level: float = DEFAULT_LEVEL,
+        novelty_threshold: float | None = None,
+    ):
         self.model = model.eval()
         self.cfg = cfg
+        self.level = check_level(level)
+        self.novelty_threshold = None if novelty_threshold is None else nv.check_threshold(novelty_threshold)
         self.vote = check_vote(cfg.model.vote)  # how the neighbours vote: the model's setting
         self.set_index(index)
 
@@ -328,6 +406,9 @@ class Predictor:
         # queries are embedded as the archive was (indexes from before the setting: single views)
         self.views = str(index.info.get("views", "none"))
         self._typical: float | None = None
+        # novelty, calibration and prediction sets: the index's own (None for an index from before them)
+        self.uncertainty = index.uncertainty
+        self._archive_stats: np.ndarray | None = None
 
     def typical_distance(self, k: int = 10, sample: int = 200) -> float | None:
         """The median distance from an archive case to its k-th nearest other case (over ``sample`` cases
@@ -403,7 +484,7 @@ class Predictor:
             g_q = g_q * cells  # the maps show only what the search used
         if similar or not_similar:
             f_q = rocchio(f_q, self._embeddings_of(similar or []), self._embeddings_of(not_similar or []))
-        pred, idx = self._vote(f_q[None], k, [image_id], rows, classes, excluded)[0]
+        pred, idx = self._vote(f_q[None], k, [image_id], rows, classes, excluded, image_statistics(square))[0]
         if evidence and len(idx):
             qams, rams = activation_map_pairs(g_q, self.result_maps(idx), f_q=f_q)
         else:
@@ -438,7 +519,8 @@ class Predictor:
             g = None
         none = np.zeros((0, 1, 1), np.float32)
         out = []
-        for q, (pred, idx) in enumerate(self._vote(e, k, ids, rows, classes, set())):
+        votes = self._vote(e, k, ids, rows, classes, set(), image_statistics(squares))
+        for q, (pred, idx) in enumerate(votes):
             if g is not None and len(idx):
                 qams, rams = activation_map_pairs(g[q], self.result_maps(idx), f_q=e[q])
             else:
@@ -474,10 +556,14 @@ class Predictor:
         rows: np.ndarray | None,
         classes: list[str],
         excluded: set[int],
+        stats: np.ndarray | None = None,
     ) -> list[tuple[Prediction, np.ndarray]]:
         """Each query embedding's k nearest archive cases (among ``rows``, never ``excluded``) and their vote:
-        the one vote of :meth:`predict` and :meth:`predict_many`."""
+        the one vote of :meth:`predict` and :meth:`predict_many`, with its novelty (from the whole archive,
+        whatever ``rows``) and the rest of ``prediction.uncertainty``; ``stats``: the queries' image
+        statistics."""
         e = np.ascontiguousarray(queries, dtype=np.float32)
+        novelty = self.novelty(e, stats, excluded)
         if rows is not None:
             dists, idxs = self.index.search_among(e, k, rows)
         else:
@@ -502,8 +588,30 @@ class Predictor:
                 )
                 for r, (i, d) in enumerate(zip(idx, dist, strict=True))
             ]
-            out.append((Prediction(image_id, self.positive_class, probs, len(idx), neighbors, vote=self.vote), idx))
+            pred = Prediction(image_id, self.positive_class, probs, len(idx), neighbors, vote=self.vote)
+            pct = novelty[len(out)]
+            if self.uncertainty is None or pct is None:
+                pred.uncertainty = unc.unknown()
+            else:
+                pred.uncertainty = self.uncertainty.assess(
+                    pct, probs, level=self.level, threshold=self.novelty_threshold
+                )
+            out.append((pred, idx))
         return out
+
+    def novelty(self, queries: np.ndarray, stats: np.ndarray | None, excluded: set[int] = frozenset()) -> list:
+        """Each query embedding's novelty percentile (None where the index has no reference)."""
+        u = self.uncertainty
+        if u is None or (u.method == "mean+image" and stats is None):
+            return [None] * len(queries)
+        d, i = self.index.search(np.ascontiguousarray(queries, np.float32), u.k + len(excluded))
+        dist, _ = nv.keep_others(d, i, [set(excluded)] * len(queries), u.k)
+        img = None
+        if u.method == "mean+image":
+            if self._archive_stats is None:
+                self._archive_stats = u.stat_scale.apply(self.index.image_stats)
+            img = nv.image_distances(self._archive_stats, u.stat_scale.apply(stats))
+        return [float(p) for p in u.novelty(dist, img)]
 
     def warm_up(self, n: int = 3, k: int = 10) -> float:
         """Answer ``n`` queries of a plain grey image with ``k`` evidence pairs; the median milliseconds of

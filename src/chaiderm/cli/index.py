@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chaiderm.cli._common import _errors, _fail, _progress, _warn, console, default_split
+from chaiderm.cli._common import VAL, _errors, _fail, _progress, _warn, console, default_split
 from chaiderm.cli._pacs import DicomWeb, Labels, Qido, SeriesOpt, Studies
 
 
@@ -49,8 +49,27 @@ def index_cmd(
     series: SeriesOpt = None,
     qido: Qido = None,
     labels: Labels = None,
+    novelty_threshold: Annotated[
+        float,
+        typer.Option(
+            help="novelty percentile above which a query is marked 'unlike the archive' (95: about 5%% of cases "
+            "like the archive's are flagged); `query --novelty-threshold` overrides it per run"
+        ),
+    ] = 95.0,
+    novelty_method: Annotated[
+        str, typer.Option(help="kth, mean or mean+image (index.novelty; kth was chosen by bench/uncertainty.py)")
+    ] = "kth",
+    conformal_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="labelled images never used to train or choose anything (not the archive): calibrate prediction "
+            "sets on them; without, answers carry no prediction set"
+        ),
+    ] = None,
+    conformal_split: Annotated[str | None, typer.Option(help="split of --conformal-data (ISIC default: val)")] = None,
 ) -> None:
-    """Embed an archive and build its search index.
+    """Embed an archive and build its search index, with its novelty reference and calibrated votes (and,
+    given --conformal-data, prediction sets).
 
     From a PACS (--dicomweb with --study, --series or --qido, and --labels): its labelled dermoscopic and VL
     photographic instances are retrieved into <out>-cases/ as <SOP Instance UID>.dcm and indexed."""
@@ -58,6 +77,8 @@ def index_cmd(
     from chaiderm.models.embedding import load_model
 
     _check_options(kind, ray, ray_workers, ray_shards, data, dicomweb, labels)
+    _check_novelty(novelty_method, novelty_threshold)
+    trust = (novelty_method, novelty_threshold, conformal_data, conformal_split)
     fetched = None
     with _errors(skip_bad_hint=True):
         net, cfg = load_model(model, fold=True)
@@ -70,7 +91,9 @@ def index_cmd(
         else:
             table = load_table(data, default_split(data, split), groups)
         try:
-            _build(table, net, cfg, model, out, kind, store_maps, skip_bad, ray, ray_workers, ray_shards, nlist, nprobe)
+            _build(
+                table, net, cfg, model, out, kind, store_maps, skip_bad, ray, ray_workers, ray_shards, nlist, nprobe, trust
+            )
         except BaseException:
             if fetched is not None:  # the files retrieved go again unless the index that holds them is saved
                 fetched.discard()
@@ -95,6 +118,19 @@ def _check_options(kind, ray, ray_workers, ray_shards, data, dicomweb, labels) -
         raise _fail("index: give --data FOLDER or --dicomweb URL (one of them)")
     if dicomweb is not None and labels is None:
         raise _fail("--dicomweb: needs --labels CSV (sop_instance_uid,diagnosis)")
+
+
+def _check_novelty(method: str, threshold: float) -> None:
+    from chaiderm.index import novelty
+
+    try:
+        novelty.check_method(method)
+    except ValueError as e:
+        raise _fail(f"--novelty-method: {e}") from None
+    try:
+        novelty.check_threshold(threshold)
+    except ValueError as e:
+        raise _fail(f"--novelty-threshold: {e}") from None
 
 
 def _check_training(model: Path, allow_incomplete: bool) -> None:
@@ -132,10 +168,12 @@ def _fetch_archive(out, url, study, series, qido, labels, skip_bad):
     return fetched
 
 
-def _build(table, net, cfg, model, out, kind, store_maps, skip_bad, ray, ray_workers, ray_shards, nlist, nprobe):
+def _build(table, net, cfg, model, out, kind, store_maps, skip_bad, ray, ray_workers, ray_shards, nlist, nprobe, trust):
+    """``trust``: (novelty method, novelty threshold, conformal data, its split)."""
     from chaiderm.index.ondisk import KIND as ONDISK
     from chaiderm.pipeline import build_index
 
+    method, threshold, conformal_data, conformal_split = trust
     with _progress() as p:
         task = p.add_task("indexing", total=2 * len(table), info="")
         index, errors = build_index(
@@ -150,13 +188,31 @@ def _build(table, net, cfg, model, out, kind, store_maps, skip_bad, ray, ray_wor
             ray=ray,
             ray_workers=ray_workers,
             ray_shards=ray_shards,
+            novelty_method=method,
+            novelty_threshold=threshold,
             **(
                 {"nlist": nlist, "nprobe": nprobe or (128 if kind == "ivf" else None)}
                 if kind in ("ivf", ONDISK)
                 else {}
             ),
         )
+    notes = _calibrate_sets(index, net, cfg, conformal_data, conformal_split)
     index.save(out)
+    for n in notes:
+        console.print(f"note: {n}", highlight=False, soft_wrap=True)
     if errors:
         _warn(f"skipped {len(errors)} unreadable image(s), e.g. {errors[0]}")
     console.print(f"indexed {len(index)} images into {out}")
+
+
+def _calibrate_sets(index, net, cfg, data: Path | None, split: str | None) -> list[str]:
+    """Prediction sets calibrated on held-out labelled images (none without ``data``); returns notes."""
+    if data is None:
+        return []
+    from chaiderm.data.records import load_table
+    from chaiderm.pipeline import calibrate_sets
+
+    held = load_table(data, default_split(data, split, VAL))
+    with _progress() as p:
+        task = p.add_task("calibrating prediction sets", total=len(held), info="")
+        return calibrate_sets(index, net, cfg, held, progress=lambda n: p.advance(task, n))

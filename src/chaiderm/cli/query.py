@@ -56,6 +56,13 @@ def query(
             "per image and a Secondary Capture of its evidence, both marked decision support, not a diagnosis"
         ),
     ] = False,
+    level: Annotated[
+        float, typer.Option(help="coverage level of the prediction sets (0.5 to below 1; needs an index with them)")
+    ] = 0.9,
+    novelty_threshold: Annotated[
+        float | None,
+        typer.Option(help="novelty percentile above which an answer is 'unlike the archive' (default: the index's)"),
+    ] = None,
 ) -> None:
     """Classify images by kNN vote, print each answer, and write evidence reports and/or a predictions CSV.
 
@@ -76,6 +83,7 @@ def query(
         raise _fail(f"--k must be between 1 and 1000 (the number of nearest archive cases that vote), not {k}")
     if reports is not None and reports not in QUERY_REPORTS:
         raise _fail(f"--reports: one of {', '.join(QUERY_REPORTS)}, not '{reports}'")
+    _check_trust(level, novelty_threshold)
     if any((dicomweb, study, store)):  # a PACS study instead of files
         from chaiderm.cli import query_pacs
 
@@ -97,7 +105,7 @@ def query(
     skipped: list[str] = []
     answered = 0
     with _errors(skip_bad_hint=True), contextlib.ExitStack() as stack:
-        predictor = Predictor.load(model, index)
+        predictor = _trusting(Predictor.load(model, index), index, level, novelty_threshold)
         if csv is not None:  # refuse a layout the archive's diagnoses do not fit before any query runs
             for d in predictor.classes:
                 isic_csv.code_of(d, csv_format)
@@ -164,18 +172,50 @@ def query(
                     raise _fail(f"{out}: cannot write the report of {path.name} ({e.strerror or e})") from None
                 if sheet is not None:
                     try:
-                        sheet.write(path.stem, pred.class_probabilities)
+                        sheet.write(path.stem, pred.class_probabilities, isic_csv.unknown_of(pred.uncertainty))
                     except OSError as e:
                         raise _fail(f"{csv}: cannot write the row of {path.name} ({e.strerror or e})") from None
                 answered += 1
-                dist = " ".join(f"{d}={p:.3f}" for d, p in pred.class_probabilities.items())
-                typer.echo(f"{path.name}\t{pred.positive_class}_probability={pred.positive_probability:.3f}\t{dist}")
+                typer.echo(answer_line(path.name, pred))
     if skipped:
         _warn(f"skipped {len(skipped)} unreadable image(s): no row, no report")
     if reports != "none":
         console.print(f"reports in {out}/", highlight=False, soft_wrap=True)
     if csv is not None:
         console.print(f"{answered} row(s) added to {csv}", highlight=False, soft_wrap=True)
+
+
+def _check_trust(level: float, novelty_threshold: float | None) -> None:
+    if not 0.5 <= level < 1:
+        raise _fail(f"--level: the prediction sets' coverage, from 0.5 to below 1, not {level}")
+    if novelty_threshold is not None and not 50 <= novelty_threshold < 100:
+        raise _fail(f"--novelty-threshold: a percentile from 50 to below 100, not {novelty_threshold}")
+
+
+def _trusting(predictor, index: Path, level: float, novelty_threshold: float | None):
+    """The predictor answering with prediction sets at ``level`` and the novelty threshold asked for."""
+    predictor.level, predictor.novelty_threshold = level, novelty_threshold
+    if predictor.uncertainty is None:
+        _warn(f"{index}: built without a novelty reference: answers say 'novelty unknown' (index it again)")
+    return predictor
+
+
+def answer_line(name: str, pred) -> str:
+    """One answer as ``query`` prints it: the novelty first, then the vote (with the calibrated probability
+    and the prediction set where the index has them), tab-separated."""
+    u = pred.uncertainty or {}
+    pct = u.get("novelty_percentile")
+    novelty = "novelty=unknown" if pct is None else f"novelty={pct:.1f}" + (
+        "(UNLIKE THE ARCHIVE)" if u.get("unlike_archive") else ""
+    )
+    dist = " ".join(f"{d}={p:.3f}" for d, p in pred.class_probabilities.items())
+    fields = [name, novelty, f"{pred.positive_class}_share={pred.positive_probability:.3f}"]
+    cal = u.get("calibrated_probabilities")
+    if cal is not None and pred.positive_class in cal:
+        fields.append(f"{pred.positive_class}_calibrated={cal[pred.positive_class]:.3f}")
+    if u.get("prediction_set") is not None:
+        fields.append(f"set@{u['set_level']:.0%}={'|'.join(u['prediction_set'])}")
+    return "\t".join([*fields, dist])
 
 
 QUERY_REPORTS = ("none", "json", "html")

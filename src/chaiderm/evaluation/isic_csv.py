@@ -3,6 +3,10 @@ per diagnosis, the files the organisers' scorer (``isic-challenge-scoring``) rea
 
 The vote's canonical diagnoses map onto the challenge's codes; BKL is the challenge's union of benign
 keratoses (seborrheic keratosis, solar lentigo, lichenoid keratosis), so their shares add up there.
+
+``UNK`` (ISIC 2019: "none of the others") is 1.0 for a query marked unlike the archive (``index.novelty``)
+and 0.0 otherwise, so the challenge's argmax reads such a query as UNK while the diagnosis columns keep the
+vote's shares for their own AUCs. An index without a novelty reference leaves it 0.0, as before.
 """
 
 from __future__ import annotations
@@ -50,11 +54,19 @@ def code_of(diagnosis: str, fmt: str) -> str:
     return code
 
 
-def row(class_probabilities: dict[str, float], fmt: str) -> dict[str, float]:
-    """One prediction row: each column the summed share of the diagnoses that map onto it."""
+def unknown_of(uncertainty: dict | None) -> float:
+    """The ``UNK`` value of an answer with this ``Prediction.uncertainty``."""
+    return 1.0 if uncertainty and uncertainty.get("unlike_archive") else 0.0
+
+
+def row(class_probabilities: dict[str, float], fmt: str, unknown: float = 0.0) -> dict[str, float]:
+    """One prediction row: each column the summed share of the diagnoses that map onto it; ``unknown``
+    (:func:`unknown_of`) is added to ``UNK`` where the layout has it."""
     out = dict.fromkeys(COLUMNS[fmt], 0.0)
     for diagnosis, p in class_probabilities.items():
         out[code_of(diagnosis, fmt)] += p
+    if "UNK" in out:
+        out["UNK"] = min(1.0, out["UNK"] + unknown)
     return out
 
 
@@ -76,9 +88,13 @@ def write_csv(path: str | Path, rows: list[tuple[str, dict[str, float]]], fmt: s
     write_text(path, buf.getvalue())
 
 
-def write_predictions(path: str | Path, predictions: list[tuple[str, dict[str, float]]], fmt: str) -> None:
-    """``(image id, class_probabilities)`` of each query, in the challenge layout."""
-    write_csv(path, [(iid, row(probs, fmt)) for iid, probs in predictions], fmt)
+def write_predictions(
+    path: str | Path, predictions: list[tuple[str, dict[str, float]]], fmt: str, unknown: dict[str, float] | None = None
+) -> None:
+    """``(image id, class_probabilities)`` of each query, in the challenge layout; ``unknown``: image id ->
+    its :func:`unknown_of` (0 where absent)."""
+    unk = unknown or {}
+    write_csv(path, [(iid, row(probs, fmt, unk.get(iid, 0.0))) for iid, probs in predictions], fmt)
 
 
 def write_truth(path: str | Path, image_ids: list[str], diagnoses: list[str], fmt: str) -> None:
@@ -145,9 +161,9 @@ class PredictionsFile:
             self.answered.add(r[0])
         return kept
 
-    def write(self, image_id: str, class_probabilities: dict[str, float]) -> None:
+    def write(self, image_id: str, class_probabilities: dict[str, float], unknown: float = 0.0) -> None:
         """Append one query's row and flush it to the operating system (a kill after this keeps it)."""
-        self._writer.writerow(_cells(image_id, row(class_probabilities, self.fmt), self.fmt))
+        self._writer.writerow(_cells(image_id, row(class_probabilities, self.fmt, unknown), self.fmt))
         self._fh.flush()
         self.answered.add(image_id)
 

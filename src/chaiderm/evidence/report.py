@@ -20,6 +20,8 @@ body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;max-width:1200px}
 figure{margin:0;text-align:center;font-size:.8rem}figure img{width:128px;height:128px;border:4px solid #ccc}
 figure.mel img{border-color:#d00}.pair{display:grid;grid-template-columns:128px 128px;gap:4px;
 border:1px solid #ddd;padding:6px}.pair img{width:128px;height:128px}.pair .cap{grid-column:span 2;font-size:.8rem}
+.novelty{padding:.5rem .8rem;border-left:6px solid #888;background:#f4f4f4}
+.novelty.unlike{border-color:#d00;background:#fde8e8;font-weight:600}
 """
 
 
@@ -107,10 +109,22 @@ def _record(
         "summary": prediction.summary(),
         "k": prediction.k,
         "vote": prediction.vote,
+        "uncertainty": prediction.uncertainty,  # novelty, unlike_archive, calibrated probabilities, set
         "region": region,  # boxes searched (pixels of the query's square), or None: the whole image
         "query_image": query_image,
         "neighbors": neighbours,
     }
+
+
+def _novelty_html(u: dict[str, Any]) -> str:
+    """The novelty in words, shown before the vote; a query unlike the archive says so first."""
+    words = u.get("novelty_words") or "novelty unknown"
+    if u.get("unlike_archive"):
+        return (
+            f'<p class="novelty unlike">Unlike the archive: {html.escape(words)}. Read the vote below as a list of '
+            "the closest cases only, not as a diagnosis.</p>"
+        )
+    return f'<p class="novelty">Novelty: {html.escape(words)}</p>'
 
 
 def render_html(record: dict[str, Any]) -> str:
@@ -138,8 +152,25 @@ def render_html(record: dict[str, Any]) -> str:
         )
     truth = f" (true: {e(record['true_diagnosis'])})" if record.get("true_diagnosis") else ""
     weighed = ", each case weighed by its closeness: 1 / squared distance" if record.get("vote") == "distance" else ""
+    u = record.get("uncertainty") or {}
+    cal = u.get("calibrated_probabilities") or {}
     dist = "".join(
-        f"<li>{e(d.replace('_', ' '))}: {p:.2f}</li>" for d, p in record.get("class_probabilities", {}).items()
+        f"<li>{e(d.replace('_', ' '))}: vote share {p:.2f}"
+        + (f", calibrated probability {cal[d]:.2f}" if d in cal else "")
+        + "</li>"
+        for d, p in record.get("class_probabilities", {}).items()
+    )
+    novelty = _novelty_html(u)
+    sets = (
+        f"<p>Prediction set: {e(u['set_words'])} (holds the true diagnosis of that share of held-out cases like "
+        "the archive's)</p>"
+        if u.get("set_words")
+        else ""
+    )
+    cal_pos = (
+        f" Calibrated {e(pos)} probability ({e(str(u.get('calibration_method')))}): {cal[pos]:.2f}."
+        if pos in cal
+        else ""
     )
     region = (
         f"<p>Searched by the region(s) {e(record['region'])} of the query (pixels of its square), "
@@ -153,9 +184,10 @@ def render_html(record: dict[str, Any]) -> str:
 <style>{CSS}</style></head><body>
 <h1>Query {e(record["image_id"])}{truth}</h1>
 <div class="row"><figure><img src="{e(record["query_image"])}" alt="query"><figcaption>query</figcaption></figure>
-<div><p class="prob">{e(record.get("summary", ""))}</p>{region}
-<p>{e(pos)} probability: {record["positive_probability"]:.2f}, the share of {e(pos)} among the {record["k"]}
-nearest archive cases (kNN vote{weighed}). All diagnoses among them:</p><ul>{dist}</ul></div></div>
+<div>{novelty}<p class="prob">{e(record.get("summary", ""))}</p>{region}
+<p>{e(pos)} vote share: {record["positive_probability"]:.2f}, the share of {e(pos)} among the {record["k"]}
+nearest archive cases (kNN vote{weighed}); a share is not a probability.{cal_pos} All diagnoses among
+them:</p><ul>{dist}</ul>{sets}</div></div>
 <h2>Nearest cases (red border: {e(pos)})</h2><div class="row">{"".join(cards)}</div>
 <h2>Query / result activation maps</h2>
 <p>Bright regions contributed most to the distance between the query and each result (Eq. 2).</p>

@@ -4,7 +4,7 @@ computes its QAM/RAM pairs without re-running the network on its neighbours.
 
 Folder layout (written atomically: a killed ``index`` command leaves the old folder intact)::
 
-    index.faiss  cases.json  embeddings.npy  [maps.npy]  info.json
+    index.faiss  cases.json  embeddings.npy  [maps.npy]  info.json  [uncertainty.json  image_stats.npy]
 
 The ``ivf_ondisk`` kind (archives larger than memory, ``index.ondisk``) keeps its lists and its float16
 vectors on disk instead of ``index.faiss`` and ``embeddings.npy``::
@@ -13,6 +13,10 @@ vectors on disk instead of ``index.faiss`` and ``embeddings.npy``::
 
 Beside the folder: ``<index>-cases/`` holds the images of cases added through the server (the index folder
 itself is replaced whole on every change), and ``<index>.lock`` is the writers' lock (``index.lock``).
+
+``uncertainty.json`` (``index.uncertainty``: novelty reference, calibrator, conformal scores) and
+``image_stats.npy`` (per case, ``data.image_stats``) are absent from indexes built before them, which load
+and answer with "novelty unknown".
 """
 
 from __future__ import annotations
@@ -82,6 +86,8 @@ class ArchiveIndex:
     # image added again under another id
     content: list[str] = field(default_factory=list)
     metadata: list[dict[str, str]] = field(default_factory=list)  # per case (data.records.METADATA_ALIASES)
+    image_stats: np.ndarray | None = None  # (n, F) per case (data.image_stats), for novelty; None: unknown
+    uncertainty: Any = None  # index.uncertainty.Uncertainty, or None (an index from before it)
 
     def __post_init__(self) -> None:
         if not self.content:
@@ -103,6 +109,7 @@ class ArchiveIndex:
         info: dict[str, Any] | None = None,
         content: list[str] | None = None,
         metadata: list[dict[str, str]] | None = None,
+        image_stats: np.ndarray | None = None,
         **index_params: Any,
     ) -> ArchiveIndex:
         n = len(embeddings)
@@ -139,6 +146,7 @@ class ArchiveIndex:
             meta,
             list(content) if content is not None else [],
             list(metadata) if metadata is not None else [],
+            _stats(image_stats, n),
         )
 
     def __len__(self) -> int:
@@ -195,6 +203,7 @@ class ArchiveIndex:
         maps: np.ndarray | None = None,
         content: list[str] | None = None,
         metadata: list[dict[str, str]] | None = None,
+        image_stats: np.ndarray | None = None,
     ) -> ArchiveIndex:
         """A new index with these cases appended: existing rows keep their place, and the search
         structure grows without retraining (an IVF index keeps its lists and projection)."""
@@ -218,7 +227,10 @@ class ArchiveIndex:
         if maps is not None:
             all_maps = np.concatenate([np.asarray(self.maps, np.float16), np.asarray(maps, np.float16)])
         info = dict(self.info, n=len(self) + n)
-        return ArchiveIndex(
+        stats = None
+        if self.image_stats is not None and image_stats is not None:
+            stats = np.concatenate([self.image_stats, _stats(image_stats, n)])
+        new = ArchiveIndex(
             index,
             all_emb,
             self.image_ids + list(image_ids),
@@ -229,7 +241,9 @@ class ArchiveIndex:
             info,
             self.content + (list(content) if content is not None else [""] * n),
             self.metadata + (list(metadata) if metadata is not None else [{} for _ in range(n)]),
+            stats,
         )
+        return new._with_current_uncertainty(self.uncertainty)
 
     def remove(self, image_ids: list[str]) -> ArchiveIndex:
         """A new index without these cases; the others keep their order. The search structure is
@@ -253,7 +267,7 @@ class ArchiveIndex:
             index.reset()
             index.add(emb)
         pick = lambda col: [col[i] for i in keep]  # noqa: E731
-        return ArchiveIndex(
+        new = ArchiveIndex(
             index,
             np.ascontiguousarray(emb),
             pick(self.image_ids),
@@ -264,7 +278,17 @@ class ArchiveIndex:
             dict(self.info, n=len(keep)),
             pick(self.content),
             pick(self.metadata),
+            None if self.image_stats is None else self.image_stats[keep],
         )
+        return new._with_current_uncertainty(self.uncertainty)
+
+    def _with_current_uncertainty(self, old: Any) -> ArchiveIndex:
+        """This index with ``old``'s novelty reference and calibrator computed again over its own cases."""
+        if old is not None:
+            from chaiderm.index.uncertainty import rebuilt
+
+            self.uncertainty = rebuilt(self, old)
+        return self
 
     def save(self, path: str | Path) -> Path:
         # image locations relative to the index folder: the index works from any working folder, and
@@ -289,6 +313,10 @@ class ArchiveIndex:
             }
             (tmp / "cases.json").write_text(json.dumps(cases))
             (tmp / "info.json").write_text(json.dumps(self.info, indent=2))
+            if self.image_stats is not None:
+                np.save(tmp / "image_stats.npy", np.asarray(self.image_stats, np.float32))
+            if self.uncertainty is not None:
+                (tmp / "uncertainty.json").write_text(json.dumps(self.uncertainty.to_dict()))
         if isinstance(self.index, ondisk.OnDiskIVF):
             self.index.folder = Path(path).absolute()  # where its files now are (their maps followed them)
         return Path(path)
@@ -328,4 +356,40 @@ class ArchiveIndex:
         # diagnoses as the vocabulary reads them, whatever coding the index was built from
         content = cases.get("content") or [""] * n
         metadata = cases.get("metadata") or [{} for _ in range(n)]
-        return cls(index, emb, ids, canonical_all(diagnoses), groups, paths, maps, info, content, metadata)
+        stats, uncertainty = _load_uncertainty(path, n)
+        return cls(
+            index, emb, ids, canonical_all(diagnoses), groups, paths, maps, info, content, metadata, stats, uncertainty
+        )
+
+
+def _stats(stats: np.ndarray | None, n: int) -> np.ndarray | None:
+    if stats is None:
+        return None
+    arr = np.asarray(stats, np.float32)
+    if arr.ndim != 2 or len(arr) != n:
+        raise ValueError(f"image statistics of shape {arr.shape} for {n} cases")
+    return arr
+
+
+def _load_uncertainty(path: Path, n: int) -> tuple[np.ndarray | None, Any]:
+    """The index's image statistics and uncertainty, or None for either where absent, of another version
+    or not matching the cases: such an index answers with "novelty unknown" rather than refusing to load."""
+    from chaiderm.index.uncertainty import FILE, STATS_FILE, Uncertainty
+
+    stats = None
+    if (path / STATS_FILE).exists():
+        try:
+            stats = np.load(path / STATS_FILE)
+        except (OSError, ValueError):
+            stats = None
+        if stats is not None and (stats.ndim != 2 or len(stats) != n):
+            stats = None
+    uncertainty = None
+    if (path / FILE).exists():
+        try:
+            uncertainty = Uncertainty.from_dict(json.loads((path / FILE).read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            uncertainty = None
+    if uncertainty is not None and uncertainty.method == "mean+image" and stats is None:
+        uncertainty = None
+    return stats, uncertainty
