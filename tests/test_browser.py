@@ -545,3 +545,51 @@ def test_open_a_pacs_study_query_an_image_and_store_the_results(served, browser,
         finally:
             srv.should_exit = True
             thread.join(timeout=10)
+
+
+def test_novelty_in_words_before_the_vote_and_the_prediction_set(served, browser, synth_dir, tmp_path):
+    """A grey frame is unlike the archive: the page says so before the vote, in words, and shows no bare vote;
+    an archive image is not flagged; both show the prediction set with its level and the calibrated
+    probability beside the vote share."""
+    from PIL import Image
+
+    from chaiderm.data.records import load_table
+    from chaiderm.index.archive import ArchiveIndex
+    from chaiderm.models import load_model
+    from chaiderm.pipeline import calibrate_sets
+    from chaiderm.web.app import create_app
+
+    model, cfg = load_model(served / "run")
+    ix = ArchiveIndex.load(served / "ix")
+    calibrate_sets(ix, model, cfg, load_table(synth_dir, "val"))
+    ix.save(tmp_path / "ix")
+    grey = tmp_path / "grey.png"
+    Image.new("RGB", (200, 200), (128, 128, 128)).save(grey)
+    srv, thread, url = _serve(create_app(served / "run", tmp_path / "ix", tmp_path / "fb.db"))
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        wait_until(lambda: "archive:" in page.inner_text("#about"), what="model details")
+        page.set_input_files("#file", str(grey))
+        wait_until(lambda: cards(page).count() == 10, what="10 neighbours")
+        novelty = page.inner_text("#novelty")
+        assert (
+            novelty.startswith("Unlike the archive: further from it than") and novelty.count("nlike the archive") == 1
+        )
+        assert "unlike" in page.get_attribute("#novelty", "class")
+        vote = page.inner_text("#vote")
+        assert vote.index("Unlike the archive") < vote.index("nearest cases:")  # the novelty comes first
+        assert page.inner_text("#summary").startswith("Closest cases only (unlike the archive): ")
+        assert "calibrated probability" in page.inner_text("#prob")
+        assert page.inner_text("#predset").startswith("Prediction set: ") and "at 90%" in page.inner_text("#predset")
+        assert page.locator("#dist thead").inner_text().strip().endswith("calibrated probability")
+        page.screenshot(path=str(tmp_path / "unlike.png"), full_page=True)
+        shutil.copy(tmp_path / "unlike.png", Path(os.environ.get("CHAIDERM_SCREENSHOTS", tmp_path)) / "unlike.png")
+        archived = load_table(synth_dir, "train").paths[0]  # an archive case itself: as like the archive as any
+        page.set_input_files("#file", archived)
+        wait_until(lambda: page.inner_text("#novelty").startswith("Novelty: like the archive"), what="not flagged")
+        assert not page.inner_text("#summary").startswith("Closest cases only")
+        assert "at 90%" in page.inner_text("#predset")
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

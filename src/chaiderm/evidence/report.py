@@ -121,8 +121,8 @@ def _novelty_html(u: dict[str, Any]) -> str:
     words = u.get("novelty_words") or "novelty unknown"
     if u.get("unlike_archive"):
         return (
-            f'<p class="novelty unlike">Unlike the archive: {html.escape(words)}. Read the vote below as a list of '
-            "the closest cases only, not as a diagnosis.</p>"
+            f'<p class="novelty unlike">{html.escape(words[:1].upper() + words[1:])}. Read the vote below as a list '
+            "of the closest cases only, not as a diagnosis.</p>"
         )
     return f'<p class="novelty">Novelty: {html.escape(words)}</p>'
 

@@ -151,9 +151,10 @@ def in_words(pct: float | None, threshold: float) -> str:
     if pct is None or not np.isfinite(pct):
         return "novelty unknown (this index was built without a novelty reference)"
     p = int(np.floor(pct))
+    than = "any" if p >= 100 else f"{p}%"
     if pct >= threshold:
         return (
-            f"unlike the archive: further from it than {p}% of its own cases are from the rest; "
+            f"unlike the archive: further from it than {than} of its own cases are from the rest; "
             "the vote below compares it with cases it may not resemble"
         )
     if pct >= 75:

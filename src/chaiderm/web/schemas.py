@@ -17,6 +17,23 @@ class NeighborOut(BaseModel):
     ram_url: str
 
 
+class UncertaintyOut(BaseModel):
+    """How far to trust the vote (``index.uncertainty``); the fields are None where the index has no novelty
+    reference (built before it), calibration or prediction sets."""
+
+    novelty_percentile: float | None  # further from the archive than this % of its own cases are from the rest
+    novelty_words: str  # the novelty as a person reads it; shown before the vote
+    unlike_archive: bool | None  # above the threshold: the vote compares it with cases it may not resemble
+    novelty_threshold: float | None = None
+    stated_false_alarm_rate: float | None = None  # of cases like the archive's, the share flagged
+    novelty_method: str | None = None
+    calibrated_probabilities: dict[str, float] | None = None  # beside the raw vote shares
+    calibration_method: str | None = None
+    prediction_set: list[str] | None = None  # holds the true diagnosis at set_level (split-conformal)
+    set_level: float | None = None
+    set_words: str | None = None  # "melanoma or nevus, at 90%"
+
+
 class QueryOut(BaseModel):
     query_id: str
     positive_class: str
@@ -34,6 +51,7 @@ class QueryOut(BaseModel):
     # the median distance from an archive case to its 10th nearest other case: a scale for `distance`
     typical_distance: float | None = None
     query_image_url: str
+    uncertainty: UncertaintyOut | None = None
     neighbors: list[NeighborOut]
 
 

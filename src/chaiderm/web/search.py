@@ -17,7 +17,7 @@ from chaiderm.pipeline import QueryResult, load_image
 from chaiderm.web.auth import User
 from chaiderm.web.dependencies import Snapshot, ViewerState
 from chaiderm.web.refinement import NO_REFINE, Refine
-from chaiderm.web.schemas import NeighborOut, QueryOut
+from chaiderm.web.schemas import NeighborOut, QueryOut, UncertaintyOut
 
 K_MIN, K_MAX = 1, 40
 FAST_PNG = 1  # zlib level for what the server encodes per request (render.to_png_bytes)
@@ -71,8 +71,18 @@ def to_out(
     where: str | None = None,
     refine: Refine = NO_REFINE,
     typical_distance: float | None = None,
+    level: float | None = None,
+    snap: Snapshot | None = None,
 ) -> QueryOut:
+    """The JSON answer; with ``level`` (and the ``snap`` that answered), the prediction set at that level
+    instead of the predictor's default."""
     p = res.prediction
+    u = p.uncertainty
+    model = snap.predictor.uncertainty if snap is not None else None
+    if level is not None and model is not None and u and u.get("novelty_percentile") is not None:
+        u = model.assess(
+            u["novelty_percentile"], p.class_probabilities, level=level, threshold=u.get("novelty_threshold")
+        )
     q = quote(query_id, safe="")
     extra = ("?" + urlencode(refine.params())) if refine else ""
     return QueryOut(
@@ -91,6 +101,7 @@ def to_out(
         k=p.k,
         typical_distance=typical_distance,
         query_image_url=f"/api/queries/{q}/image.png",
+        uncertainty=UncertaintyOut(**u) if u else None,
         neighbors=[
             NeighborOut(
                 rank=n.rank,

@@ -54,6 +54,7 @@ async def post_query(
     archive_id: Annotated[str | None, Form(max_length=256)] = None,
     where: Annotated[str | None, Form(max_length=500)] = None,
     region: Annotated[str | None, Form(max_length=400)] = None,
+    level: Annotated[float | None, Form(ge=0.5, lt=1.0)] = None,
 ) -> QueryOut:
     refine = Refine.parse(region, None, None, snap.predictor.cfg.model.load_size)
     if image is not None:
@@ -80,7 +81,7 @@ async def post_query(
         state.hold(query_id, decoded)  # in memory only, for this page's next k or refinement
     await run_in_threadpool(audit, request, "query", query_id, f"archive case {exclude}" if exclude else None)
     res = await run_in_threadpool(predict, state, snap, query_id, decoded, k, exclude, where, refine)
-    return to_out(query_id, res, exclude, where, refine, snap.predictor.typical_distance())
+    return to_out(query_id, res, exclude, where, refine, snap.predictor.typical_distance(), level, snap)
 
 
 @router.get("/api/query/{query_id}", response_model=QueryOut)
@@ -95,6 +96,7 @@ def get_query(
     region: Annotated[str | None, Query(max_length=400)] = None,
     similar: Annotated[str | None, Query(max_length=4000)] = None,
     not_similar: Annotated[str | None, Query(max_length=4000)] = None,
+    level: Annotated[float | None, Query(ge=0.5, lt=1.0)] = None,
 ) -> QueryOut:
     """The same query with another k, filter or refinement (regions of the query; cases marked similar or
     not similar), without uploading it again (an archive case still excludes itself)."""
@@ -103,7 +105,7 @@ def get_query(
     image, archive_id = stored_query_image(state, snap, query_id)
     audit(request, "view_query", query_id, f"k={k}" + (f" refined {refine.params()}" if refine else ""))
     res = predict(state, snap, query_id, image, k, archive_id, where, refine)
-    return to_out(query_id, res, archive_id, where, refine, snap.predictor.typical_distance())
+    return to_out(query_id, res, archive_id, where, refine, snap.predictor.typical_distance(), level, snap)
 
 
 @router.get("/api/queries/{query_id}/image.png")

@@ -30,7 +30,8 @@ function clearResult() {
   $("neighbors").replaceChildren();
   $("dist").tBodies[0].replaceChildren();
   for (const id of ["qthumb", "qimg", "qam", "rimg", "ram"]) $(id).removeAttribute("src");
-  for (const id of ["summary", "prob", "qname", "evlabel", "change"]) $(id).textContent = "";
+  for (const id of ["novelty", "summary", "prob", "predset", "qname", "evlabel", "change"]) $(id).textContent = "";
+  $("novelty").className = "novelty";
   $("change").hidden = true;
 }
 
@@ -201,11 +202,24 @@ function render(q, name) {
   showRefinement();
   $("qname").textContent = "query: " + name;
   const answer = answerOf(q);
-  $("summary").textContent = (isRefined(q) ? "Refined: " : "") + headline(answer) + (q.where ? ` among cases where ${q.where}` : "");
+  // the novelty comes first, in words; a query unlike the archive never shows a bare vote
+  const u = q.uncertainty || {};
+  const unlike = u.unlike_archive === true;
+  $("novelty").className = unlike ? "novelty unlike" : "novelty";
+  $("novelty").textContent = unlike
+    ? `${u.novelty_words.charAt(0).toUpperCase()}${u.novelty_words.slice(1)}. The cases below are only the closest there are, not a diagnosis.`
+    : "Novelty: " + (u.novelty_words || "unknown");
+  $("summary").textContent = (unlike ? "Closest cases only (unlike the archive): " : "") +
+    (isRefined(q) ? "Refined: " : "") + headline(answer) + (q.where ? ` among cases where ${q.where}` : "");
   if (isRefined(q)) compareWithFirst(q); else firstAnswers[answerKey(q)] = answer;
   const weighed = q.vote === "distance";
+  const cal = u.calibrated_probabilities || null;
   $("prob").textContent = `${words(pos)}: vote share ${answer.pos.toFixed(2)} ` +
-    `(${answer.posCount} of ${answer.n} nearest cases${weighed ? "; closer cases weigh more" : ""})`;
+    `(${answer.posCount} of ${answer.n} nearest cases${weighed ? "; closer cases weigh more" : ""})` +
+    (cal && pos in cal ? `; calibrated probability ${cal[pos].toFixed(2)}` : "");
+  $("predset").textContent = u.set_words
+    ? `Prediction set: ${u.set_words.replaceAll("_", " ")} (holds the true diagnosis of ${Math.round(u.set_level * 100)}% of held-out cases like the archive's)`
+    : "";
   $("votenote").textContent = weighed
     ? "The vote share of a diagnosis is its share among the k most similar archive cases, each case weighed by its closeness (1 / squared distance): a k-nearest-neighbour vote, not a calibrated risk."
     : "The vote share of a diagnosis is its share among the k most similar archive cases (a k-nearest-neighbour vote), not a calibrated risk.";
@@ -213,7 +227,8 @@ function render(q, name) {
   for (const [d, p] of Object.entries(q.class_probabilities)) {
     const tr = el("tr", d === pos ? {class: "pos"} : {});
     const count = q.neighbors.filter((n) => n.diagnosis === d).length;
-    tr.append(el("td", {}, words(d)), el("td", {}, String(count)), el("td", {}, p.toFixed(2)));
+    tr.append(el("td", {}, words(d)), el("td", {}, String(count)), el("td", {}, p.toFixed(2)),
+      el("td", {}, cal && d in cal ? cal[d].toFixed(2) : "\u2013"));
     body.append(tr);
   }
   $("poslegend").textContent = `red band: ${words(pos)}`;

@@ -1,0 +1,302 @@
+"""Novelty, calibration and prediction sets (issue 31): the reference, its upkeep, and every surface."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from chaiderm.cli import app
+from chaiderm.data.records import load_table
+from chaiderm.evaluation import isic_csv
+from chaiderm.evaluation.calibration import Calibrator, ece
+from chaiderm.evaluation.conformal import Conformal, nonconformity
+from chaiderm.evidence.report import render_html, write_query_json
+from chaiderm.index import novelty as nv
+from chaiderm.index import uncertainty as unc
+from chaiderm.index.archive import ArchiveIndex
+from chaiderm.interfaces import Prediction
+from chaiderm.models import load_model
+from chaiderm.pipeline import Predictor, calibrate_sets
+
+runner = CliRunner()
+CLASSES = ["melanoma", "nevus", "seborrheic_keratosis"]
+
+
+def _archive(rng, n=120, dim=8, lesions=True):
+    """Embeddings in three class clusters; with ``lesions``, rows 2i and 2i+1 are one lesion photographed
+    twice (the same embedding)."""
+    labels = [CLASSES[i % 3] for i in range(n)]
+    centres = {c: rng.normal(0, 3, dim) for c in CLASSES}
+    emb = np.stack([centres[c] + rng.normal(0, 1, dim) for c in labels]).astype(np.float32)
+    meta = [{} for _ in range(n)]
+    if lesions:
+        for i in range(0, n - 1, 2):
+            emb[i + 1] = emb[i]
+            labels[i + 1] = labels[i]
+            meta[i] = {"lesion_id": f"L{i}"}
+            meta[i + 1] = {"lesion_id": f"L{i}"}
+    stats = rng.normal(0, 1, (n, 13)).astype(np.float32)
+    cols = dict(image_ids=[f"c{i}" for i in range(n)], diagnoses=labels, groups=[None] * n, paths=["x"] * n)
+    return emb, stats, meta, cols
+
+
+def _index(rng, **kw):
+    emb, stats, meta, cols = _archive(rng, **kw)
+    ix = ArchiveIndex.build(emb, metadata=meta, image_stats=stats, **cols)
+    ix.uncertainty = unc.build(ix, vote="distance")
+    return ix
+
+
+def test_leave_one_out_never_finds_the_case_itself_or_its_lesion(rng):
+    ix = _index(rng)
+    rows = np.arange(len(ix))
+    dist, nbr, excluded = unc.leave_one_out(ix, rows, 10)
+    for r, found, ex in zip(rows, nbr, excluded, strict=True):
+        assert r in ex and not set(found.tolist()) & ex
+    # each case has an identical twin (its lesion's other image): found, the nearest distance would be 0
+    assert dist[:, 0].min() > 0
+    plain, _ = ix.search(np.asarray(ix.embeddings, np.float32), 3)
+    assert np.allclose(plain[:, :2], 0, atol=1e-4)  # without the exclusion: itself and its twin at 0
+
+
+def test_percentile_reads_against_the_archive_and_flags_above_the_threshold(rng):
+    ix = _index(rng)
+    u = ix.uncertainty
+    assert u.method == "mean+image" and u.threshold == 95.0 and u.k == 10
+    assert nv.percentile(np.array([1.0, 2.0, 3.0, 4.0]), [0.5, 2.0, 9.0]).tolist() == [0.0, 37.5, 100.0]
+    # the reference cases themselves: about 5% of them at or above the 95th percentile
+    ref = u.novelty(*_loo_dists(ix))
+    assert 0.02 <= (ref >= 95).mean() <= 0.08
+    far = u.novelty(np.full((1, 10), 1e6, np.float32), np.full((1, 5), 1e6, np.float32))
+    near = u.novelty(np.zeros((1, 10), np.float32), np.zeros((1, 5), np.float32))
+    assert far[0] == 100.0 and near[0] < 5
+    a = u.assess(float(far[0]), {"melanoma": 0.7, "nevus": 0.3}, level=0.9)
+    assert a["unlike_archive"] and a["novelty_words"].startswith("unlike the archive")
+    assert not u.assess(float(near[0]), {"melanoma": 0.7, "nevus": 0.3}, level=0.9)["unlike_archive"]
+    assert u.assess(90.0, {"nevus": 1.0}, level=0.9, threshold=85)["unlike_archive"]  # overridden threshold
+
+
+def _loo_dists(ix):
+    rows = np.arange(len(ix))
+    dist, _, excluded = unc.leave_one_out(ix, rows, ix.uncertainty.k)
+    u = ix.uncertainty
+    z = u.stat_scale.apply(ix.image_stats)
+    return dist, nv.image_distances(z, z, excluded=excluded)
+
+
+def test_add_and_remove_keep_the_reference_current_and_it_survives_a_save(rng, tmp_path):
+    emb, stats, meta, cols = _archive(rng, n=90, lesions=False)
+    first = ArchiveIndex.build(
+        emb[:60], metadata=meta[:60], image_stats=stats[:60], **{k: v[:60] for k, v in cols.items()}
+    )
+    first.uncertainty = unc.build(first, vote="distance")
+    rest = {k: v[60:] for k, v in cols.items()}
+    grown = first.add(emb[60:], metadata=meta[60:], image_stats=stats[60:], **rest)
+    fresh = ArchiveIndex.build(emb, metadata=meta, image_stats=stats, **cols)
+    fresh.uncertainty = unc.build(fresh, vote="distance")
+    assert grown.uncertainty.n_archive == 90 and first.uncertainty.n_archive == 60
+    assert np.allclose(grown.uncertainty.reference, fresh.uncertainty.reference)
+    assert np.allclose(grown.uncertainty.emb_reference, fresh.uncertainty.emb_reference, rtol=1e-5)
+    shrunk = grown.remove(rest["image_ids"])
+    assert shrunk.uncertainty.n_archive == 60
+    assert np.allclose(shrunk.uncertainty.emb_reference, first.uncertainty.emb_reference, rtol=1e-5)
+    shrunk.save(tmp_path / "ix")
+    back = ArchiveIndex.load(tmp_path / "ix")
+    assert back.uncertainty.to_dict() == shrunk.uncertainty.to_dict()
+    assert np.array_equal(back.image_stats, shrunk.image_stats)
+
+
+def test_an_index_from_before_loads_and_answers_novelty_unknown(served, tmp_path, rng):
+    old = tmp_path / "ix"
+    shutil.copytree(served / "ix", old)
+    (old / "uncertainty.json").unlink()
+    (old / "image_stats.npy").unlink()
+    p = Predictor.load(served / "run", old)
+    assert p.uncertainty is None
+    res = p.predict(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8), k=5)
+    u = res.prediction.uncertainty
+    assert u["novelty_percentile"] is None and u["unlike_archive"] is None and "unknown" in u["novelty_words"]
+    assert not res.prediction.summary().startswith("unlike")
+    # a file of another version is ignored the same way, not fatal
+    shutil.copy(served / "ix" / "uncertainty.json", old / "uncertainty.json")
+    d = json.loads((old / "uncertainty.json").read_text())
+    (old / "uncertainty.json").write_text(json.dumps({**d, "version": 999}))
+    assert ArchiveIndex.load(old).uncertainty is None
+
+
+def test_the_calibrator_fixes_overconfident_shares(rng):
+    def draw(n):
+        share = rng.choice(np.linspace(0, 1, 11), n)
+        truth = rng.random(n) < 0.2 + 0.5 * share  # the share overstates: 1.0 is right 70% of the time
+        other = np.where(truth, 0.0, 1.0)
+        return np.column_stack([share, 1 - share]), ["melanoma" if t else "nevus" for t in truth], truth, other
+
+    s, labels, truth, _ = draw(4000)
+    cal = Calibrator.fit(s, labels, ["melanoma", "nevus"], fitted_on="test")
+    s2, _, truth2, _ = draw(4000)
+    p = cal.apply_matrix(s2, ["melanoma", "nevus"])
+    assert np.allclose(p.sum(1), 1)
+    assert ece(s2[:, 0], truth2) > 0.1 and ece(p[:, 0], truth2) < 0.03
+    one = cal.apply({"melanoma": 1.0, "nevus": 0.0})
+    assert 0.6 < one["melanoma"] < 0.8
+    assert Calibrator.from_dict(json.loads(json.dumps(cal.to_dict()))).apply({"melanoma": 0.4, "nevus": 0.6}) == (
+        cal.apply({"melanoma": 0.4, "nevus": 0.6})
+    )
+
+
+@pytest.mark.parametrize("level", [0.8, 0.9, 0.95])
+def test_conformal_sets_cover_at_their_level(level):
+    """Exchangeable calibration and test draws: coverage within 0.015 of the level (seeded; its standard
+    error at 20,000 test cases is under 0.003), and the same sets as crepes' conformal classifier."""
+    rng = np.random.default_rng(7)
+
+    def draw(n):
+        probs = rng.dirichlet([0.6, 0.6, 0.6], n)
+        noisy = np.clip(probs + rng.normal(0, 0.15, probs.shape), 0, None)  # the model's shares: noisy
+        truth = np.array([rng.choice(3, p=pr) for pr in probs])
+        return noisy / noisy.sum(1, keepdims=True), truth
+
+    cal_s, cal_y = draw(2000)
+    conf = Conformal.fit(nonconformity(cal_s, cal_y))
+    test_s, test_y = draw(20000)
+    sets = conf.set_matrix(test_s, level)
+    assert abs(sets[np.arange(len(test_y)), test_y].mean() - level) < 0.015
+    assert 1 <= sets.sum(1).mean() < 3
+    crepes = pytest.importorskip("crepes")
+    cc = crepes.ConformalClassifier().fit(nonconformity(cal_s, cal_y))
+    theirs = cc.predict_set(1 - test_s[:200], confidence=level, smoothing=False)
+    assert np.array_equal(theirs.astype(bool), sets[:200])
+    names = conf.prediction_set(dict(zip(CLASSES, test_s[0], strict=True)), level)
+    assert set(names) == {CLASSES[j] for j in np.flatnonzero(sets[0])}
+
+
+def _flagged_prediction():
+    return Prediction(
+        "q<1>",
+        "melanoma",
+        {"melanoma": 0.7, "nevus": 0.3},
+        10,
+        vote="distance",
+        uncertainty={
+            "novelty_percentile": 99.2,
+            "novelty_method": "mean+image",
+            "novelty_threshold": 95.0,
+            "stated_false_alarm_rate": 0.05,
+            "unlike_archive": True,
+            "novelty_words": nv.in_words(99.2, 95.0),
+            "calibrated_probabilities": {"melanoma": 0.41, "nevus": 0.59},
+            "calibration_method": "isotonic-ovr",
+            "prediction_set": ["melanoma", "nevus"],
+            "set_level": 0.9,
+            "set_words": "melanoma or nevus, at 90%",
+        },
+    )
+
+
+def test_the_csv_fills_unk_from_the_flag(tmp_path):
+    pred = _flagged_prediction()
+    row = isic_csv.row(pred.class_probabilities, "isic2019", isic_csv.unknown_of(pred.uncertainty))
+    assert row["UNK"] == 1.0 and row["MEL"] == 0.7
+    assert (
+        isic_csv.row(pred.class_probabilities, "isic2019", isic_csv.unknown_of({"unlike_archive": False}))["UNK"] == 0
+    )
+    assert isic_csv.unknown_of(None) == 0.0 and "UNK" not in isic_csv.row({"nevus": 1.0}, "isic2018", 1.0)
+    with isic_csv.PredictionsFile(tmp_path / "p.csv", "isic2019") as sheet:
+        sheet.write("a", pred.class_probabilities, isic_csv.unknown_of(pred.uncertainty))
+    rows = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
+    assert rows[0]["UNK"] == "1.000000"
+
+
+def test_reports_say_unlike_the_archive_before_the_vote(tmp_path):
+    pred = _flagged_prediction()
+    rec = write_query_json(tmp_path, "q", pred)
+    assert rec["uncertainty"]["unlike_archive"] and rec["summary"].startswith("unlike the archive")
+    page = render_html({**rec, "query_image": "q.png", "neighbors": []})
+    assert page.index("Unlike the archive: further") < page.index("vote share: 0.70")
+    assert "calibrated probability 0.41" in page and "melanoma or nevus, at 90%" in page
+    assert "q&lt;1&gt;" in page and "q<1>" not in page  # escaped
+
+
+def test_query_cli_and_csv_on_a_tiny_model(served, synth_dir, tmp_path):
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.full((96, 96, 3), 128, np.uint8)).save(grey)
+    table = load_table(synth_dir, "train")
+    archived = table.paths[3]  # an archive image queried again: as close to the archive as any
+    r = runner.invoke(
+        app,
+        [
+            "query",
+            str(grey),
+            archived,
+            "--model",
+            str(served / "run"),
+            "--index",
+            str(served / "ix"),
+            "--csv",
+            str(tmp_path / "p.csv"),
+            "--k",
+            "5",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    lines = {ln.split("\t")[0]: ln for ln in r.output.splitlines() if "\t" in ln}
+    assert "UNLIKE THE ARCHIVE" in lines["grey.png"] and "UNLIKE" not in lines[archived.rsplit("/", 1)[1]]
+    assert "melanoma_calibrated=" in lines["grey.png"]
+    rows = {x["image"]: x for x in csv.DictReader((tmp_path / "p.csv").read_text().splitlines())}
+    assert rows["grey"]["UNK"] == "1.000000" and rows[table.image_ids[3]]["UNK"] == "0.000000"
+
+
+def test_prediction_sets_from_held_out_data(served, synth_dir, tmp_path):
+    model, cfg = load_model(served / "run")
+    ix = ArchiveIndex.load(served / "ix")
+    notes = calibrate_sets(ix, model, cfg, load_table(synth_dir, "val"))
+    assert notes[0].startswith("prediction sets calibrated on 60")
+    ix.save(tmp_path / "ix")
+    p = Predictor(model, cfg, ArchiveIndex.load(tmp_path / "ix"), level=0.8)
+    test = load_table(synth_dir, "test")
+    from chaiderm.data.images import load_image
+
+    res = p.predict_many([load_image(x) for x in test.paths[:30]], image_ids=test.image_ids[:30], k=10)
+    u = res[0].prediction.uncertainty
+    assert u["set_level"] == 0.8 and u["prediction_set"] and u["set_words"].endswith("at 80%")
+    assert sum(r.prediction.uncertainty["prediction_set"] != [] for r in res) == 30
+
+
+@pytest.fixture(scope="module")
+def with_sets(served, synth_dir, tmp_path_factory):
+    """The served index with prediction sets calibrated on the synthetic validation split."""
+    model, cfg = load_model(served / "run")
+    ix = ArchiveIndex.load(served / "ix")
+    calibrate_sets(ix, model, cfg, load_table(synth_dir, "val"))
+    out = tmp_path_factory.mktemp("sets") / "ix"
+    ix.save(out)
+    return out
+
+
+def test_the_api_answers_novelty_calibration_and_the_set_at_a_level(served, with_sets, tmp_path):
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from chaiderm.web.app import create_app
+
+    client = TestClient(create_app(served / "run", with_sets, tmp_path / "fb.db"))
+    buf = io.BytesIO()
+    Image.fromarray(np.full((96, 96, 3), 128, np.uint8)).save(buf, format="PNG")
+    r = client.post("/api/query", files={"image": ("grey.png", buf.getvalue(), "image/png")}, data={"k": "5"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    u = out["uncertainty"]
+    assert u["unlike_archive"] is True and u["novelty_percentile"] >= 95 and "unlike the archive" in u["novelty_words"]
+    assert out["summary"].startswith("unlike the archive")  # never a bare vote
+    assert set(u["calibrated_probabilities"]) == set(out["class_probabilities"])
+    assert u["set_level"] == 0.9 and u["set_words"].endswith("at 90%")
+    again = client.get(f"/api/query/{out['query_id']}", params={"k": 5, "level": 0.5}).json()["uncertainty"]
+    assert again["set_level"] == 0.5 and len(again["prediction_set"]) <= len(u["prediction_set"])
+    assert client.get(f"/api/query/{out['query_id']}", params={"level": 1.0}).status_code == 422
