@@ -33,7 +33,7 @@ def test_batched_answers_are_the_one_at_a_time_answers(served, synth_dir, tmp_pa
     """``predict_many`` (batches, one search) votes as ``predict`` does for each image alone, evidence too;
     and `query --csv` (batched) writes what one-at-a-time predictions of the same images say."""
     from chaiderm.data.images import load_image
-    from chaiderm.evaluation.isic_csv import row
+    from chaiderm.evaluation.isic_csv import row, unknown_of
     from chaiderm.pipeline import Predictor
 
     predictor = Predictor.load(served / "run", served / "ix")
@@ -60,7 +60,10 @@ def test_batched_answers_are_the_one_at_a_time_answers(served, synth_dir, tmp_pa
     assert r.exit_code == 0, r.output
     rows = _rows(out)
     assert rows[0] == ["image", *COLUMNS["isic2019"]]
-    want = [[a.prediction.image_id, *(f"{v:.6f}" for v in row(a.prediction.class_probabilities, "isic2019").values())]
+    # UNK from each answer's novelty flag (index.novelty), the same one at a time and batched
+    assert [m.prediction.uncertainty for m in many] == [a.prediction.uncertainty for a in alone]
+    want = [[a.prediction.image_id, *(f"{v:.6f}" for v in row(
+                a.prediction.class_probabilities, "isic2019", unknown_of(a.prediction.uncertainty)).values())]
             for a in alone]  # fmt: skip
     assert rows[1:] == want
 
