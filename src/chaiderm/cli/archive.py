@@ -50,6 +50,17 @@ def archive_list_cmd(index: Annotated[Path, typer.Option(help="index folder")]) 
     typer.echo(f"positive class: {info.get('positive_class', '?')}; synthetic: {bool(info.get('synthetic'))}")
     for src in info.get("sources", [info.get("source", "?")]):
         typer.echo(f"source: {src}")
+    u = ix.uncertainty
+    if u is None:
+        typer.echo("novelty: unknown (built before novelty references; index it again to have one)")
+    else:
+        typer.echo(
+            f"novelty: {u.method}, unlike the archive above its {u.threshold:g}th percentile "
+            f"(a stated {1 - u.threshold / 100:.0%} false-alarm rate); calibration: "
+            + (u.calibrator.to_dict()["method"] if u.calibrator is not None else "none")
+            + "; prediction sets: "
+            + (f"calibrated on {len(u.conformal.scores)} held-out cases" if u.conformal is not None else "none")
+        )
     for d, n in Counter(ix.diagnoses).most_common():
         typer.echo(f"  {d}: {n}")
 
