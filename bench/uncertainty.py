@@ -203,7 +203,8 @@ class Archive:
         ix = pred.index
         self.emb = np.asarray(ix.embeddings, np.float32)
         self.u = ix.uncertainty
-        self.scale = self.u.stat_scale if self.u is not None and self.u.stat_scale is not None else None
+        # fitted here as the index fits it for mean+image (whatever method the index itself uses)
+        self.scale = nv.StatScale.fit(ix.image_stats) if ix.image_stats is not None else None
         self.z = self.scale.apply(ix.image_stats) if self.scale is not None else None
         self.diag = np.asarray(ix.diagnoses)
         self.classes = sorted(set(ix.diagnoses))
