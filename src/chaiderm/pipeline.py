@@ -369,6 +369,17 @@ class QueryResult:
     rams: np.ndarray  # (k, h, w)
     embedding: np.ndarray
     maps: np.ndarray  # the query's own evidence maps (D, h, w)
+    # the query's novelty percentile (index.novelty) and the diagnoses of its prediction set at the predictor's
+    # level, from ``prediction.uncertainty`` where not given; None from an index without them
+    novelty: float | None = None
+    prediction_set: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        u = self.prediction.uncertainty or {}
+        if self.novelty is None:
+            self.novelty = u.get("novelty_percentile")
+        if self.prediction_set is None:
+            self.prediction_set = u.get("prediction_set")
 
 
 class Predictor:

@@ -92,7 +92,20 @@ def index_cmd(
             table = load_table(data, default_split(data, split), groups)
         try:
             _build(
-                table, net, cfg, model, out, kind, store_maps, skip_bad, ray, ray_workers, ray_shards, nlist, nprobe, trust
+                table,
+                net,
+                cfg,
+                model,
+                out,
+                kind,
+                store_maps,
+                skip_bad,
+                ray,
+                ray_workers,
+                ray_shards,
+                nlist,
+                nprobe,
+                trust,
             )
         except BaseException:
             if fetched is not None:  # the files retrieved go again unless the index that holds them is saved

@@ -205,8 +205,10 @@ def answer_line(name: str, pred) -> str:
     and the prediction set where the index has them), tab-separated."""
     u = pred.uncertainty or {}
     pct = u.get("novelty_percentile")
-    novelty = "novelty=unknown" if pct is None else f"novelty={pct:.1f}" + (
-        "(UNLIKE THE ARCHIVE)" if u.get("unlike_archive") else ""
+    novelty = (
+        "novelty=unknown"
+        if pct is None
+        else f"novelty={pct:.1f}" + ("(UNLIKE THE ARCHIVE)" if u.get("unlike_archive") else "")
     )
     dist = " ".join(f"{d}={p:.3f}" for d, p in pred.class_probabilities.items())
     fields = [name, novelty, f"{pred.positive_class}_share={pred.positive_probability:.3f}"]
