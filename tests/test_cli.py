@@ -56,14 +56,18 @@ def test_bad_inputs_exit_cleanly(tmp_path, synth_dir):
         ],
     )
     assert r.exit_code == 2 and "more than one disease" in r.output
-    # a bad setting is refused, named, before the run folder is made
+    # a bad setting is refused under its flag (the config's rule, config.RULES), before the run folder is made
     for flag, value, said in (
-        ("--ema-decay", "1.5", "ema_decay"),
+        ("--ema-decay", "1.5", "error: --ema-decay: must be in [0, 1), got 1.5"),
         ("--device", "gpu-please", "not a torch device"),
-        ("--views", "rot90", "views: 'rot90'"),
-        ("--colour", "sepia", "colour: 'sepia'"),
-        ("--colour-jitter", "1.0", "colour_jitter"),
-        ("--zoom", "5", "zoom must be in [1, 4]"),
+        ("--views", "rot90", "error: --views: 'rot90' is not one of none, flip, flip4"),
+        ("--colour", "sepia", "error: --colour: 'sepia' is not one of none, shades_of_gray"),
+        ("--colour-jitter", "1.0", "error: --colour-jitter: must be in [0, 1), got 1.0"),
+        ("--zoom", "5", "error: --zoom: must be in [1, 4], got 5.0"),
+        ("--vote", "majority", "error: --vote: 'majority' is not one of uniform, distance"),
+        ("--logic", "tree", "error: --logic: 'tree' is not one of disease, joint, hierarchical"),
+        ("--padding", "circular", "error: --padding: 'circular' is not one of zeros, replicate, reflect"),
+        ("--m-per-class", "0", "error: --m-per-class: must be at least 1, got 0"),
     ):
         run = tmp_path / flag.strip("-")
         r = runner.invoke(app, ["train", "--data", str(synth_dir), "--out", str(run), flag, value, *TINY])

@@ -295,7 +295,7 @@ def test_configs_from_before_map_settings_read_as_zero_padding_stride_32():
     from chaiderm.config import RunConfig
 
     cfg = RunConfig.from_dict({"model": {"backbone": "tiny"}, "train": {}, "data": {}})
-    assert (cfg.model.padding, cfg.model.map_stride, cfg.model.map_background) == ("zeros", 32, "none")
+    assert (cfg.model.padding, cfg.model.map_stride) == ("zeros", 32)
 
 
 @pytest.mark.parametrize("style", ["contour", "heat"])

@@ -245,22 +245,36 @@ def test_zoom_enlarges_smaller_crops_and_leaves_the_default_as_it_was():
         augment(batch, 224, np.random.default_rng(0), 0.5)
 
 
-def test_cross_entropy_term_trains_a_diagnosis_head_that_changes_the_embedding(tables, tmp_path):
-    tr, _, _ = tables
+class _PullTerm:
+    """A caller's own loss term: pulls every embedding towards zero, through a layer of its own."""
+
+    whole = False
+
+    def __init__(self):
+        self.weight, self.calls, self.prepared = 2.0, 0, False
+
+    def prepare(self, model, cfg, n_classes):
+        self.prepared = model.classifier is None and n_classes == 3
+
+    def __call__(self, b):
+        self.calls += 1
+        return b.out.pow(2).mean()
+
+
+def test_train_leaves_its_config_alone_and_adds_extra_terms(tables, tmp_path):
+    import copy
+
+    tr, va, _ = tables
     tr = tr.subset(range(90))
-    train(tiny_cfg(epochs=1, select_metric="last"), tr, tmp_path / "plain")
-    train(tiny_cfg(epochs=1, select_metric="last", ce_weight=1.0), tr, tmp_path / "ce")
-    plain, _ = load_model(tmp_path / "plain")
-    ce, cfg = load_model(tmp_path / "ce")
-    assert plain.classifier is None
-    # the head is saved (a resumed or reloaded run keeps it) and sized to the training diagnoses
-    assert cfg.model.n_classes == len(set(tr.diagnoses)) and ce.classifier is not None
-    x = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
-        assert not torch.allclose(plain.eval()(x), ce.eval()(x))
-    # the objective holds the cross-entropy (about ln 3 for three diagnoses after one short epoch)
-    loss = {n: json.loads((tmp_path / n / "history.json").read_text())[0]["loss"] for n in ("plain", "ce")}
-    assert np.isfinite(loss["ce"]) and loss["ce"] - loss["plain"] > 0.3
-    with pytest.raises(DataError, match="ce_weight"):
-        train(tiny_cfg(epochs=1, ce_weight=-1.0), tr, tmp_path / "bad")
-    assert not (tmp_path / "bad").exists()
+    cfg = tiny_cfg(epochs=1, select_metric="last", positive_class="mel")
+    before = copy.deepcopy(cfg)
+    train(cfg, tr, tmp_path / "plain", val_table=va.subset(range(20)))
+    assert cfg == before  # not completed, canonicalised or resized in place
+    saved = RunConfig.load(tmp_path / "plain" / "config.json")
+    assert saved.train.positive_class == "melanoma" and saved.data.n_train == 90 and saved.version
+
+    term = _PullTerm()
+    train(cfg, tr, tmp_path / "pulled", extra_terms=[term])
+    assert term.prepared and term.calls > 0
+    loss = {n: json.loads((tmp_path / n / "history.json").read_text())[0]["loss"] for n in ("plain", "pulled")}
+    assert loss["pulled"] > loss["plain"]  # the term's weighted value is in the objective

@@ -223,7 +223,9 @@ DISEASE: dict[str, tuple[dict, dict]] = {
     # share one input size), judged as the second member beside d_default by research/recipe_rounds/cv_members.py
     "d_reseed": ({}, {"seed_shift": 100}),
     "d_lite1_224": ({"backbone": "efficientnet_lite1"}, {}),
-    "d_ce": ({}, {"ce_weight": 1.0}),  # round 13: + a diagnosis classifier's cross-entropy on the embedding
+    # round 13: + a diagnosis classifier's cross-entropy on the embedding (research/recipe_rounds/ce_term.py; the
+    # product's TrainConfig.ce_weight it was run with left after this round)
+    "d_ce": ({}, {"ce_weight": 1.0}),
     # round 14: Lite2 at its native 260 (the 256 images loaded at 260)
     "d_lite2": ({"backbone": "efficientnet_lite2", "image_size": 260, "load_size": 260}, {}),
     # round 15: longer training with stronger augmentation
@@ -267,6 +269,18 @@ HIER: dict[str, tuple[str, dict]] = {
 # candidates judged against a baseline run on the same split (rounds 6, 7): Hierarchical -> its Disease
 PAIRED = {"h_colour": "d_colour", "h_lite1": "d_lite1"}
 DEFAULT_HIER = "h_default"
+
+
+def _extra_terms(t_set: dict) -> tuple[dict, list]:
+    """A candidate's training settings as ``TrainConfig`` takes them, and the loss terms it adds: ``ce_weight``
+    (round 13) left the product's settings and is now ``research/recipe_rounds/ce_term.py``."""
+    t_cfg = dict(t_set)
+    weight = t_cfg.pop("ce_weight", 0.0)
+    if not weight:
+        return t_cfg, []
+    from research.recipe_rounds.ce_term import CrossEntropyTerm
+
+    return t_cfg, [CrossEntropyTerm(weight)]
 
 
 def folds_of(diagnoses: list[str], fold_seed: int = 0) -> np.ndarray:
@@ -435,6 +449,7 @@ def run_fold(
             m_set, t_set = DISEASE[d_name]
             t_set = dict(t_set)
             shift = t_set.pop("seed_shift", 0)  # another draw of the same candidate on the same folds
+            t_cfg, terms = _extra_terms(t_set)
             table = tr_t.subset(keep)
             if EXTRA_DATA.get(d_name) == "ham":
                 if ham_t is None:
@@ -449,13 +464,13 @@ def run_fold(
                         "seed": seed + shift,
                         "val_k": 20,
                         "chunk_size": chunk,
-                        **t_set,
+                        **t_cfg,
                         **cap,
                     }
                 ),
             )
             d_run = work / f"{d_name}_f{fold}"
-            train(cfg, table, d_run, val_table=va_t, force=True, device=device)
+            train(cfg, table, d_run, val_table=va_t, force=True, device=device, extra_terms=terms)
             score_round8(d_name, d_run, t0, model=m_set, train=t_set, n_train=len(table))
         return
 
@@ -492,13 +507,14 @@ def run_fold(
         if d_name not in result["candidates"]:
             t0 = time.perf_counter()
             m_set, t_set = DISEASE[d_name]
+            t_cfg, terms = _extra_terms(t_set)
             cfg = RunConfig(
                 model=ModelConfig(**{"load_size": 256, **m_set}),
                 train=TrainConfig(
-                    **{"logic": "disease", "epochs": 3, "seed": seed, "val_k": 20, "chunk_size": chunk, **t_set, **cap}
+                    **{"logic": "disease", "epochs": 3, "seed": seed, "val_k": 20, "chunk_size": chunk, **t_cfg, **cap}
                 ),
             )
-            train(cfg, tr_t.subset(keep), d_run, val_table=va_t, force=True, device=device)
+            train(cfg, tr_t.subset(keep), d_run, val_table=va_t, force=True, device=device, extra_terms=terms)
             score(d_name, d_run, t0, model=m_set, train=t_set)
         if time.time() > deadline:
             break

@@ -1,18 +1,126 @@
-"""Typed settings. Every trained model saves its ``RunConfig`` as ``config.json`` beside the weights."""
+"""Typed settings. Every trained model saves its ``RunConfig`` as ``config.json`` beside the weights.
+
+Every setting with a closed set of values or a range has it declared once, in ``RULES``, and is checked
+once, when its dataclass is built (``__post_init__``): a bad value is a :class:`SettingError` naming the
+setting ("vote: 'foo' is not one of uniform, distance"). The CLI reports it under the option's flag.
+A new setting is a field here (plus a rule, if it has one) and an option of its name in the CLI.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, get_args
 
 from chaiderm.errors import DataError
 
-Logic = Literal["disease", "joint", "hierarchical", "nonhierarchical", "classifier", "none"]
-LOGICS: tuple[str, ...] = ("disease", "joint", "hierarchical", "nonhierarchical", "classifier")
-DEFAULT_VIEWS = "none"  # test-time views of a new model (models.embedding.VIEWS)
+# test-time views averaged into one embedding (models.embedding.VIEWS has the flips of each)
+Views = Literal["none", "flip", "flip4"]
+# colour normalisation of every input (data.transforms.normalise_colour)
+Colour = Literal["none", "shades_of_gray"]
+# how convolutions pad (models.registry.set_padding)
+Padding = Literal["zeros", "replicate", "reflect"]
+# 32: the backbone's own final map; 16: its last downsampling removed (models.registry.set_map_stride)
+MapStride = Literal[32, 16]
+# how the k nearest cases vote (index.knn.knn_vote)
+Vote = Literal["uniform", "distance"]
+Head = Literal["conv", "none"]
+Logic = Literal["disease", "joint", "hierarchical", "nonhierarchical", "classifier"]
+Protocol = Literal["mined", "random"]
+Reduction = Literal["mean", "nonzero_mean"]
+Optimizer = Literal["adam", "sgd"]
+SelectMetric = Literal["auc", "loss", "last"]
+
+DEFAULT_VIEWS: Views = "none"  # test-time views of a new model
+
+
+class Range(NamedTuple):
+    low: float
+    high: float | None = None  # None: no upper bound
+    high_open: bool = False  # True: [low, high)
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return False
+        if value < self.low:
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"at least {self.low:g}"
+        return f"in [{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+# The one table of allowed values, by setting name (names are unique across the dataclasses below).
+RULES: dict[str, Any] = {
+    "views": Views,
+    "colour": Colour,
+    "padding": Padding,
+    "map_stride": MapStride,
+    "vote": Vote,
+    "head": Head,
+    "logic": Logic,
+    "protocol": Protocol,
+    "reduction": Reduction,
+    "optimizer": Optimizer,
+    "select_metric": SelectMetric,
+    "image_size": Range(1),
+    "load_size": Range(1),
+    "embedding_dim": Range(1),
+    "epochs": Range(0),
+    "batch_size": Range(1),
+    "m_per_class": Range(1),
+    "chunk_size": Range(1),
+    "triplets_per_epoch": Range(1),
+    "val_k": Range(1),
+    "lr_step": Range(0),
+    "feedback_weight": Range(0),
+    "mask_weight": Range(0),
+    "mask_dice_share": Range(0, 1),
+    "ema_decay": Range(0, 1, high_open=True),
+    "colour_jitter": Range(0, 1, high_open=True),
+    "zoom": Range(1, 4),
+    "seeds": Range(1),  # reproduce.ReproduceSettings
+}
+
+
+def choices(setting: str) -> tuple[Any, ...]:
+    """The values a closed setting may take, in their declared order (``choices("vote")``)."""
+    return get_args(RULES[setting])
+
+
+class SettingError(DataError):
+    """A setting with a value outside its rule. ``setting`` is its name; the CLI shows its flag instead."""
+
+    def __init__(self, setting: str, detail: str):
+        self.setting, self.detail = setting, detail
+        super().__init__(None, f"{setting}: {detail}")
+
+
+def check_setting(setting: str, value: Any, *, name: str | None = None) -> Any:
+    """``value`` if ``RULES`` allows it for ``setting`` (a name without a rule allows anything), else a
+    :class:`SettingError` naming ``name`` (default: ``setting``). For functions of the public API that
+    take a setting outside a config, and for settings of other names that follow a rule here."""
+    rule = RULES.get(setting)
+    if rule is None:
+        return value
+    if isinstance(rule, Range):
+        if value not in rule:
+            raise SettingError(name or setting, f"must be {rule}, got {value!r}")
+    elif value not in get_args(rule) or isinstance(value, bool):
+        raise SettingError(name or setting, f"{value!r} is not one of {', '.join(map(str, get_args(rule)))}")
+    return value
+
+
+def check_fields(obj: Any, rules: dict[str, str] | None = None) -> None:
+    """Check every field of a settings dataclass by its rule in ``RULES``; ``rules`` maps a field of another
+    name to the rule it follows (``{"teach_padding": "padding"}``). For ``__post_init__``."""
+    for f in dataclasses.fields(obj):
+        check_setting((rules or {}).get(f.name, f.name), getattr(obj, f.name), name=f.name)
 
 
 @dataclass
@@ -20,38 +128,36 @@ class ModelConfig:
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
     weights: str | None = None  # user-supplied backbone weights (e.g. AlexNet), safetensors or .pt
-    head: Literal["conv", "none"] = "conv"  # "none": embed the backbone's own map (Baseline)
+    head: Head = "conv"  # "none": embed the backbone's own map (Baseline)
     embedding_dim: int = 1024  # the paper's activation-map dimensionality
     normalize: bool = False  # L2-normalise the pooled vector? Raw won on ISIC val (docs/benchmarks.md)
     image_size: int = 224  # network input side (square centre crop / random crop)
     load_size: int = 256  # images are resized so the shorter side is this, then cropped
     freeze_stages: int | None = None  # leading backbone stages kept frozen; None: the backbone's default
     n_classes: int = 0  # >0 adds a classifier head (BaselineFT)
-    # test-time views averaged into one embedding (models.embedding.VIEWS): "none", "flip", "flip4".
-    # An inference setting: indexes record the views they were built with and queries follow the index;
-    # training's per-epoch validation always embeds single views.
-    views: str = DEFAULT_VIEWS
-    # colour normalisation of every input, in training and inference (data.transforms.COLOURS):
-    # "none" or "shades_of_gray" (colour constancy, p = 6)
-    colour: str = "none"
-    # how convolutions pad (models.registry.PADDINGS). "replicate" repeats edge pixels: the maps carry no
+    # test-time views averaged into one embedding. An inference setting: indexes record the views they
+    # were built with and queries follow the index; training's per-epoch validation embeds single views.
+    views: Views = DEFAULT_VIEWS
+    # colour normalisation of every input, in training and inference: "shades_of_gray" is colour
+    # constancy (p = 6)
+    colour: Colour = "none"
+    # how convolutions pad. "replicate" repeats edge pixels: the maps carry no
     # frame from the padding and a uniform image has a flat map. "zeros" (the ImageNet weights' own) stays
     # the default: on ISIC it scores 0.07 higher validation AUC@20 and locates ham10000_dev lesions
     # better (research/maps/map_localisation_round1.json)
-    padding: str = "zeros"
+    padding: Padding = "zeros"
     # 32: the backbone's own final map; 16: its last downsampling removed, maps of twice the resolution
-    map_stride: int = 32
-    # "border": each channel's mean over the map's outer ring of cells (the skin around a centred lesion)
-    # is subtracted before ReLU and pooling, so the embedding and its maps describe the lesion against
-    # its own skin; "none": the paper's maps
-    map_background: str = "none"
-    # how the k nearest cases vote (index.knn.VOTES): "uniform" (one vote each) or "distance" (each weighed
+    map_stride: MapStride = 32
+    # how the k nearest cases vote: "uniform" (one vote each) or "distance" (each weighed
     # by 1 / squared distance; better in 5 of 5 cross-validation folds, research/recipe_rounds/cv_round8.json).
     # An inference setting: query,
     # serve and evaluate follow the model's.
-    vote: str = "uniform"
+    vote: Vote = "uniform"
     # backbone "ensemble" (models.ensemble): each member's own ModelConfig, as a dict
     members: list[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,15 +165,15 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    logic: str = "disease"
+    logic: Logic = "disease"
     epochs: int = 3
     batch_size: int = 48
     m_per_class: int = 4  # images per (disease or group) label in a mined batch
-    protocol: Literal["mined", "random"] = "mined"  # random: the paper's N random triplets per epoch
+    protocol: Protocol = "mined"  # random: the paper's N random triplets per epoch
     triplets_per_epoch: int = 150_000
     margin: float = 1.0
-    reduction: Literal["mean", "nonzero_mean"] = "nonzero_mean"
-    optimizer: Literal["adam", "sgd"] = "adam"
+    reduction: Reduction = "nonzero_mean"
+    optimizer: Optimizer = "adam"
     lr_backbone: float = 1e-4  # transferred layers
     lr_head: float = 1e-3  # new layers
     momentum: float = 0.9
@@ -76,10 +182,10 @@ class TrainConfig:
     chunk_size: int = 16  # images per forward chunk (faster on CPU than one big batch)
     seed: int = 0
     val_k: int = 10
-    select_metric: Literal["auc", "loss", "last"] = "auc"
+    select_metric: SelectMetric = "auc"
     positive_class: str = "melanoma"
     feedback_weight: float = 1.0
-    # weight of the lesion-mask term (training.loop._mask_loss), used when mask data is given; 3 locates
+    # weight of the lesion-mask term (training.terms.MaskTerm), used when mask data is given; 3 locates
     # held-out lesions better than 1 (research/maps/map_localisation_round5.json, _round6.json)
     mask_weight: float = 3.0
     # what the mask term asks of a map: 2 * ((1 - s) * (1 - mass in lesion) + s * (1 - soft Dice)). Mass
@@ -93,11 +199,10 @@ class TrainConfig:
     colour_jitter: float = 0.0
     # >1: training crops as small as image_size / zoom pixels, enlarged (1: 0.8-1 of the side, never enlarged)
     zoom: float = 1.0
-    # >0, triplet logics: a diagnosis classifier on the embedding, its cross-entropy added with this weight
-    # (the embedding also learns to separate diagnoses linearly; the head is never used to vote). Off by
-    # default: weight 1 scores no better than another training seed (research/recipe_rounds/cv_round13.json)
-    ce_weight: float = 0.0
     recipe: str = ""  # the named recipe (training.recipes) that fixed some of these settings, if any
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -136,13 +241,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:
-        model = dict(d.get("model", {}))
-        model.setdefault("views", "none")  # configs from before the setting embedded single views
-        model.setdefault("padding", "zeros")  # ... and padded with zeros
-        model.setdefault("map_stride", 32)
-        model.setdefault("map_background", "none")
         return cls(
-            model=_build(ModelConfig, model, f"{source}: model"),
+            model=model_from_dict(d.get("model", {}), f"{source}: model"),
             train=_build(TrainConfig, d.get("train", {}), f"{source}: train"),
             data=_build(DataConfig, d.get("data", {}), f"{source}: data"),
             version=str(d.get("version", "")),
@@ -160,9 +260,64 @@ class RunConfig:
         return cls.from_dict(d, str(path))
 
 
+def model_from_dict(values: dict[str, Any], where: str = "model") -> ModelConfig:
+    """A ``ModelConfig`` from its saved form, as written by any version (an ensemble's members too)."""
+    values = dict(values)
+    values.setdefault("views", "none")  # configs from before the setting embedded single views
+    values.setdefault("padding", "zeros")  # ... and padded with zeros
+    values.setdefault("map_stride", 32)
+    return _build(ModelConfig, values, where)
+
+
+class RemovedSettingWarning(UserWarning):
+    """An older config.json set a setting that left the product; it was ignored."""
+
+
+class Removed(NamedTuple):
+    """A setting that left the product: the research record rejected it."""
+
+    default: Any  # the value every config before the removal carries unless the user chose otherwise
+    why: str
+    refuse: bool  # a non-default value changes what the saved weights compute: refuse, never guess
+
+
+# Settings of older config.json files. At their default they are dropped silently (every file written
+# while they existed carries them). A non-default ``ce_weight`` only shaped training, so the weights load
+# as they are, with a one-line notice; a non-default ``map_background`` changes every embedding the
+# weights compute, so such a model is refused rather than silently computed another way.
+REMOVED: dict[tuple[type, str], Removed] = {
+    (TrainConfig, "ce_weight"): Removed(
+        0.0,
+        "removed: a classifier's cross-entropy beside the triplet loss scored no better than another seed "
+        "(research/recipe_rounds/cv_round13.json); the weights load unchanged, but cannot resume training",
+        refuse=False,
+    ),
+    (ModelConfig, "map_background"): Removed(
+        "none",
+        "removed: border subtraction lowered map localisation (research/maps/maps.md); this version cannot "
+        "compute the embedding this model was trained with. For maps without the padding imprint, train "
+        "with --padding replicate",
+        refuse=True,
+    ),
+}
+
+
 def _build(kind: type, values: dict[str, Any], where: str) -> Any:
+    values = dict(values)
+    for (owner, name), gone in REMOVED.items():
+        if owner is not kind or name not in values:
+            continue
+        value = values.pop(name)
+        if value == gone.default:
+            continue
+        if gone.refuse:
+            raise DataError(None, f"{where}.{name} = {value!r}: {gone.why}")
+        warnings.warn(f"{where}.{name} = {value!r} ignored: {gone.why}", RemovedSettingWarning, stacklevel=3)
     names = {f.name for f in dataclasses.fields(kind)}
     unknown = set(values) - names
     if unknown:
         raise DataError(None, f"{where}: unknown field(s) {sorted(unknown)}")
-    return kind(**values)
+    try:
+        return kind(**values)
+    except SettingError as e:  # a saved file's fault, not an option's: name the file and section
+        raise DataError(None, f"{where}.{e.setting}: {e.detail}") from None

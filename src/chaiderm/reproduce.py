@@ -21,7 +21,17 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from chaiderm._io import write_json, write_text
-from chaiderm.config import DEFAULT_VIEWS, ModelConfig, RunConfig, TrainConfig
+from chaiderm.config import (
+    DEFAULT_VIEWS,
+    Colour,
+    MapStride,
+    ModelConfig,
+    Padding,
+    RunConfig,
+    TrainConfig,
+    Views,
+    check_fields,
+)
 from chaiderm.data.enhance import (
     GROUP_FILES,
     PAPER_GROUPS,
@@ -30,7 +40,7 @@ from chaiderm.data.enhance import (
     write_group_files,
 )
 from chaiderm.data.records import ImageTable, attach_groups, load_table, read_folder, read_groups
-from chaiderm.data.transforms import center_crop, check_colour, check_jitter, mask_as_seen, prepare, to_tensor
+from chaiderm.data.transforms import center_crop, mask_as_seen, prepare, to_tensor
 from chaiderm.errors import ArtifactError
 from chaiderm.evaluation.evaluate import score_neighbours
 from chaiderm.evaluation.metrics import (
@@ -45,7 +55,7 @@ from chaiderm.evidence.maps import activation_map_pairs, similarity_maps
 from chaiderm.index.faiss_index import exact_search
 from chaiderm.index.knn import knn_vote
 from chaiderm.losses.logic import encode_labels
-from chaiderm.models.embedding import build_model, check_views, load_model, save_model
+from chaiderm.models.embedding import build_model, load_model, save_model
 from chaiderm.models.inference import embed, resolve_device
 from chaiderm.training import train
 
@@ -79,10 +89,10 @@ class ReproduceSettings:
     # hierarchical ENHANCE groups within each disease (10 / 6 / 8 did not beat these on cross-validation)
     groups_per_disease: dict[str, int] = field(default_factory=lambda: dict(PAPER_GROUPS))
     n_boot: int = 1000
-    # test-time views of every evaluation (models.embedding.VIEWS); trained models do not depend on it
-    views: str = DEFAULT_VIEWS
-    # colour normalisation of every variant's inputs (data.transforms.COLOURS) and training colour jitter
-    colour: str = "none"
+    # test-time views of every evaluation; trained models do not depend on it
+    views: Views = DEFAULT_VIEWS
+    # colour normalisation of every variant's inputs and training colour jitter
+    colour: Colour = "none"
     colour_jitter: float = 0.0
     # beyond the paper: the embedding variants also learn from the lesion masks of a seeded quarter of the
     # masks data (mask_weight of the training term); the localisation metrics then use the other images only
@@ -91,10 +101,13 @@ class ReproduceSettings:
     # the taught variants pad by repeating edge pixels: no zero-padding imprint, so a uniform image maps flat
     # (research/maps/map_localisation_round6.json, half A2 of ham10000_dev); 14x14 maps (stride 16): the one
     # setting whose four variants meet both localisation targets on A2 (research/maps/maps.md)
-    teach_padding: str = "replicate"
-    teach_map_stride: int = 16
+    teach_padding: Padding = "replicate"
+    teach_map_stride: MapStride = 16
     # the Dice term's share of the mask term (TrainConfig.mask_dice_share; research/maps/maps.md)
     mask_dice_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"teach_padding": "padding", "teach_map_stride": "map_stride", "finetune_epochs": "epochs"})
 
 
 TEACH_SEED = 0  # the quarter of the masks data taught on is the same for every training seed
@@ -348,11 +361,7 @@ def run_reproduce(
 ) -> dict:
     """Run (or resume) the whole reproduction into ``out``; ``device`` only says where to compute."""
     s = s or ReproduceSettings()
-    # a bad device, views, colour or jitter is refused before anything is written or decoded
-    resolve_device(device)
-    check_views(s.views)
-    check_colour(s.colour)
-    check_jitter(s.colour_jitter)
+    resolve_device(device)  # before anything is written or decoded, as the settings were checked
     isic, enhance, masks_data, out = Path(isic), Path(enhance), Path(masks_data), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, s)

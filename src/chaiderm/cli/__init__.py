@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from chaiderm.cli import admin, archive, data, demo, index, query, reproduce, serve, train
-from chaiderm.cli._common import app, console
+from chaiderm.cli._common import app, console, show_removed_settings_in_one_line
 from chaiderm.cli.demo import demo_table
 from chaiderm.cli.query import evaluation_table
 
@@ -34,6 +34,7 @@ __all__ = ["app", "console", "demo_table", "evaluation_table", "main"]
 
 
 def main() -> None:
+    show_removed_settings_in_one_line()
     try:
         app()
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -16,6 +17,7 @@ from rich.text import Text
 from chaiderm.errors import ChaidermError
 
 C = TypeVar("C")
+T = TypeVar("T")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evidence-based melanoma classification (CHAI).")
 # no markup: paths and error texts printed here are data, and "[/x]" in one would raise mid-command
@@ -87,7 +89,44 @@ def flag_of(setting: str) -> str:
 def config_from_options(kind: type[C], options: Mapping[str, object]) -> C:
     """A ``ModelConfig`` or ``TrainConfig`` from a command's options: the one place the CLI maps flags to
     settings. An option named after a field sets it (``flag_of``); one left out (None) keeps the field's
-    default; paths are stored as text. A new setting is a field and an option of its name, nothing else."""
+    default; paths are stored as text. The config checks its values (``chaiderm.config.RULES``); a bad one
+    is reported under its flag. A new setting is a field and an option of its name, nothing else."""
     names = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
     values = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k in names and v is not None}
-    return kind(**values)
+    with _as_flag():
+        return kind(**values)
+
+
+def checked_option(setting: str, value: T) -> T:
+    """An option that sets a setting outside a config (``query --vote``), checked by the config's rule."""
+    from chaiderm.config import check_setting
+
+    if value is None:
+        return value
+    with _as_flag():
+        return check_setting(setting, value)
+
+
+@contextlib.contextmanager
+def _as_flag():
+    from chaiderm.config import SettingError
+
+    try:
+        yield
+    except SettingError as e:
+        raise _fail(f"{flag_of(e.setting)}: {e.detail}") from None
+
+
+def show_removed_settings_in_one_line() -> None:
+    """An old config.json's removed setting (``config.RemovedSettingWarning``) as one ``warning:`` line."""
+    from chaiderm.config import RemovedSettingWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if issubclass(category, RemovedSettingWarning):
+            _warn(str(message))
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chaiderm.cli._common import VAL, _errors, _fail, _progress, _warn, console, default_split
+from chaiderm.cli._common import VAL, _errors, _fail, _progress, _warn, checked_option, console, default_split
 from chaiderm.cli._pacs import DicomWeb, Labels, Qido, SeriesOpt, Studies
 
 
@@ -78,6 +78,7 @@ def index_cmd(
 
     _check_options(kind, ray, ray_workers, ray_shards, data, dicomweb, labels)
     _check_novelty(novelty_method, novelty_threshold)
+    checked_option("views", views)
     trust = (novelty_method, novelty_threshold, conformal_data, conformal_split)
     fetched = None
     with _errors(skip_bad_hint=True):

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from chaiderm.cli._common import TEST, _errors, _fail, _warn, console, default_split
+from chaiderm.cli._common import TEST, _errors, _fail, _warn, checked_option, console, default_split
 from chaiderm.cli._pacs import DicomWeb, Studies
 from chaiderm.errors import ChaidermError
 
@@ -265,13 +265,11 @@ def evaluate(
     from chaiderm._io import write_json
     from chaiderm.data.records import load_table
     from chaiderm.evaluation.evaluate import evaluate_index
-    from chaiderm.index.knn import VOTES
     from chaiderm.pipeline import Predictor
 
     if not 10 <= n_boot <= 100_000:
         raise _fail(f"--n-boot must be between 10 and 100000, not {n_boot}")
-    if vote is not None and vote not in VOTES:
-        raise _fail(f"--vote: one of {', '.join(VOTES)}, not '{vote}'")
+    checked_option("vote", vote)
     with _errors():
         predictor = Predictor.load(model, index)
         vote = vote or predictor.vote

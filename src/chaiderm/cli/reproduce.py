@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chaiderm.cli._common import _errors, _fail, console
+from chaiderm.cli._common import _errors, config_from_options, console
 
 
 def reproduce(
@@ -67,11 +67,7 @@ def reproduce(
         mask_dice_share=mask_dice_share,
         teach_map_stride=teach_map_stride,
     )
-    if teach_map_stride not in (None, 16, 32):
-        raise _fail(f"--teach-map-stride: 32 or 16, got {teach_map_stride}")
-    if mask_dice_share is not None and not 0.0 <= mask_dice_share <= 1.0:
-        raise _fail(f"--mask-dice-share: must be in [0, 1], got {mask_dice_share}")
-    s = ReproduceSettings(seeds=seeds, n_boot=n_boot, **{k: v for k, v in given.items() if v is not None})
+    s = config_from_options(ReproduceSettings, dict(given, seeds=seeds, n_boot=n_boot))
     if not paper_groups:
         from chaiderm.data.enhance import HALF_GROUPS
 

@@ -15,12 +15,13 @@ from chaiderm.cli._common import (
     _fail,
     _progress,
     _warn,
+    checked_option,
     config_from_options,
     console,
     default_split,
     flag_of,
 )
-from chaiderm.config import DEFAULT_VIEWS
+from chaiderm.config import DEFAULT_VIEWS, choices
 from chaiderm.errors import ChaidermError
 
 
@@ -35,18 +36,12 @@ def ensemble(
     force: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
 ) -> None:
     """Several trained embeddings as one model: their embeddings side by side, their maps stacked."""
-    from chaiderm.index.knn import VOTES
     from chaiderm.models.ensemble import combine
 
-    if vote is not None and vote not in VOTES:
-        raise _fail(f"--vote: one of {', '.join(VOTES)}, not '{vote}'")
+    checked_option("vote", vote)
+    checked_option("views", views)
     if out.exists() and any(out.iterdir()) and not force:
         raise _fail(f"{out}: exists; choose another --out or pass --force")
-    if views is not None:
-        from chaiderm.models.embedding import VIEWS
-
-        if views not in VIEWS:
-            raise _fail(f"--views: '{views}' is not one of {', '.join(VIEWS)}")
     with _errors():
         net, cfg = combine([str(r) for r in runs], out, views=views, vote=vote)
     console.print(f"ensemble of {len(runs)} runs ({net.dim}-d embedding) written to {out}")
@@ -86,7 +81,7 @@ def train_cmd(
     image_size: int = 224,
     load_size: int = 256,
     freeze_stages: int | None = None,
-    views: Annotated[str, typer.Option(help="test-time views: none, flip, flip4")] = DEFAULT_VIEWS,
+    views: Annotated[str, typer.Option(help=f"test-time views: {', '.join(choices('views'))}")] = DEFAULT_VIEWS,
     vote: Annotated[
         str | None,
         typer.Option(

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from chaiderm.config import check_setting, choices
 from chaiderm.data.images import load_image
 from chaiderm.errors import DataError
 
@@ -62,20 +63,8 @@ def mask_as_seen(path: str, load_size: int, image_size: int) -> np.ndarray:
     return center_crop(sq[None, :, :, None], image_size)[0, :, :, 0] > 127
 
 
-COLOURS = ("none", "shades_of_gray")  # colour normalisations a model may apply to every input
+COLOURS = choices("colour")  # colour normalisations a model may apply to every input
 SOG_P = 6  # Minkowski norm of Shades of Gray (Finlayson & Trezzi 2004), the usual choice for dermoscopy
-
-
-def check_colour(colour: str) -> str:
-    if colour not in COLOURS:
-        raise DataError(None, f"colour: '{colour}' is not one of {', '.join(COLOURS)}")
-    return colour
-
-
-def check_jitter(strength: float) -> float:
-    if not 0.0 <= strength < 1.0:
-        raise DataError(None, f"colour_jitter must be in [0, 1), got {strength}")
-    return strength
 
 
 def shades_of_gray(x: torch.Tensor, p: int = SOG_P) -> torch.Tensor:
@@ -114,7 +103,7 @@ def to_tensor(
     ``rng``) then perturbs brightness, contrast and saturation, so the network still sees colour
     variation after the normalisation."""
     x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
-    if check_colour(colour) == "shades_of_gray":
+    if check_setting("colour", colour) == "shades_of_gray":
         x = shades_of_gray(x)
     if jitter > 0:
         if rng is None:
@@ -131,12 +120,6 @@ def center_crop(batch: np.ndarray, size: int) -> np.ndarray:
     return batch[:, top : top + size, left : left + size]
 
 
-def check_zoom(zoom: float) -> float:
-    if not 1.0 <= zoom <= 4.0:
-        raise DataError(None, f"zoom must be in [1, 4], got {zoom}")
-    return zoom
-
-
 def augment(batch: np.ndarray, size: int, rng: np.random.Generator, zoom: float = 1.0) -> np.ndarray:
     """Random crop, flips and 90-degree turns, per image.
 
@@ -144,7 +127,7 @@ def augment(batch: np.ndarray, size: int, rng: np.random.Generator, zoom: float 
     down to ``size / zoom`` pixels, enlarged to ``size``: a lesion seen closer, as another clinic's framing or
     dermoscope would show it.
     """
-    check_zoom(zoom)
+    check_setting("zoom", zoom)
     n, h, w = batch.shape[:3]
     out = np.empty((n, size, size, 3), np.uint8)
     smallest = max(size, int(0.8 * min(h, w))) if zoom == 1.0 else int(size / zoom)

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from chaiderm.config import check_setting, choices
 from chaiderm.index.faiss_index import build_faiss
 
-VOTES = ("uniform", "distance")
+VOTES = choices("vote")
 
 
 def check_vote(vote: str) -> str:
-    if vote not in VOTES:
-        raise ValueError(f"vote: one of {', '.join(VOTES)}, not '{vote}'")
-    return vote
+    """``vote`` if it is one of ``VOTES``, else a ``config.SettingError`` naming the setting."""
+    return check_setting("vote", vote)
 
 
 def vote_weights(distances: np.ndarray, vote: str) -> np.ndarray:

@@ -17,9 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from chaiderm._io import atomic_path
-from chaiderm.config import ModelConfig, RunConfig
-from chaiderm.data.transforms import check_colour
-from chaiderm.errors import ArtifactError, DataError
+from chaiderm.config import ModelConfig, RunConfig, check_setting
+from chaiderm.errors import ArtifactError
 from chaiderm.models.fold import fold_batchnorms, refuse_if_folded
 from chaiderm.models.registry import Backbone, create_backbone, set_map_stride, set_padding
 
@@ -35,20 +34,8 @@ VIEWS: dict[str, tuple[tuple[int, ...], ...]] = {
 
 
 def check_views(views: str) -> tuple[tuple[int, ...], ...]:
-    if views not in VIEWS:
-        raise DataError(None, f"views: '{views}' is not one of {', '.join(VIEWS)}")
-    return VIEWS[views]
-
-
-MAP_BACKGROUNDS = ("none", "border")
-
-
-def border_mean(x: torch.Tensor) -> torch.Tensor:
-    """``(B, D, 1, 1)``: each channel's mean over the outer ring of map cells."""
-    ring = torch.ones(x.shape[-2:], dtype=torch.bool, device=x.device)
-    if min(x.shape[-2:]) > 2:
-        ring[1:-1, 1:-1] = False
-    return x[..., ring].mean(dim=-1)[..., None, None]
+    """The flips of ``views`` (one of ``config.Views``), else a ``config.SettingError``."""
+    return VIEWS[check_setting("views", views)]
 
 
 class EmbeddingNet(nn.Module):
@@ -114,8 +101,6 @@ class EmbeddingNet(nn.Module):
             x = s(x)
         if self.proj is not None:
             x = F.relu(self.proj(x))
-        if self.cfg.map_background == "border":
-            x = F.relu(x - border_mean(x))
         return x
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
@@ -154,14 +139,12 @@ def example_input(image_size: int) -> torch.Tensor:
 
 
 def build_model(cfg: ModelConfig, *, load_pretrained: bool = True) -> EmbeddingNet:
-    check_views(cfg.views)
+    """The network ``cfg`` describes (its values were checked when it was built). Records the backbone's
+    default ``freeze_stages`` in ``cfg`` where it was left None, so a saved config names the concrete value."""
     if cfg.backbone == "ensemble":  # trained members only: nothing pretrained to load
         from chaiderm.models.ensemble import build_ensemble
 
         return build_ensemble(cfg).to(memory_format=torch.channels_last)
-    check_colour(cfg.colour)
-    if cfg.map_background not in MAP_BACKGROUNDS:
-        raise DataError(None, f"map_background: '{cfg.map_background}' is not one of {', '.join(MAP_BACKGROUNDS)}")
     bb = create_backbone(
         cfg.backbone, pretrained=cfg.pretrained and load_pretrained, weights=cfg.weights if load_pretrained else None
     )

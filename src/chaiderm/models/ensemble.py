@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from chaiderm.config import ModelConfig, RunConfig, TrainConfig
+from chaiderm.config import ModelConfig, RunConfig, TrainConfig, model_from_dict
 from chaiderm.errors import ArtifactError
 
 ENSEMBLE = "ensemble"  # ModelConfig.backbone of an ensemble; ModelConfig.members holds its members
@@ -197,7 +197,7 @@ class EnsembleNet(nn.Module):
 def build_ensemble(cfg: ModelConfig) -> EnsembleNet:
     from chaiderm.models.embedding import build_model
 
-    members = [build_model(ModelConfig(**m), load_pretrained=False) for m in cfg.members or []]
+    members = [build_model(model_from_dict(m, "model: members"), load_pretrained=False) for m in cfg.members or []]
     return EnsembleNet(members, cfg)
 
 

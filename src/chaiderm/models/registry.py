@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chaiderm.config import check_setting, choices
 from chaiderm.errors import ArtifactError, DataError
 
 
@@ -46,8 +47,8 @@ class Backbone(nn.Module):
 _REGISTRY: dict[str, Callable[..., Backbone]] = {}
 
 
-PADDINGS = ("zeros", "replicate", "reflect")
-MAP_STRIDES = (32, 16)
+PADDINGS = choices("padding")
+MAP_STRIDES = choices("map_stride")
 
 
 class _SamePadConv(nn.Conv2d):
@@ -72,9 +73,7 @@ class _SamePadConv(nn.Conv2d):
 
 def set_padding(bb: Backbone, mode: str) -> Backbone:
     """Switch every padded convolution of a backbone to ``mode`` (weights are unchanged)."""
-    if mode not in PADDINGS:
-        raise DataError(None, f"padding: '{mode}' is not one of {', '.join(PADDINGS)}")
-    if mode == "zeros":
+    if check_setting("padding", mode) == "zeros":
         return bb
     for m in bb.modules():
         if type(m).__name__ in ("Conv2dDynamicSamePadding", "Conv2dStaticSamePadding"):
@@ -88,9 +87,7 @@ def set_padding(bb: Backbone, mode: str) -> Backbone:
 def set_map_stride(bb: Backbone, stride: int) -> Backbone:
     """``16``: the last stride-2 convolution steps by 1, so the final map has twice the resolution
     (7x7 at 112 input, 14x14 at 224) at the cost of computing the last stages on 4x the cells."""
-    if stride not in MAP_STRIDES:
-        raise DataError(None, f"map_stride: {stride} is not one of {', '.join(map(str, MAP_STRIDES))}")
-    if stride == 32:
+    if check_setting("map_stride", stride) == 32:
         return bb
     strided = [m for m in bb.modules() if isinstance(m, nn.Conv2d) and max(m.stride) == 2]
     if not strided:
