@@ -168,3 +168,19 @@ def test_reproduce_teach_maps_scores_only_untaught_images(synth_dir, tmp_path):
         cfg = json.loads((out / "runs" / "seed0" / v / "config.json").read_text())
         assert bool(cfg["data"].get("masks")) == (v in TAUGHT), v
         assert cfg["model"]["padding"] == ("replicate" if v in TAUGHT else "zeros"), v  # no imprint where taught
+
+
+def test_the_one_neighbour_search_never_answers_a_query_with_its_own_keys():
+    from chaiderm.evaluation.retrieval import in_memory, nearest_excluding
+
+    archive = np.array([[0.0], [1.0], [2.4], [4.0], [10.0]], np.float32)
+    ids = ["a", "b", "c", "d", "e"]
+    lesion = ["L1", "L1", "", "L2", ""]
+    queries = archive[[0, 2]]
+    own = [(["a", "c"], ids), (["L1", ""], lesion)]
+    rows, dist = nearest_excluding(in_memory(archive), queries, 5, 2, own)
+    assert rows.tolist() == [[2, 3], [1, 3]]  # a: neither itself nor b (its lesion); c: not itself
+    np.testing.assert_allclose(dist, [[5.76, 16.0], [1.96, 2.56]], rtol=1e-5)
+    assert nearest_excluding(in_memory(archive), queries, 5, 2)[0].tolist() == [[0, 1], [2, 1]]
+    with pytest.raises(ValueError, match="fewer than 4"):
+        nearest_excluding(in_memory(archive), queries, 5, 4, own)

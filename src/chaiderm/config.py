@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,8 @@ MapStride = Literal[32, 16]
 # how the k nearest cases vote (index.knn.knn_vote)
 Vote = Literal["uniform", "distance"]
 Head = Literal["conv", "none"]
-Logic = Literal["disease", "joint", "hierarchical", "nonhierarchical", "classifier"]
+# "none": a model not trained as one (an ensemble of trained members, models.ensemble)
+Logic = Literal["disease", "joint", "hierarchical", "nonhierarchical", "classifier", "none"]
 Protocol = Literal["mined", "random"]
 Reduction = Literal["mean", "nonzero_mean"]
 Optimizer = Literal["adam", "sgd"]
@@ -43,7 +45,7 @@ class Range(NamedTuple):
     high_open: bool = False  # True: [low, high)
 
     def __contains__(self, value: object) -> bool:
-        if not isinstance(value, int | float) or isinstance(value, bool):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
             return False
         if value < self.low:
             return False

@@ -42,17 +42,9 @@ from chaiderm.data.enhance import (
 from chaiderm.data.records import ImageTable, attach_groups, load_table, read_folder, read_groups
 from chaiderm.data.transforms import center_crop, mask_as_seen, prepare, to_tensor
 from chaiderm.errors import ArtifactError
-from chaiderm.evaluation.evaluate import score_neighbours
-from chaiderm.evaluation.metrics import (
-    bootstrap_auc_ci,
-    calculate_jaccard,
-    calculate_mass_in_mask,
-    calculate_rel_at_k,
-    centred_gaussian,
-    paired_bootstrap_test,
-)
-from chaiderm.evidence.maps import activation_map_pairs, similarity_maps
-from chaiderm.index.faiss_index import exact_search
+from chaiderm.evaluation.evaluate import score_neighbours, score_relevance
+from chaiderm.evaluation.metrics import bootstrap_auc_ci, paired_bootstrap_test
+from chaiderm.evaluation.retrieval import in_memory, localisation_scores, nearest_excluding
 from chaiderm.index.knn import knn_vote
 from chaiderm.losses.logic import encode_labels
 from chaiderm.models.embedding import build_model, load_model, save_model
@@ -241,10 +233,10 @@ def _evaluate(
     te, _ = embed(model, d.test_img, s.image_size, views=s.views)
     hm, hm_maps = embed(model, d.ham_img, s.image_size, with_maps=True, views=s.views)
     kmax = max(KS)
-    _, i_te = exact_search(tr, te, kmax)
+    i_te, _ = nearest_excluding(in_memory(tr), te, len(tr), kmax)
     mel_tr = d.train.is_positive("melanoma")
     y_mel = d.test.is_positive("melanoma")
-    # the test figures through the code of `chaiderm evaluate`, so both give one number for one model
+    # every figure through the code of `chaiderm evaluate`, so both give one number for one model
     ev = score_neighbours(d.train.diagnoses, i_te, d.test.diagnoses, ks=KS, n_boot=s.n_boot, seed=seed)
     out: dict = {
         "auc": ev["auc"]["melanoma"],
@@ -252,50 +244,30 @@ def _evaluate(
         "sk_auc": ev["auc"].get("seborrheic_keratosis", {}),
         "sk_auc_ci": ev["auc_ci"].get("seborrheic_keratosis", {}),
         "balanced_accuracy": ev["balanced_accuracy"],
-        "rel": {},
     }
     scores: dict[str, np.ndarray] = {f"auc_{k}": knn_vote(mel_tr[i_te], k) for k in KS}
     # REL: held-out rated training images query the other 1999 training images (themselves excluded)
-    _, i_rel = exact_search(tr, tr[d.rel_queries], kmax + 1)
-    i_rel = np.array([[j for j in row if j != q][:kmax] for q, row in zip(d.rel_queries, i_rel, strict=True)])
-    qg = d.rel_groups[d.rel_queries]
-    out["rel"] = {str(k): v for k, v in calculate_rel_at_k(qg, d.rel_groups[i_rel], KS).items()}
+    ids = d.train.image_ids
+    own = [([ids[q] for q in d.rel_queries], ids)]
+    i_rel, _ = nearest_excluding(in_memory(tr), tr[d.rel_queries], len(tr), kmax, own)
+    out["rel"] = score_relevance(i_rel, d.rel_groups, d.rel_groups[d.rel_queries], KS, n_boot=0)["rel"]
     # external queries (HAM10000, with masks) against the ISIC 2017 training archive
-    _, i_hm = exact_search(tr, hm, kmax)
+    i_hm, _ = nearest_excluding(in_memory(tr), hm, len(tr), kmax)
     held_out = np.setdiff1d(np.arange(len(hm)), d.taught)  # never the images whose masks were taught
     ext = score_neighbours(
         d.train.diagnoses, i_hm[held_out], d.ham.subset(held_out).diagnoses, ks=KS, n_boot=s.n_boot, seed=seed
     )
     out["external_auc"] = ext["auc"]["melanoma"]
     out["external_auc_ci"] = ext["auc_ci"]["melanoma"]
-    ja, mass, ja_sim, mass_sim, ja_g, mass_g = [], [], [], [], [], []
-    gauss = centred_gaussian((s.image_size, s.image_size))
     out["localisation_images"] = int(len(held_out))
-    for q in held_out:
-        nearest = tr_maps[i_hm[q, :1]]
-        qam, _ = activation_map_pairs(hm_maps[q], nearest)
-        sim, _ = similarity_maps(hm_maps[q], nearest)
-        m = d.ham_masks[q]
-        ja.append(calculate_jaccard(qam[0], m))
-        mass.append(calculate_mass_in_mask(qam[0], m))
-        ja_sim.append(calculate_jaccard(sim[0], m))
-        mass_sim.append(calculate_mass_in_mask(np.clip(sim[0], 0, None), m))
-        ja_g.append(calculate_jaccard(gauss, m))
-        mass_g.append(calculate_mass_in_mask(gauss, m))
+    loc = localisation_scores(hm_maps[held_out], tr_maps, i_hm[held_out, 0], d.ham_masks[held_out], references=True)
     if len(d.taught):  # the localisation figures of the halves a map setting may and may not be chosen on
         a2 = np.isin(held_out, choice_rows(len(hm)))
         for half, sel in (("A2", a2), ("B", ~a2)):
-            out[f"ja_{half}"] = float(np.mean(np.array(ja)[sel]))
-            out[f"mass_in_mask_{half}"] = float(np.mean(np.array(mass)[sel]))
-            out[f"ja_gaussian_{half}"] = float(np.mean(np.array(ja_g)[sel]))
-    out.update(
-        ja=float(np.mean(ja)),
-        mass_in_mask=float(np.mean(mass)),
-        ja_similarity_map=float(np.mean(ja_sim)),
-        mass_in_mask_similarity_map=float(np.mean(mass_sim)),
-        ja_gaussian=float(np.mean(ja_g)),
-        mass_in_mask_gaussian=float(np.mean(mass_g)),
-    )
+            out[f"ja_{half}"] = float(np.mean(loc["ja"][sel]))
+            out[f"mass_in_mask_{half}"] = float(np.mean(loc["mass_in_mask"][sel]))
+            out[f"ja_gaussian_{half}"] = float(np.mean(loc["ja_gaussian"][sel]))
+    out.update({k: float(np.mean(v)) for k, v in loc.items()})
     if model.classifier is not None:
         names = sorted(set(d.train.diagnoses))
         with torch.inference_mode():
@@ -337,9 +309,8 @@ def _evaluate_ensemble(runs: list[Path], d: _Data, s: ReproduceSettings, seed: i
         for split, img in (("train", d.train_img), ("val", d.val_img), ("test", d.test_img)):
             parts[split].append(embed(model, img, s.image_size, views=s.views)[0])
     tr, va, te = (np.ascontiguousarray(np.concatenate(parts[k], 1)) for k in ("train", "val", "test"))
-    kmax = max(KS)
-    _, i_va = exact_search(tr, va, kmax)
-    _, i_te = exact_search(tr, te, kmax)
+    i_va, _ = nearest_excluding(in_memory(tr), va, len(tr), max(KS))
+    i_te, _ = nearest_excluding(in_memory(tr), te, len(tr), max(KS))
     val = score_neighbours(d.train.diagnoses, i_va, d.val.diagnoses, ks=KS, n_boot=0, seed=seed)
     test = score_neighbours(d.train.diagnoses, i_te, d.test.diagnoses, ks=KS, n_boot=s.n_boot, seed=seed)
     return {

@@ -13,6 +13,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from chaiderm.data.records import ImageTable
 from chaiderm.evaluation.metrics import bootstrap_auc_ci, bootstrap_mean_ci, calculate_rel_at_k
+from chaiderm.evaluation.retrieval import nearest_excluding
 from chaiderm.index.knn import check_vote, knn_vote
 from chaiderm.losses.logic import encode_labels
 from chaiderm.pipeline import Predictor
@@ -25,22 +26,9 @@ def _neighbours(predictor: Predictor, queries: ImageTable, emb: np.ndarray, kmax
     image of its lesion (by id or ``lesion_id``, where the archive holds them)."""
     idx = predictor.index
     lesion = [m.get("lesion_id", "") for m in idx.metadata]
-    extra = max(Counter(x for x in lesion if x).values(), default=0) + 1
-    dist, rows = idx.search(emb, min(len(idx), kmax + extra))
-    out, out_d = [], []
-    for qi, row in enumerate(rows):
-        own = queries.image_ids[qi]
-        own_lesion = queries.metadata[qi].get("lesion_id", "")
-        keep = [
-            c
-            for c, j in enumerate(row)
-            if j >= 0 and idx.image_ids[j] != own and not (own_lesion and lesion[j] == own_lesion)
-        ][:kmax]
-        out.append(row[keep])
-        out_d.append(dist[qi][keep])
-    if min(len(r) for r in out) < kmax:
-        raise ValueError(f"the archive has fewer than {kmax} cases left to vote after excluding queries' own")
-    return np.asarray(out), np.asarray(out_d)
+    own_lesion = [m.get("lesion_id", "") for m in queries.metadata]
+    exclude = [(queries.image_ids, idx.image_ids), (own_lesion, lesion)]
+    return nearest_excluding(idx.search, emb, len(idx), kmax, exclude)
 
 
 def evaluate_index(
@@ -146,19 +134,37 @@ def score_neighbours(
             i = rng.integers(0, len(q_dx), len(q_dx))
             boots.append(balanced_accuracy_score(q_dx[i], pred[i]))
         out["balanced_accuracy_ci"][str(k)] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
-    if archive_groups is not None and query_groups is not None and (np.asarray(query_groups) >= 0).any():
-        a_g, q_g = np.asarray(archive_groups), np.asarray(query_groups)
-        out["rel"] = {str(k): v for k, v in calculate_rel_at_k(q_g, a_g[rows], ks).items()}
-        has = q_g >= 0
-        out["rel_ci"] = (
-            {}
-            if not n_boot
-            else {
-                str(k): bootstrap_mean_ci((a_g[rows[has, :k]] == q_g[has, None]).sum(axis=1), n_boot=n_boot, seed=seed)
-                for k in ks
-            }
-        )
+    if archive_groups is not None and query_groups is not None:
+        out.update(score_relevance(rows, archive_groups, query_groups, ks, n_boot=n_boot, seed=seed))
     return out
+
+
+def score_relevance(
+    rows: np.ndarray,
+    archive_groups: np.ndarray,
+    query_groups: np.ndarray,
+    ks: Sequence[int] = KS,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """REL@k of neighbours already found (``rel``), with 95% bootstrap intervals (``rel_ci``, empty when
+    ``n_boot=0``): how many of each query's k nearest share its similarity group (code -1: none). Empty
+    when no query has a group."""
+    a_g, q_g = np.asarray(archive_groups), np.asarray(query_groups)
+    if not (q_g >= 0).any():
+        return {}
+    rows = np.asarray(rows)
+    has = q_g >= 0
+    return {
+        "rel": {str(k): v for k, v in calculate_rel_at_k(q_g, a_g[rows], ks).items()},
+        "rel_ci": {}
+        if not n_boot
+        else {
+            str(k): bootstrap_mean_ci((a_g[rows[has, :k]] == q_g[has, None]).sum(axis=1), n_boot=n_boot, seed=seed)
+            for k in ks
+        },
+    }
 
 
 def _auc(y: np.ndarray, score: np.ndarray) -> float:

@@ -304,6 +304,8 @@ def _open_run(cfg: RunConfig, run_dir: Path, resume: bool, force: bool) -> tuple
 def _check_data(cfg: RunConfig, table: ImageTable, run_dir: Path) -> None:
     """What the logic needs of the training data; records the diagnoses trained on."""
     logic = cfg.train.logic
+    if logic == "none":
+        raise DataError(None, "logic: 'none' is an ensemble's; train its members with a logic of their own")
     if logic in ("hierarchical", "nonhierarchical", "joint") and not table.has_groups:
         raise DataError(table.source, f"{logic} logic needs similarity groups (--groups CSV)")
     if logic in ("hierarchical", "nonhierarchical"):
@@ -410,17 +412,7 @@ def _step(run: _Run, idx: np.ndarray, triplets, rng: np.random.Generator) -> flo
     out = forward_chunks(x[lo:hi], chunk, run.forward)
     if dd is not None:
         out = distributed.gather(out, len(x), chunk, dd)
-    batch = Batch(model, out, run.dis[idx], run.grp[idx], triplets, rng, run.dev)
-    loss: torch.Tensor | None = None
-    for term in run.terms:
-        if not term.whole:
-            value = term.weight * term(batch)
-            loss = value if loss is None else loss + value
-    extra = torch.zeros((), device=run.dev)
-    for term in run.terms:
-        if term.whole:
-            extra = extra + term.weight * term(batch)
-    assert loss is not None  # the run's own term scores the batch
+    loss, extra = _terms(run.terms, Batch(model, out, run.dis[idx], run.grp[idx], triplets, rng, run.dev))
     run.opt.zero_grad(set_to_none=True)
     # each process computes the whole terms in full: a 1/world share of each keeps the gradients' sum exact
     objective = loss + (extra if dd is None else extra / dd.world)
@@ -436,6 +428,22 @@ def _step(run: _Run, idx: np.ndarray, triplets, rng: np.random.Generator) -> flo
     if dd is not None:
         distributed.broadcast_buffers(model)
     return float((loss + extra).detach())
+
+
+def _terms(terms: list[LossTerm], batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted sums of the batch terms and of the whole terms, in the list's order."""
+    loss: torch.Tensor | None = None
+    for term in terms:
+        if not term.whole:
+            value = term.weight * term(batch)
+            loss = value if loss is None else loss + value
+    extra = torch.zeros((), device=batch.device)
+    for term in terms:
+        if term.whole:
+            extra = extra + term.weight * term(batch)
+    if loss is None:
+        raise ValueError("a training run needs a term that scores the batch")
+    return loss, extra
 
 
 def _validate_epoch(run: _Run, epoch: int, rec: dict[str, Any]) -> None:
