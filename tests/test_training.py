@@ -278,3 +278,18 @@ def test_train_leaves_its_config_alone_and_adds_extra_terms(tables, tmp_path):
     assert term.prepared and term.calls > 0
     loss = {n: json.loads((tmp_path / n / "history.json").read_text())[0]["loss"] for n in ("plain", "pulled")}
     assert loss["pulled"] > loss["plain"]  # the term's weighted value is in the objective
+
+
+def test_a_run_trained_with_a_removed_setting_is_not_resumed_without_it(tables, tmp_path):
+    from chaiderm.training.checkpoint import load_checkpoint, save_checkpoint
+
+    tr, _, _ = tables
+    tr = tr.subset(range(40))
+    with pytest.raises(_KilledError):
+        train(tiny_cfg(epochs=2, select_metric="last"), tr, tmp_path / "r", on_epoch=_kill_after_first)
+    ckpt = load_checkpoint(tmp_path / "r")  # as a run of the version that had ce_weight wrote it
+    cfg = json.loads(ckpt["config"])
+    cfg["train"]["ce_weight"] = 1.0
+    save_checkpoint(tmp_path / "r", {**ckpt, "config": json.dumps(cfg)})
+    with pytest.raises(ArtifactError, match="cannot resume: .*ce_weight = 1.0"):
+        train(tiny_cfg(epochs=2, select_metric="last"), tr, tmp_path / "r", resume=True)

@@ -118,14 +118,18 @@ def _as_flag():
 
 
 def show_removed_settings_in_one_line() -> None:
-    """An old config.json's removed setting (``config.RemovedSettingWarning``) as one ``warning:`` line."""
+    """An old config.json's removed setting (``config.RemovedSettingWarning``) as one ``warning:`` line,
+    once however often the file is read."""
     from chaiderm.config import RemovedSettingWarning
 
-    shown = warnings.showwarning
+    shown, said = warnings.showwarning, set()
+    warnings.simplefilter("always", RemovedSettingWarning)  # deduplicated here, by text
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
         if issubclass(category, RemovedSettingWarning):
-            _warn(str(message))
+            if str(message) not in said:
+                said.add(str(message))
+                typer.echo(f"warning: {message}", err=True)  # unwrapped: one line
         else:
             shown(message, category, filename, lineno, file, line)
 

@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import chaiderm
 from chaiderm._io import write_json
-from chaiderm.config import RunConfig
+from chaiderm.config import RemovedSettingWarning, RunConfig
 from chaiderm.data.diagnoses import VOCABULARY, canonical, require_class
 from chaiderm.data.records import ImageTable, check_nested
 from chaiderm.data.sampler import m_per_class_batches
@@ -295,7 +296,12 @@ def _open_run(cfg: RunConfig, run_dir: Path, resume: bool, force: bool) -> tuple
     distributed.barrier()  # every process has looked before the first one writes
     if ckpt is None:
         return cfg, None
-    saved = RunConfig.from_dict(json.loads(ckpt["config"]), str(run_dir))
+    with warnings.catch_warnings():  # a run trained with a removed setting cannot go on without it
+        warnings.simplefilter("error", RemovedSettingWarning)
+        try:
+            saved = RunConfig.from_dict(json.loads(ckpt["config"]), str(run_dir))
+        except RemovedSettingWarning as e:
+            raise ArtifactError(f"cannot resume: {e}") from None
     if saved.train != cfg.train:
         raise ArtifactError(f"{run_dir}: --resume with different training settings than the saved run")
     return saved, ckpt
