@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -73,17 +74,11 @@ def query(
     From a PACS: --dicomweb URL --study UID answers every dermoscopic and VL photographic image of the study
     (named by SOP Instance UID; other instances skipped and counted); no report files unless --reports asks,
     and with --store the results go back to the study."""
-    from chaiderm.data.images import load_image
     from chaiderm.evaluation import isic_csv
-    from chaiderm.evidence.report import write_query_json, write_query_report
     from chaiderm.index import refine
     from chaiderm.pipeline import Predictor
 
-    if not 1 <= k <= 1000:
-        raise _fail(f"--k must be between 1 and 1000 (the number of nearest archive cases that vote), not {k}")
-    if reports is not None and reports not in QUERY_REPORTS:
-        raise _fail(f"--reports: one of {', '.join(QUERY_REPORTS)}, not '{reports}'")
-    _check_trust(level, novelty_threshold)
+    _check_query_options(k, reports, level, novelty_threshold)
     if any((dicomweb, study, store)):  # a PACS study instead of files
         from chaiderm.cli import query_pacs
 
@@ -93,6 +88,41 @@ def query(
     if not images:
         raise _fail("query: name image files, or a PACS study with --dicomweb URL --study UID")
     paths = _query_paths(images)
+    reports = _report_mode(reports, csv, out)
+    with _errors(skip_bad_hint=True), contextlib.ExitStack() as stack:
+        predictor = _trusting(Predictor.load(model, index), index, level, novelty_threshold)
+        if csv is not None:  # refuse a layout the archive's diagnoses do not fit before any query runs
+            _ = [isic_csv.code_of(d, csv_format) for d in predictor.classes]
+        run = _FileQueries(predictor, k, where, reports, skip_bad, refine.parse_regions(region), out, csv)
+        if csv is not None:
+            run.sheet = stack.enter_context(isic_csv.PredictionsFile(csv, csv_format))
+            paths = _unanswered(paths, run.sheet, csv)
+        for start in range(0, len(paths), QUERY_CHUNK):
+            for path, res, searched in run.answers(paths[start : start + QUERY_CHUNK]):
+                run.write(path, res, searched)
+                typer.echo(answer_line(path.name, res.prediction))
+    _summary(run)
+
+
+def _check_query_options(k: int, reports: str | None, level: float, novelty_threshold: float | None) -> None:
+    if not 1 <= k <= 1000:
+        raise _fail(f"--k must be between 1 and 1000 (the number of nearest archive cases that vote), not {k}")
+    if reports is not None and reports not in QUERY_REPORTS:
+        raise _fail(f"--reports: one of {', '.join(QUERY_REPORTS)}, not '{reports}'")
+    _check_trust(level, novelty_threshold)
+
+
+def _summary(run: _FileQueries) -> None:
+    if run.skipped:
+        _warn(f"skipped {len(run.skipped)} unreadable image(s): no row, no report")
+    if run.reports != "none":
+        console.print(f"reports in {run.out}/", highlight=False, soft_wrap=True)
+    if run.csv is not None:
+        console.print(f"{run.answered} row(s) added to {run.csv}", highlight=False, soft_wrap=True)
+
+
+def _report_mode(reports: str | None, csv: Path | None, out: Path) -> str:
+    """The reports a file query writes (html without --csv, none with it, unless asked), their folder made."""
     if reports is None:
         reports = "none" if csv is not None else "html"
         if csv is not None:
@@ -102,87 +132,117 @@ def query(
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise _fail(f"{out}: cannot write reports there ({e.strerror or e})") from None
-    skipped: list[str] = []
-    answered = 0
-    with _errors(skip_bad_hint=True), contextlib.ExitStack() as stack:
-        predictor = _trusting(Predictor.load(model, index), index, level, novelty_threshold)
-        if csv is not None:  # refuse a layout the archive's diagnoses do not fit before any query runs
-            for d in predictor.classes:
-                isic_csv.code_of(d, csv_format)
-        boxes = refine.parse_regions(region)
-        sheet = stack.enter_context(isic_csv.PredictionsFile(csv, csv_format)) if csv is not None else None
-        if sheet is not None and sheet.answered:
-            before = len(paths)
-            paths = [p for p in paths if p.stem not in sheet.answered]
-            console.print(
-                f"note: {csv} already answers {before - len(paths)} of these {before} image(s): skipped; "
-                f"answering the other {len(paths)} (delete the file to answer all again)",
-                highlight=False,
-                soft_wrap=True,
-            )
+    return reports
 
-        def answers(chunk: list[Path]):
-            """(path, result, region) for each image of ``chunk`` that loads, in order."""
-            if boxes:  # boxes are in the original image's pixels: decoded whole, one at a time
-                for path in chunk:
-                    try:
-                        img = load_image(path)
-                    except ChaidermError as e:
-                        if not skip_bad:
-                            raise
-                        _skip(e, skipped)
-                        continue
-                    try:
-                        regions = refine.from_original(boxes, img.shape[:2], predictor.cfg.model.load_size)
-                    except ChaidermError as e:
-                        raise _fail(f"{path}: {e}") from None
-                    res = predictor.predict(
-                        img, k=k, image_id=path.stem, where=where, regions=regions, evidence=reports == "html"
-                    )
-                    yield path, res, ";".join(map(str, regions)) or None
-                return
-            loaded, imgs, bad = [], [], None
-            for path in chunk:
-                try:  # decoded as an index, evaluate and the server decode: shrunk while >= load_size
-                    imgs.append(load_image(path, fit=predictor.cfg.model.load_size))
-                    loaded.append(path)
-                except ChaidermError as e:
-                    if not skip_bad:
-                        bad = e  # the images before it are answered (and written) first
-                        break
-                    _skip(e, skipped)
-            results = predictor.predict_many(
-                imgs, k=k, image_ids=[p.stem for p in loaded], where=where, evidence=reports == "html"
-            )
-            for path, res in zip(loaded, results, strict=True):
-                yield path, res, None
-            if bad is not None:
-                raise bad
 
-        for start in range(0, len(paths), QUERY_CHUNK):
-            for path, res, searched in answers(paths[start : start + QUERY_CHUNK]):
-                pred = res.prediction
-                try:
-                    if reports == "html":
-                        neigh = predictor.neighbor_images(res)
-                        write_query_report(out, path.stem, res.image, pred, neigh, res.qams, res.rams, region=searched)
-                    elif reports == "json":
-                        write_query_json(out, path.stem, pred, region=searched)
-                except OSError as e:
-                    raise _fail(f"{out}: cannot write the report of {path.name} ({e.strerror or e})") from None
-                if sheet is not None:
-                    try:
-                        sheet.write(path.stem, pred.class_probabilities, isic_csv.unknown_of(pred.uncertainty))
-                    except OSError as e:
-                        raise _fail(f"{csv}: cannot write the row of {path.name} ({e.strerror or e})") from None
-                answered += 1
-                typer.echo(answer_line(path.name, pred))
-    if skipped:
-        _warn(f"skipped {len(skipped)} unreadable image(s): no row, no report")
-    if reports != "none":
-        console.print(f"reports in {out}/", highlight=False, soft_wrap=True)
-    if csv is not None:
-        console.print(f"{answered} row(s) added to {csv}", highlight=False, soft_wrap=True)
+def _unanswered(paths: list[Path], sheet, csv: Path) -> list[Path]:
+    """The images a resumed CSV does not answer yet."""
+    if not sheet.answered:
+        return paths
+    rest = [p for p in paths if p.stem not in sheet.answered]
+    console.print(
+        f"note: {csv} already answers {len(paths) - len(rest)} of these {len(paths)} image(s): skipped; "
+        f"answering the other {len(rest)} (delete the file to answer all again)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return rest
+
+
+@dataclass
+class _FileQueries:
+    """One `query` run over files: what it answers with, and where the answers go."""
+
+    predictor: object
+    k: int
+    where: str | None
+    reports: str
+    skip_bad: bool
+    boxes: list
+    out: Path
+    csv: Path | None
+    sheet: object = None
+    skipped: list[str] = field(default_factory=list)
+    answered: int = 0
+
+    def answers(self, chunk: list[Path]):
+        """(path, result, region) for each image of ``chunk`` that loads, in order."""
+        if self.boxes:
+            yield from self._region_answers(chunk)
+        else:
+            yield from self._batch_answers(chunk)
+
+    def _load(self, path: Path, **kw):
+        """The decoded image, or None where it is skipped (--skip-bad); otherwise its error is raised."""
+        from chaiderm.data.images import load_image
+
+        try:
+            return load_image(path, **kw)
+        except ChaidermError as e:
+            if not self.skip_bad:
+                raise
+            _skip(e, self.skipped)
+            return None
+
+    def _region_answers(self, chunk: list[Path]):
+        # boxes are in the original image's pixels: decoded whole, one at a time
+        from chaiderm.index import refine
+
+        p = self.predictor
+        for path in chunk:
+            img = self._load(path)
+            if img is None:
+                continue
+            try:
+                regions = refine.from_original(self.boxes, img.shape[:2], p.cfg.model.load_size)
+            except ChaidermError as e:
+                raise _fail(f"{path}: {e}") from None
+            res = p.predict(
+                img, k=self.k, image_id=path.stem, where=self.where, regions=regions, evidence=self.reports == "html"
+            )
+            yield path, res, ";".join(map(str, regions)) or None
+
+    def _batch_answers(self, chunk: list[Path]):
+        from chaiderm.data.images import load_image
+
+        p = self.predictor
+        loaded, imgs, bad = [], [], None
+        for path in chunk:
+            try:  # decoded as an index, evaluate and the server decode: shrunk while >= load_size
+                imgs.append(load_image(path, fit=p.cfg.model.load_size))
+                loaded.append(path)
+            except ChaidermError as e:
+                if not self.skip_bad:
+                    bad = e  # the images before it are answered (and written) first
+                    break
+                _skip(e, self.skipped)
+        results = p.predict_many(
+            imgs, k=self.k, image_ids=[x.stem for x in loaded], where=self.where, evidence=self.reports == "html"
+        )
+        yield from ((path, res, None) for path, res in zip(loaded, results, strict=True))
+        if bad is not None:
+            raise bad
+
+    def write(self, path: Path, res, searched: str | None) -> None:
+        """The image's report and CSV row, as --reports and --csv ask."""
+        from chaiderm.evaluation import isic_csv
+        from chaiderm.evidence.report import write_query_json, write_query_report
+
+        pred = res.prediction
+        try:
+            if self.reports == "html":
+                neigh = self.predictor.neighbor_images(res)
+                write_query_report(self.out, path.stem, res.image, pred, neigh, res.qams, res.rams, region=searched)
+            elif self.reports == "json":
+                write_query_json(self.out, path.stem, pred, region=searched)
+        except OSError as e:
+            raise _fail(f"{self.out}: cannot write the report of {path.name} ({e.strerror or e})") from None
+        if self.sheet is not None:
+            try:
+                self.sheet.write(path.stem, pred.class_probabilities, isic_csv.unknown_of(pred.uncertainty))
+            except OSError as e:
+                raise _fail(f"{self.csv}: cannot write the row of {path.name} ({e.strerror or e})") from None
+        self.answered += 1
 
 
 def _check_trust(level: float, novelty_threshold: float | None) -> None:
