@@ -213,7 +213,8 @@ def test_similarity_decomposition_sums_to_gap_dot_product():
 
 def test_evidence_sums_never_wake_numpys_blas_threads(monkeypatch):
     """numpy's OpenBLAS threads spin ~0.1 s after a call, on the cores the next query's forward pass needs
-    (a 5-member query: 121 ms with einsum, 54 ms without; docs/benchmarks.md): the sums must stay in torch."""
+    (a 5-member query: 121 ms with einsum, 54 ms without; research/performance/benchmarks.md): the sums must stay
+    in torch."""
     from chaiderm.evidence.maps import similarity_maps
 
     def blas(*a, **k):

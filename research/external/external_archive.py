@@ -5,7 +5,8 @@
 
 Why: the model trained on ISIC 2017 ranks images from another clinic's dermoscopes poorly (melanoma AUC@20
 0.66 on the report half of ham10000_dev, the recipe of round 4), and nothing tried in training or in moving
-the queries moved that by more than its noise (docs/accuracy.md). The lead left was an archive per clinic:
+the queries moved that by more than its noise (research/recipe_rounds/where_it_stands.md). The lead left was
+an archive per clinic:
 the model stays as it is (it never trains on the clinic), and the clinic's labelled cases join the archive
 the votes come from, as ``chaiderm archive add`` does. This is not the issue's external goal (a model that
 never saw the clinic, voting over ISIC 2017 alone); it is reported beside that figure, never in its place.

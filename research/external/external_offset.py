@@ -5,7 +5,8 @@
 Why: a model trained on ISIC 2017 embeds images from other clinics and dermoscopes away from the ISIC
 archive as a whole (colour, optics), so their nearest neighbours are chosen partly by that offset rather
 than by the lesion. Nothing tried in training moved the external figure by more than its noise
-(docs/accuracy.md). Here the trained model stays as it is; only the queries of the new clinic are shifted
+(research/recipe_rounds/where_it_stands.md). Here the trained model stays as it is; only the queries of the
+new clinic are shifted
 by (archive mean - clinic mean), or mapped channel by channel to the archive's mean and spread. The
 clinic's statistics come from its *unlabelled* images: a clinic has those before it has any labels.
 

@@ -2,7 +2,8 @@
 
     python -m research.fold_bn.fold_bn [--processes 6] [--iters 400] [--out research/fold_bn/fold_bn.json]
 
-Why: the recipe's member count is capped by query latency (docs/accuracy.md, lead 3), and a prototype of
+Why: the recipe's member count is capped by query latency (research/recipe_rounds/where_it_stands.md, lead 3),
+and a prototype of
 2026-11-27 saw a member's forward about 15% faster with every eval-mode batch norm folded into the
 convolution before it (EfficientNet-Lite0 has one after each of its 49 convolutions). Folding changes no
 output beyond float rounding (checked here), so the only question is time.

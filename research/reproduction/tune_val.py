@@ -5,7 +5,7 @@ Disease logic, or Hierarchical fine-tuned from a Disease candidate) and is score
 (melanoma kNN AUC@k against the training archive, k = 3..40, and their mean); the test split is never
 read. Figures are merged into ``research/reproduction/tuning.json`` one candidate at a time, so a killed run keeps what
 finished. The Lite1 candidates need ``pip install -e '.[lite1]'``. The choices this led to are recorded
-in docs/reproduction.md.
+in research/reproduction/reproduction.md.
 """
 
 from __future__ import annotations

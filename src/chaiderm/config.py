@@ -132,7 +132,7 @@ class ModelConfig:
     weights: str | None = None  # user-supplied backbone weights (e.g. AlexNet), safetensors or .pt
     head: Head = "conv"  # "none": embed the backbone's own map (Baseline)
     embedding_dim: int = 1024  # the paper's activation-map dimensionality
-    normalize: bool = False  # L2-normalise the pooled vector? Raw won on ISIC val (docs/benchmarks.md)
+    normalize: bool = False  # L2-normalise the pooled vector? Raw won on ISIC val (docs/results.md)
     image_size: int = 224  # network input side (square centre crop / random crop)
     load_size: int = 256  # images are resized so the shorter side is this, then cropped
     freeze_stages: int | None = None  # leading backbone stages kept frozen; None: the backbone's default

@@ -68,7 +68,7 @@ def query_cost_warning(query_ms: float, model: torch.nn.Module, run_dir: str | P
         return (
             f"{head}: this model has {len(members)} members; an ensemble of fewer answers faster at some "
             f"accuracy (`chaiderm ensemble {runs} --out NEW_RUN`, then `chaiderm index --model NEW_RUN`; "
-            "docs/accuracy.md has what three and five members reach)"
+            "research/recipe_rounds/where_it_stands.md has what three and five members reach)"
         )
     return f"{head} (this machine is slower, or busy with other work)"
 

@@ -1,6 +1,6 @@
 """``chaiderm reproduce``: the paper's Table 1 on ISIC 2017, with the six embeddings of section 2.3.
 
-Protocol (docs/reproduction.md): non-expert groups from ENHANCE (1000 rated training images for
+Protocol (docs/guide/reproduce.md): non-expert groups from ENHANCE (1000 rated training images for
 group-based fine-tuning, the other rated ones held out as REL queries); Baseline = ImageNet
 EfficientNet-Lite0 GAP, not fine-tuned; BaselineFT = the same fine-tuned with a multiclass loss;
 Disease / Joint from ImageNet with triplets; NonHierarchical / Hierarchical fine-tuned from Disease on

@@ -107,7 +107,7 @@ def groups_enhance(
     split: Annotated[str | None, typer.Option(help="ISIC split (default train)")] = None,
     n_finetune: Annotated[int, typer.Option(help="annotated images kept for group-based fine-tuning")] = 1000,
     melanoma_groups: Annotated[
-        int, typer.Option(help="groups within melanoma (paper 20; docs/reproduction.md tried 10 and 5)")
+        int, typer.Option(help="groups within melanoma (paper 20; research/cross_validation/ tried 10 and 5)")
     ] = 20,
     sk_groups: Annotated[int, typer.Option(help="groups within seborrheic keratosis (paper 12)")] = 12,
     nevus_groups: Annotated[int, typer.Option(help="groups within nevus (paper 15)")] = 15,

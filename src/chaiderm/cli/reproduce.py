@@ -25,7 +25,7 @@ def reproduce(
         bool,
         typer.Option(
             "--paper-groups/--half-groups",
-            help="hierarchical groups: the paper's 20 / 12 / 15, or half of them (10 / 6 / 8, docs/reproduction.md)",
+            help="hierarchical groups: the paper's 20 / 12 / 15, or half of them (10 / 6 / 8, docs/results.md)",
         ),
     ] = True,
     device: Annotated[str, typer.Option(help="where to compute: cpu, cuda (not a setting of the results)")] = "cpu",
@@ -52,7 +52,7 @@ def reproduce(
     """The paper's Table 1: six embeddings, AUC@k, REL@k, map localisation, statistics and figures.
 
     Defaults are the settings chosen on the validation split (research/reproduction/tune_val.py,
-    docs/reproduction.md)."""
+    research/reproduction/reproduction.md)."""
     from chaiderm.reproduce import ReproduceSettings, run_reproduce
 
     given = dict(

@@ -141,7 +141,7 @@ def train_cmd(
     recipe: Annotated[
         str | None,
         typer.Option(
-            help="a named recipe: 'recommended' (the model we recommend, docs/accuracy.md) sets --logic, "
+            help="a named recipe: 'recommended' (the model we recommend, docs/results.md) sets --logic, "
             "--ensemble, --vote, --colour, --colour-jitter and --zoom; leave those out"
         ),
     ] = None,

@@ -5,7 +5,7 @@ a sample: a random-rotation PCA to ``pca_dim`` dimensions, k-means centroids in 
 graph over the centroids that assigns millions of vectors without scanning every centroid. The projection
 only chooses the list: the codes in the lists are 8-bit scalar codes of *all* ``d`` dimensions, because
 codes of the projection alone lose near neighbours that no re-ranking can bring back once the archive is
-large (10M synthetic cases: recall@10 stopped at 0.875 with 256-d codes, docs/distributed.md). Each
+large (10M synthetic cases: recall@10 stopped at 0.875 with 256-d codes, research/ondisk_index/ondisk_index.md). Each
 shard's codes go to their own small IVF file; FAISS's ``OnDiskInvertedLists`` merges the shards into one
 ``lists.ivfdata`` that searches memory-map. The full vectors are kept as a float16 ``.npy`` on disk and
 re-rank the ``k_factor * k`` best candidates exactly (distances to float16 precision), so results are
@@ -63,7 +63,7 @@ def default_nlist(n: int) -> int:
 
 def default_nprobe(nlist: int) -> int:
     """A 32nd of the lists, at least 64: 10M synthetic cases in 16384 lists, 512 probed, recall@10 0.963 in
-    a median 17.2 ms (docs/distributed.md)."""
+    a median 17.2 ms (docs/results.md)."""
     return int(min(nlist, max(64, nlist // 32)))
 
 
@@ -154,7 +154,7 @@ class OnDiskIVF:
         graph = _centroid_graph(ivf)
         if graph is not None:
             # the graph's own default (16) finds poor lists when hundreds are probed: 1M synthetic cases,
-            # 1024 lists, 256 probed: recall@10 0.976 with 16, 0.997 with 128 (docs/distributed.md)
+            # 1024 lists, 256 probed: recall@10 0.976 with 16, 0.997 with 128 (research/ondisk_index/ondisk_index.md)
             graph.hnsw.efSearch = max(128, 2 * ivf.nprobe)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,8 @@
 a user trains the model we recommend by name instead of copying flags from the docs.
 
 Each recipe says which ``chaiderm train`` settings it fixes; every other setting keeps its default and
-stays the user's to change. The evidence behind a recipe and what it reached are in docs/accuracy.md.
+stays the user's to change. The evidence behind a recipe and what it reached are in
+research/recipe_rounds/where_it_stands.md.
 """
 
 from __future__ import annotations
