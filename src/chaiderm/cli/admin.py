@@ -59,6 +59,7 @@ def users_remove(name: str, users: Annotated[Path, typer.Option(help="users file
 
 @users_app.command("list")
 def users_list(users: Annotated[Path, typer.Option(help="users file")] = USERS_FILE) -> None:
+    """List the users and their roles (never their password hashes)."""
     from chaiderm.web.auth import Users
 
     with _errors():
