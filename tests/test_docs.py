@@ -97,6 +97,17 @@ def test_formats_page_lists_every_config_field(site):
             assert f"<code>{f.name}</code>" in page, f"{cls.__name__}.{f.name} missing from the formats page"
 
 
+def test_every_route_of_the_server_is_in_the_api_table(served, tmp_path):
+    """A route added to the server without a line in the guide's API table fails here."""
+    from chaiderm.web.app import create_app
+
+    page = (ROOT / "docs" / "guide" / "viewer.md").read_text()
+    app = create_app(served / "run", served / "ix", tmp_path / "fb.db")
+    for path, operations in app.openapi()["paths"].items():
+        for method in operations:
+            assert f"`{method.upper()} {path}" in page, f"{method.upper()} {path} is not in docs/guide/viewer.md"
+
+
 def test_no_document_refers_outside_the_repository():
     bad = re.compile(r"\.\./shared|MEASURED\.md|/work/|/home/|/tmp/docsdemo")
     for md in _markdown_files():
