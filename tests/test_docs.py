@@ -140,6 +140,15 @@ def test_quoted_repository_paths_exist():
                 assert (ROOT / path).exists(), f"{source.relative_to(ROOT)}:{n}: {path} does not exist"
 
 
+def test_modules_the_manual_names_exist():
+    """The manual names modules by their path in the package (`web/access.py`, `index/lock.py`): they exist."""
+    package = Path(chaiderm.__file__).parent
+    module = re.compile(r"`((?:[a-z_]+/)+[a-z_]+\.py)`")
+    for md in [README, *sorted((ROOT / "docs").rglob("*.md"))]:
+        for path in module.findall(md.read_text()):
+            assert (package / path).is_file() or (ROOT / path).is_file(), f"{md.relative_to(ROOT)} names {path}"
+
+
 def test_options_the_guide_names_exist():
     known = {o for _path, cmd, _ctx in _cli_commands() for o in _options(cmd)}
     known |= {s for _path, cmd, _ctx in _cli_commands() for p in cmd.params for s in p.secondary_opts}
