@@ -204,27 +204,8 @@ def add_to_index(
     if by_id:
         shown = ", ".join(table.image_ids[i] for i in by_id[:5])
         messages.append(f"{len(by_id)} case(s) already in the archive by id, skipped: {shown}")
-    missing = [i for i, c in enumerate(index.content) if not c]
-    for i in missing:  # indexes from before digests were recorded: computed once, saved with the index
-        with contextlib.suppress(OSError):
-            index.content[i] = file_digest(index.paths[i])
-    if missing:
-        messages.append(f"computed content digests of {len(missing)} archive case(s) built without them")
-    seen = {c: iid for c, iid in zip(index.content, index.image_ids, strict=True) if c}
-    fresh, same, fresh_digests = [], [], []
-    for i, (iid, path) in enumerate(zip(table.image_ids, table.paths, strict=True)):
-        if iid in have_ids:
-            continue
-        try:
-            digest = file_digest(path)
-        except OSError:
-            digest = ""  # unreadable: embedding refuses it (or skips it with --skip-bad) with its name
-        if digest and digest in seen:
-            same.append(f"{iid} (= {seen[digest]})")
-            continue
-        seen.setdefault(digest, iid)
-        fresh.append(i)
-        fresh_digests.append(digest)
+    messages += _fill_digests(index)
+    fresh, fresh_digests, same = _new_rows(index, table, have_ids)
     if same:
         messages.append(
             f"{len(same)} image file(s) identical to an archive case or an earlier new one, skipped: "
@@ -245,17 +226,7 @@ def add_to_index(
     )
     new_stats = stats[0] if stats else None
     messages += [f"skipped unreadable: {e}" for e in errors]
-    copies = near_copies(index, emb, rows.image_ids)
-    if copies:
-        keep = [i for i, iid in enumerate(rows.image_ids) if iid not in copies]
-        shown = ", ".join(f"{iid} (= {of})" for iid, of in list(copies.items())[:5])
-        messages.append(
-            f"{len(copies)} image(s) the same as another case as the model sees them (re-encoded or resized "
-            f"copies), skipped: {shown}" + (" ..." if len(copies) > 5 else "")
-        )
-        emb, rows, content = emb[keep], rows.subset(keep), [content[i] for i in keep]
-        maps = None if maps is None else maps[keep]
-        new_stats = None if new_stats is None else new_stats[keep]
+    emb, maps, rows, content, new_stats = _without_near_copies(index, emb, maps, rows, content, new_stats, messages)
     if not len(rows):
         return index, messages
     new = index.add(
@@ -272,6 +243,57 @@ def add_to_index(
     new.info["sources"] = [*index.info.get("sources", [index.info.get("source", "")]), rows.source]
     new.info["synthetic"] = bool(index.info.get("synthetic", False)) and rows.synthetic
     return new, messages
+
+
+def _fill_digests(index: ArchiveIndex) -> list[str]:
+    """Content digests of archive cases from indexes built before digests were recorded, computed once
+    (saved with the index); returns the note to show."""
+    missing = [i for i, c in enumerate(index.content) if not c]
+    for i in missing:
+        with contextlib.suppress(OSError):
+            index.content[i] = file_digest(index.paths[i])
+    return [f"computed content digests of {len(missing)} archive case(s) built without them"] if missing else []
+
+
+def _new_rows(index: ArchiveIndex, table: ImageTable, have_ids: set[str]) -> tuple[list[int], list[str], list[str]]:
+    """Rows of ``table`` to embed (not in the archive by id, no file identical to an archive case or an earlier
+    row), their digests, and the skipped identical files named with the case each repeats."""
+    seen = {c: iid for c, iid in zip(index.content, index.image_ids, strict=True) if c}
+    fresh, digests, same = [], [], []
+    for i, (iid, path) in enumerate(zip(table.image_ids, table.paths, strict=True)):
+        if iid in have_ids:
+            continue
+        try:
+            digest = file_digest(path)
+        except OSError:
+            digest = ""  # unreadable: embedding refuses it (or skips it with --skip-bad) with its name
+        if digest and digest in seen:
+            same.append(f"{iid} (= {seen[digest]})")
+            continue
+        seen.setdefault(digest, iid)
+        fresh.append(i)
+        digests.append(digest)
+    return fresh, digests, same
+
+
+def _without_near_copies(index, emb, maps, rows, content, stats, messages: list[str]):
+    """The new cases less those the model sees as copies of a case (:func:`near_copies`), named in ``messages``."""
+    copies = near_copies(index, emb, rows.image_ids)
+    if not copies:
+        return emb, maps, rows, content, stats
+    keep = [i for i, iid in enumerate(rows.image_ids) if iid not in copies]
+    shown = ", ".join(f"{iid} (= {of})" for iid, of in list(copies.items())[:5])
+    messages.append(
+        f"{len(copies)} image(s) the same as another case as the model sees them (re-encoded or resized "
+        f"copies), skipped: {shown}" + (" ..." if len(copies) > 5 else "")
+    )
+    return (
+        emb[keep],
+        None if maps is None else maps[keep],
+        rows.subset(keep),
+        [content[i] for i in keep],
+        None if stats is None else stats[keep],
+    )
 
 
 def calibrate_sets(

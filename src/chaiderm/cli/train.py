@@ -156,24 +156,8 @@ def train_cmd(
     """Train an embedding (triplet logics) or a multiclass classifier (BaselineFT)."""
     from chaiderm.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from chaiderm.data.records import load_table
-    from chaiderm.training.recipes import RecipeConflictError, resolve
 
-    if nproc < 1:
-        raise _fail(f"--nproc: must be at least 1, got {nproc}")
-    if ensemble is not None and ensemble < 1:
-        raise _fail(f"--ensemble: must be at least 1, got {ensemble}")
-    try:  # the settings a recipe fixes, None where neither the user nor a recipe sets them
-        options = resolve(recipe, ctx.params)
-    except RecipeConflictError as e:
-        sets = ", ".join(f"{flag_of(k)} {v}" for k, v in e.recipe.fixes().items())
-        raise _fail(
-            f"--recipe {e.recipe.name} sets {sets}; leave those out (every other setting is still yours)"
-        ) from None
-    except ValueError as e:
-        raise _fail(f"--recipe: {e}") from None
-    if mask_data is not None:  # maps taught where lesions are: finer, with no padding imprint, unless told
-        options["padding"] = padding or "replicate"
-        options["map_stride"] = map_stride or 16
+    options = _resolved_options(ctx.params, recipe)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         from chaiderm.train import relaunch
 
@@ -227,6 +211,30 @@ def train_cmd(
         _warn(f"skipped {len(result.skipped)} unreadable image(s), e.g. {result.skipped[0]}")
     if done:
         console.print(done)
+
+
+def _resolved_options(given: dict, recipe: str | None) -> dict:
+    """The training options: those given, checked, with the named recipe's fixed settings filled in, and the
+    finer, unpadded maps that --mask-data implies unless told otherwise."""
+    from chaiderm.training.recipes import RecipeConflictError, resolve
+
+    if given["nproc"] < 1:
+        raise _fail(f"--nproc: must be at least 1, got {given['nproc']}")
+    if given["ensemble"] is not None and given["ensemble"] < 1:
+        raise _fail(f"--ensemble: must be at least 1, got {given['ensemble']}")
+    try:  # the settings a recipe fixes, None where neither the user nor a recipe sets them
+        options = resolve(recipe, given)
+    except RecipeConflictError as e:
+        sets = ", ".join(f"{flag_of(k)} {v}" for k, v in e.recipe.fixes().items())
+        raise _fail(
+            f"--recipe {e.recipe.name} sets {sets}; leave those out (every other setting is still yours)"
+        ) from None
+    except ValueError as e:
+        raise _fail(f"--recipe: {e}") from None
+    if given["mask_data"] is not None:
+        options["padding"] = given["padding"] or "replicate"
+        options["map_stride"] = given["map_stride"] or 16
+    return options
 
 
 def _validation(data: Path, split: str | None, groups: Path | None, asked: bool):

@@ -48,7 +48,13 @@ def _open(src: str | Path | bytes, name: str, formats: tuple[str, ...] = FILE_FO
         raise DataError(name, f"image has more than {MAX_PIXELS:,} pixels; refused", code="too_large") from None
     except OSError as e:
         raise DataError(name, f"cannot read image ({e})", code="corrupt") from None
-    w, h = img.size
+    _check_size(img.size, name)
+    return img
+
+
+def _check_size(size: tuple[int, int], name: str) -> None:
+    """Refuse, by name, a picture too large, empty, too small or too thin to be a lesion photograph."""
+    w, h = size
     if w * h > MAX_PIXELS:
         raise DataError(
             name, f"image is {w}x{h} = {w * h:,} pixels, over the {MAX_PIXELS:,} limit; refused", code="too_large"
@@ -63,7 +69,6 @@ def _open(src: str | Path | bytes, name: str, formats: tuple[str, ...] = FILE_FO
         raise DataError(
             name, f"image is {w}x{h}, thinner than 1:{MAX_ASPECT:g}; not a lesion photograph", code="bad_shape"
         )
-    return img
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
