@@ -60,7 +60,7 @@ def main() -> None:
     from chaiderm.config import ModelConfig, RunConfig
     from chaiderm.data.synthetic import generate
     from chaiderm.models import build_model, save_model
-    from tests import pacs_fixture as pf
+    from tests.pacs import pacs_fixture as pf
 
     why = pf.missing()
     if why:

@@ -9,7 +9,7 @@ from chaiderm.config import RunConfig
 from chaiderm.data.records import load_table
 from chaiderm.errors import ArtifactError, DataError
 from chaiderm.reproduce import VARIANTS, ReproduceSettings, _evaluate_ensemble, _load, run_reproduce
-from tests.test_enhance import _fake_enhance
+from tests.data.test_enhance import _fake_enhance
 
 
 def _isic_from_synthetic(synth_dir, root):

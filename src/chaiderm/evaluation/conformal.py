@@ -7,7 +7,7 @@ query's set holds each class whose 1 - share <= q(L). Kept as the sorted scores,
 at query time.
 
 Our own ~30 lines rather than crepes' ``ConformalClassifier``: the whole state is a sorted list that goes
-into the index's JSON and answers any level, with no pickled object; ``tests/test_uncertainty.py`` checks
+into the index's JSON and answers any level, with no pickled object; ``tests/evaluation/test_uncertainty.py`` checks
 these sets against crepes' on the same scores.
 """
 

@@ -178,7 +178,7 @@ def embed_archive_ray(
             concurrency=workers,
             num_cpus=1,
             # an actor that dies is restarted and its block retried: Ray Data's actor pools do so by
-            # default (tests/test_ray_index.py kills one)
+            # default (tests/index/test_ray_index.py kills one)
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*concurrent actors.*")  # small archives: fewer blocks

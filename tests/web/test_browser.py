@@ -511,7 +511,7 @@ def test_open_a_pacs_study_query_an_image_and_store_the_results(served, browser,
     from pydicom.uid import generate_uid
 
     from chaiderm.web.app import create_app
-    from tests import pacs_fixture as pf
+    from tests.pacs import pacs_fixture as pf
 
     why = pf.missing()
     if why:

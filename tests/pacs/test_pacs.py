@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from chaiderm.cli import app
 from chaiderm.data.feedback import FeedbackStore
 from chaiderm.index.archive import ArchiveIndex, cases_dir
-from tests import pacs_fixture as pf
+from tests.pacs import pacs_fixture as pf
 
 why = pf.missing()
 if why and pf.REQUIRED:
@@ -390,7 +390,7 @@ def pacs_server(orthanc, served, tmp_path):
 
     from chaiderm.web.app import create_app
     from chaiderm.web.auth import Users
-    from tests.test_clinic import PASSWORD
+    from tests.web.test_clinic import PASSWORD
 
     users = Users(tmp_path / "users.json", create=True)
     for name, role in (("viewer", "viewer"), ("expert", "expert"), ("admin", "admin")):

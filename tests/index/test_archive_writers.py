@@ -26,7 +26,7 @@ from chaiderm.data.feedback import FeedbackStore
 from chaiderm.index.archive import ArchiveIndex
 from chaiderm.web import archive_writes
 from chaiderm.web.app import create_app
-from tests.test_archive import _split
+from tests.index.test_archive import _split
 
 runner = CliRunner()
 

@@ -14,7 +14,7 @@ from chaiderm.data.feedback import FeedbackStore
 from chaiderm.web import routers
 from chaiderm.web.app import create_app
 from chaiderm.web.auth import COOKIE, SignInThrottle, Users
-from tests.test_clinic import PASSWORD, _cli, _png
+from tests.web.test_clinic import PASSWORD, _cli, _png
 
 NEW_PASSWORD = "a brand new passphrase"
 

@@ -113,7 +113,7 @@ def _request(c, synth_dir, method, path, role, qid):
 
 @pytest.mark.parametrize("role", [None, *ROLES])
 def test_route_by_role(clinic, synth_dir, role):
-    qid = _query(clinic, synth_dir, role or "viewer")["query_id"]  # each role's own query (others': tests/test_auth.py)
+    qid = _query(clinic, synth_dir, role or "viewer")["query_id"]  # its own (others: test_auth.py)
     for (method, path), needs in NEEDS.items():
         if (method, path) == ("POST", "/api/session/end"):
             continue  # would end this role's token: checked in its own test

@@ -23,8 +23,8 @@ from chaiderm.storage import (
     read_feedback_triplets,
 )
 
-# written by the release before schema versions (tests/data/make_server_db_v0.py)
-V0 = Path(__file__).parent / "data" / "server-db-v0.sqlite3"
+# written by the release before schema versions (tests/storage/fixtures/make_server_db_v0.py)
+V0 = Path(__file__).parent / "fixtures" / "server-db-v0.sqlite3"
 TABLES = ("queries", "feedback", "query_owners", "audit", "sessions")
 VERA, ANN = "a-0000000000000000000000000000vera", "a-00000000000000000000000000000ann"
 

@@ -11,7 +11,7 @@ from chaiderm.errors import DataError
 from chaiderm.index.filters import parse_where
 from chaiderm.models import load_model
 from chaiderm.pipeline import Predictor, build_index, load_image
-from tests.test_archive import _split
+from tests.index.test_archive import _split
 
 DIAG = ["melanoma", "nevus", "nevus", "seborrheic_keratosis"]
 META = [
