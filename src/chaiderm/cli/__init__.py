@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from chaiderm.cli import admin, archive, data, demo, index, query, reproduce, serve, train
+from chaiderm.cli import admin, archive, data, demo, evaluate, index, query, reproduce, serve, train
 from chaiderm.cli._common import app, console, show_removed_settings_in_one_line
 from chaiderm.cli.demo import demo_table
-from chaiderm.cli.query import evaluation_table
+from chaiderm.cli.evaluate import evaluation_table
 
 app.command()(train.ensemble)
 app.command()(data.synth)
@@ -20,7 +20,7 @@ app.command("index")(index.index_cmd)
 app.command()(query.query)
 app.command("duplicates")(data.duplicates_cmd)
 app.command()(serve.serve)
-app.command()(query.evaluate)
+app.command()(evaluate.evaluate)
 app.command()(admin.audit)
 app.command()(admin.purge)
 app.command()(data.annotate)
