@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chaiderm.cli._common import console
+from chaiderm.cli._common import _progress, console
 from chaiderm.errors import DataError
 
 DicomWeb = Annotated[
@@ -75,3 +75,29 @@ def find_images(url: str, studies: list[str] | None, series: list[str] | None, q
     if line:
         console.print(f"note: {line}", highlight=False, soft_wrap=True)
     return pacs, found
+
+
+def retrieve(
+    url, studies, series, qido, labels: Path, index_dir: Path, *, have: set[str] | None = None, skip_bad=False
+):
+    """The PACS, what it holds that the options name, and the labelled instances of it retrieved into the
+    index's case folder (those in ``have`` are not fetched again), with a progress bar."""
+    from chaiderm.index.archive import cases_dir
+    from chaiderm.pacs.fetch import fetch_cases, read_labels
+
+    rows = read_labels(labels)
+    pacs, found = find_images(url, studies, series, qido)
+    folder = cases_dir(index_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _progress() as p:
+        task = p.add_task("retrieving", total=len(found.images), info="")
+        fetched = fetch_cases(
+            pacs,
+            found.images,
+            rows,
+            folder,
+            have=have or set(),
+            skip_bad=skip_bad,
+            progress=lambda n: p.advance(task, n),
+        )
+    return pacs, found, fetched

@@ -186,10 +186,9 @@ def archive_add_cmd(
 def _add_from_pacs(index, model, skip_bad, db, url, study, series, qido, labels) -> None:
     """``archive add --dicomweb``: retrieval outside the writer lock (a slow PACS never holds up the server's
     own adds), the add under it; the files of cases the index did not take are deleted again."""
-    from chaiderm.cli._pacs import find_images
-    from chaiderm.index.archive import ArchiveIndex, cases_dir
+    from chaiderm.cli._pacs import retrieve
+    from chaiderm.index.archive import ArchiveIndex
     from chaiderm.index.lock import open_for_writing
-    from chaiderm.pacs.fetch import fetch_cases, read_labels
     from chaiderm.pipeline import add_to_index
 
     with _errors(skip_bad_hint=True):
@@ -197,21 +196,9 @@ def _add_from_pacs(index, model, skip_bad, db, url, study, series, qido, labels)
         try:
             snapshot = ArchiveIndex.load(index)
             _, net, cfg = _index_model(index, model, snapshot)
-            rows = read_labels(labels)
-            pacs, found = find_images(url, study, series, qido)
-            folder = cases_dir(index)
-            folder.mkdir(parents=True, exist_ok=True)
-            with _progress() as p:
-                task = p.add_task("retrieving", total=len(found.images), info="")
-                fetched = fetch_cases(
-                    pacs,
-                    found.images,
-                    rows,
-                    folder,
-                    have=set(snapshot.image_ids),
-                    skip_bad=skip_bad,
-                    progress=lambda n: p.advance(task, n),
-                )
+            pacs, found, fetched = retrieve(
+                url, study, series, qido, labels, index, have=set(snapshot.image_ids), skip_bad=skip_bad
+            )
             studies = {r.instance: r.study for r in found.images}
             kept: set[str] = set()
             try:

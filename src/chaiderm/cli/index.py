@@ -163,19 +163,9 @@ def _check_training(model: Path, allow_incomplete: bool) -> None:
 
 
 def _fetch_archive(out, url, study, series, qido, labels, skip_bad):
-    from chaiderm.cli._pacs import find_images
-    from chaiderm.index.archive import cases_dir
-    from chaiderm.pacs.fetch import fetch_cases, read_labels
+    from chaiderm.cli._pacs import retrieve
 
-    rows = read_labels(labels)
-    pacs, found = find_images(url, study, series, qido)
-    folder = cases_dir(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    with _progress() as p:
-        task = p.add_task("retrieving", total=len(found.images), info="")
-        fetched = fetch_cases(
-            pacs, found.images, rows, folder, skip_bad=skip_bad, progress=lambda n: p.advance(task, n)
-        )
+    pacs, _, fetched = retrieve(url, study, series, qido, labels, out, skip_bad=skip_bad)
     if not len(fetched.table):
         fetched.discard()
         raise _fail(f"{pacs.name}: no labelled dermoscopic instance to index")
