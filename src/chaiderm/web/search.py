@@ -133,6 +133,29 @@ def archive_file(index: ArchiveIndex, image_id: str) -> tuple[bytes, Path]:
         raise HTTPException(404, detail=f"archive image '{image_id}' is missing from the archive folder") from None
 
 
+def remember_query(
+    state: ViewerState, user: User, data: bytes, decoded: np.ndarray, exclude: str | None = None, *, hold: bool = True
+) -> str:
+    """Store a query under the id of the bytes received, as ``--keep-queries`` says: the pixels as decoded,
+    re-encoded without the file's metadata (EXIF, a DICOM header with the patient's name), kept on disk, or
+    with ``--keep-queries 0`` never written and, where ``hold``, held in memory for the page's next k or
+    refinement. Returns the query id."""
+    from chaiderm.pipeline import to_png_bytes
+    from chaiderm.storage import content_id
+
+    query_id = state.store.add_query(
+        to_png_bytes(decoded, FAST_PNG),
+        exclude,
+        query_id=content_id(data),
+        keep_image=state.keep_queries_days != 0,
+        owner=user.account or None,
+        user=user.name,
+    )
+    if state.keep_queries_days == 0 and hold:
+        state.hold(query_id, decoded)
+    return query_id
+
+
 def own(state: ViewerState, user: User, query_id: str) -> None:
     """Another user's query is answered as unknown (404, not 403: whether an id exists is not told);
     admins see every query, and so does the one person of a server without sign-in."""

@@ -21,13 +21,12 @@ from chaiderm.errors import DataError
 from chaiderm.pacs.client import Pacs, PacsError
 from chaiderm.pacs.fetch import check_uid
 from chaiderm.pacs.select import InstanceRef, Selection, class_name
-from chaiderm.pipeline import load_image, to_png_bytes
-from chaiderm.storage import content_id
+from chaiderm.pipeline import load_image
 from chaiderm.web.access import Expert, Viewer
 from chaiderm.web.audit import audit
 from chaiderm.web.dependencies import Search, Snapshot, State, ViewerState
 from chaiderm.web.schemas import ERRORS, QueryOut
-from chaiderm.web.search import FAST_PNG, K_MAX, K_MIN, own, predict, result, to_out
+from chaiderm.web.search import K_MAX, K_MIN, own, predict, remember_query, result, to_out
 
 # 502: the PACS failed or refused; 504: it did not answer within its limit (pacs.client)
 router = APIRouter(responses={**ERRORS, 502: ERRORS[503], 504: ERRORS[503]})
@@ -129,19 +128,7 @@ async def pacs_query(
         raise HTTPException(404, detail=f"study {study} has no dermoscopic instance {instance}")
     data = await run_in_threadpool(_asked, request, "query", instance, link.pacs.fetch, ref)
     decoded = await asyncio.wrap_future(state.decoder.submit(_decode_dicom, snap, data, ref.name))
-    # kept as the pixels only (a PNG without the DICOM header: no patient name or id), if at all
-    kept = await run_in_threadpool(to_png_bytes, decoded, FAST_PNG)
-    query_id = await run_in_threadpool(
-        state.store.add_query,
-        kept,
-        None,
-        query_id=content_id(data),
-        keep_image=state.keep_queries_days != 0,
-        owner=user.account or None,
-        user=user.name,
-    )
-    if state.keep_queries_days == 0:
-        state.hold(query_id, decoded)
+    query_id = await run_in_threadpool(remember_query, state, user, data, decoded)  # no DICOM header kept
     link.remember(query_id, ref)
     await run_in_threadpool(audit, request, "query", query_id, f"PACS study {study} instance {instance}")
     res = await run_in_threadpool(predict, state, snap, query_id, decoded, k, None)

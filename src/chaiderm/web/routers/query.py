@@ -10,7 +10,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from chaiderm.pipeline import to_png_bytes
-from chaiderm.storage import content_id
 from chaiderm.web.access import Viewer
 from chaiderm.web.audit import audit
 from chaiderm.web.dependencies import Search, Snapshot, State, ViewerState
@@ -24,6 +23,7 @@ from chaiderm.web.search import (
     decode_here,
     own,
     predict,
+    remember_query,
     result,
     to_out,
 )
@@ -64,21 +64,9 @@ async def post_query(
     else:
         raise HTTPException(422, detail="send an image file (field 'image') or an archive_id")
     decoded = await asyncio.wrap_future(state.decoder.submit(decode_here, snap, data, name))
-    # kept: the pixels as decoded (orientation applied), re-encoded without the upload's EXIF or other
-    # metadata (GPS, camera owner, dates); the id stays that of the bytes received
-    kept = await run_in_threadpool(to_png_bytes, decoded, FAST_PNG)
     exclude = archive_id if image is None else None
-    query_id = await run_in_threadpool(
-        state.store.add_query,
-        kept,
-        exclude,
-        query_id=content_id(data),
-        keep_image=state.keep_queries_days != 0,
-        owner=user.account or None,
-        user=user.name,
-    )
-    if state.keep_queries_days == 0 and image is not None:
-        state.hold(query_id, decoded)  # in memory only, for this page's next k or refinement
+    # an archive case needs no holding: the archive keeps its image
+    query_id = await run_in_threadpool(remember_query, state, user, data, decoded, exclude, hold=image is not None)
     await run_in_threadpool(audit, request, "query", query_id, f"archive case {exclude}" if exclude else None)
     res = await run_in_threadpool(predict, state, snap, query_id, decoded, k, exclude, where, refine)
     return to_out(query_id, res, exclude, where, refine, snap.predictor.typical_distance(), level, snap)
