@@ -94,26 +94,19 @@ class Calibrator:
 
     def apply(self, shares: dict[str, float]) -> dict[str, float]:
         """Calibrated probability of each class of ``shares`` (largest first), summing to 1."""
-        raw = {c: self._one(c, p) for c, p in shares.items()}
-        total = sum(raw.values())
-        if total <= 0:
-            return dict(shares)
-        return dict(sorted(((c, v / total) for c, v in raw.items()), key=lambda x: -x[1]))
+        classes = list(shares)
+        row = self.apply_matrix(np.array([[shares[c] for c in classes]], np.float64), classes)[0]
+        return dict(sorted(zip(classes, map(float, row), strict=True), key=lambda x: -x[1]))
 
     def apply_matrix(self, shares: np.ndarray, classes: list[str]) -> np.ndarray:
-        """:meth:`apply` over rows of ``(n, len(classes))`` shares, columns kept in ``classes`` order."""
+        """Calibrated probabilities of rows of ``(n, len(classes))`` shares, columns kept in ``classes`` order;
+        a row the calibration maps to all zeros keeps its shares."""
         s = np.asarray(shares, np.float64)
         out = np.column_stack(
             [np.interp(s[:, j], *self.knots[c]) if c in self.knots else s[:, j] for j, c in enumerate(classes)]
         )
         total = out.sum(1, keepdims=True)
-        return np.where(total > 0, out / np.where(total > 0, total, 1), shares)
-
-    def _one(self, c: str, p: float) -> float:
-        if c not in self.knots:
-            return float(p)
-        x, y = self.knots[c]
-        return float(np.interp(p, x, y))
+        return np.where(total > 0, out / np.where(total > 0, total, 1), s)
 
     def to_dict(self) -> dict[str, Any]:
         return {
