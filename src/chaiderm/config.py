@@ -86,6 +86,7 @@ RULES: dict[str, Any] = {
     "ema_decay": Range(0, 1, high_open=True),
     "colour_jitter": Range(0, 1, high_open=True),
     "zoom": Range(1, 4),
+    "holdout": Range(0, 0.5, high_open=True),
     "seeds": Range(1),  # reproduce.ReproduceSettings
 }
 
@@ -201,6 +202,10 @@ class TrainConfig:
     colour_jitter: float = 0.0
     # >1: training crops as small as image_size / zoom pixels, enlarged (1: 0.8-1 of the side, never enlarged)
     zoom: float = 1.0
+    # >0: this fraction of the training data (stratified, whole lesions) is not trained on; it chooses the
+    # epoch kept instead of the validation split, and the index sets its novelty threshold on it, so the
+    # validation split stays unused for the prediction sets' calibration (data.splits.holdout_split)
+    holdout: float = 0.0
     recipe: str = ""  # the named recipe (training.recipes) that fixed some of these settings, if any
 
     def __post_init__(self) -> None:
@@ -224,6 +229,7 @@ class DataConfig:
     diagnoses: dict[str, int] = field(default_factory=dict)  # training rows per canonical diagnosis
     vocabulary: str = ""  # data.diagnoses.VOCABULARY the labels were read with ("" before it existed)
     members: list[str] | None = None  # an ensemble's member run folders, as they were combined
+    holdout: list[str] = field(default_factory=list)  # image ids of --data held out of training (TrainConfig)
 
 
 @dataclass

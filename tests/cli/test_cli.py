@@ -614,6 +614,7 @@ def test_hostile_cli_arguments_are_one_line_and_the_port_announced_is_the_port_l
     import uvicorn
 
     listened = {}
+
     def run(self, sockets=None):
         listened.update(port=sockets[0].getsockname()[1])
 
@@ -661,3 +662,36 @@ def test_train_options_set_the_settings_they_are_named_after():
     others = {p.name for p in train.params} - settings
     assert others == {"data", "out", "extra_data", "groups", "init", "feedback", "mask_data", "split", "val_data",
                       "val_split", "resume", "force", "skip_bad", "device", "ensemble", "nproc"}  # fmt: skip
+
+
+def test_holdout_is_not_trained_on_chooses_the_epoch_and_is_recorded(synth_dir, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(synth_dir), "--out", str(run), "--epochs", "1", "--holdout", "0.2", *TINY]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((run / "config.json").read_text())
+    held = cfg["data"]["holdout"]
+    train = load_table(synth_dir, "train")
+    assert cfg["train"]["holdout"] == 0.2 and 40 <= len(held) <= 56  # a fifth of 240, by whole strata
+    assert set(held) <= set(train.image_ids) and len(set(held)) == len(held)
+    # the held-out images validated the run, the rest trained it; the validation split was not read
+    assert cfg["data"]["n_train"] == len(train) - len(held) and cfg["data"]["n_val"] == len(held)
+    assert cfg["data"]["val_split"] is None
+    held_dx = {train.diagnoses[train.image_ids.index(i)] for i in held}
+    assert held_dx == set(train.diagnoses)  # stratified: every diagnosis is held out too
+    # the same seed holds out the same images
+    r = runner.invoke(app, [*args[:4], str(tmp_path / "again"), *args[5:]])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["data"]["holdout"] == held
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--holdout", "0.6"], "--holdout"),
+        (["--holdout", "0.2", "--val-split", "val"], "leave --val-data and --val-split out"),
+    ],
+)
+def test_bad_holdout_is_one_line_naming_the_flag(synth_dir, tmp_path, extra, says):
+    r = runner.invoke(app, ["train", "--data", str(synth_dir), "--out", str(tmp_path / "o"), *extra, *TINY])
+    assert r.exit_code != 0 and says in r.output and "Traceback" not in r.output, r.output

@@ -4,7 +4,15 @@ import pytest
 
 from chaiderm.training.recipes import RECIPES, RecipeConflictError, resolve
 
-LEFT_OUT = {"logic": None, "ensemble": None, "vote": None, "colour": None, "colour_jitter": None, "zoom": None}
+LEFT_OUT = {
+    "logic": None,
+    "ensemble": None,
+    "vote": None,
+    "colour": None,
+    "colour_jitter": None,
+    "zoom": None,
+    "holdout": None,
+}
 
 
 def test_no_recipe_leaves_the_settings_as_given():

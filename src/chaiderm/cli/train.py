@@ -112,6 +112,14 @@ def train_cmd(
         int | None,
         typer.Option(help="32, or 16 for evidence maps of twice the resolution (the default with --mask-data)"),
     ] = None,
+    holdout: Annotated[
+        float | None,
+        typer.Option(
+            help="hold this fraction of --data out of training (stratified, whole lesions; 0 to 0.5): it "
+            "chooses the epoch kept instead of the validation split, and `chaiderm index` sets the novelty "
+            "threshold on it (default 0: none)"
+        ),
+    ] = None,
     epochs: int = 3,
     batch_size: int = 48,
     m_per_class: int = 4,
@@ -142,7 +150,7 @@ def train_cmd(
         str | None,
         typer.Option(
             help="a named recipe: 'recommended' (the model we recommend, docs/results.md) sets --logic, "
-            "--ensemble, --vote, --colour, --colour-jitter and --zoom; leave those out"
+            "--ensemble, --vote, --colour, --colour-jitter, --zoom and --holdout; leave those out"
         ),
     ] = None,
     nproc: Annotated[
@@ -168,12 +176,19 @@ def train_cmd(
 
         check_backbone(backbone, pretrained=weights is None)  # before minutes of loading images
         table = load_table(data, default_split(data, split), groups)
+        held: list[str] = []
+        if options["holdout"]:
+            if val_data is not None or val_split is not None:
+                raise _fail("--holdout: the held-out images choose the epoch; leave --val-data and --val-split out")
+            table, val_table = _held_out(table, options["holdout"], seed)
+            held, vd, vs = val_table.image_ids, data, None
+        else:
+            vd, vs = val_data or data, default_split(val_data or data, val_split, VAL)
+            val_table = _validation(vd, vs, groups, asked=val_data is not None or val_split is not None)
         if extra_data:
             from chaiderm.data.records import concat_tables, is_isic2017
 
             table = concat_tables(table, *(load_table(p, "train" if is_isic2017(p) else None) for p in extra_data))
-        vd, vs = val_data or data, default_split(val_data or data, val_split, VAL)
-        val_table = _validation(vd, vs, groups, asked=val_data is not None or val_split is not None)
         cfg = RunConfig(
             model=config_from_options(ModelConfig, options),
             train=config_from_options(TrainConfig, options),
@@ -185,6 +200,7 @@ def train_cmd(
                 val_split=vs,
                 groups=str(groups) if groups else None,
                 feedback=str(feedback) if feedback else None,
+                holdout=held,
             ),
         )
         kw = dict(
@@ -235,6 +251,18 @@ def _resolved_options(given: dict, recipe: str | None) -> dict:
         options["padding"] = given["padding"] or "replicate"
         options["map_stride"] = given["map_stride"] or 16
     return options
+
+
+def _held_out(table, fraction: float, seed: int):
+    """(training rows, held-out rows) of ``table``; the same split for every member of an ensemble."""
+    from chaiderm.data.splits import holdout_split
+
+    try:
+        train_idx, hold_idx = holdout_split(table, fraction, seed)
+    except ValueError as e:
+        raise _fail(f"--holdout: {str(e).removeprefix('holdout: ')}") from None
+    console.print(f"holdout: {len(hold_idx)} of {len(table)} images not trained on; they choose the epoch")
+    return table.subset(train_idx), table.subset(hold_idx)
 
 
 def _validation(data: Path, split: str | None, groups: Path | None, asked: bool):

@@ -262,6 +262,7 @@ def combine(
     cfg.data.members = [str(Path(r).resolve()) for r in runs]
     cfg.data.diagnoses = first.data.diagnoses
     cfg.data.vocabulary = first.data.vocabulary
+    cfg.data.holdout = first.data.holdout  # members of one `train --ensemble` share it
     net = EnsembleNet([m for m, _ in loaded], mc).eval()
     save_model(net, out, cfg)
     return net, cfg
