@@ -120,15 +120,18 @@ def build_index(
     ray_workers: int | None = None,
     ray_shards: str | Path | None = None,
     novelty_method: str = nv.DEFAULT_METHOD,
-    novelty_threshold: float = nv.DEFAULT_THRESHOLD,
+    novelty_threshold: float | None = None,
     **index_params,
 ) -> tuple[ArchiveIndex, list[str]]:
     """Embed every archive image and index it; returns the index and messages for skipped files.
     ``ray`` (a cluster address, or ``local``) embeds on a Ray cluster instead of in this process.
     The index gets its novelty reference and calibrator (``index.uncertainty``); embedded with ``ray`` it
-    keeps no image statistics, and its novelty is then the embedding distance alone."""
+    keeps no image statistics, and its novelty is then the embedding distance alone. ``novelty_threshold``
+    None: set on the archive's cases the model held out of training (``cfg.data.holdout``), if it has
+    enough of them, else the 95th percentile (``index.uncertainty.build``)."""
     nv.check_method(novelty_method)
-    nv.check_threshold(novelty_threshold)
+    if novelty_threshold is not None:
+        nv.check_threshold(novelty_threshold)
     stats: list[np.ndarray] = []
     check_views(cfg.model.views)
     # an archive without the model's positive class would vote 0 for every query: refuse it up front
@@ -178,7 +181,14 @@ def build_index(
         image_stats=stats[0] if stats else None,
         **index_params,
     )
-    index.uncertainty = unc.build(index, vote=cfg.model.vote, method=novelty_method, threshold=novelty_threshold)
+    held = set(cfg.data.holdout)
+    index.uncertainty = unc.build(
+        index,
+        vote=cfg.model.vote,
+        method=novelty_method,
+        threshold=novelty_threshold,
+        held_out=np.array([i for i, image_id in enumerate(index.image_ids) if image_id in held], np.int64),
+    )
     return index, errors
 
 
@@ -627,7 +637,7 @@ class Predictor:
                 pred.uncertainty = unc.unknown()
             else:
                 pred.uncertainty = self.uncertainty.assess(
-                    pct, probs, level=self.level, threshold=self.novelty_threshold
+                    pct, probs, level=self.level, threshold=self.novelty_threshold, key=unc.set_key(e[len(out)])
                 )
             out.append((pred, idx))
         return out

@@ -15,7 +15,7 @@ from chaiderm.cli import app
 from chaiderm.data.records import load_table
 from chaiderm.evaluation import isic_csv
 from chaiderm.evaluation.calibration import Calibrator, ece
-from chaiderm.evaluation.conformal import Conformal, nonconformity
+from chaiderm.evaluation.conformal import Conformal, nonconformity, tiebreaks
 from chaiderm.evidence.report import render_html, write_query_json
 from chaiderm.index import novelty as nv
 from chaiderm.index import uncertainty as unc
@@ -156,7 +156,8 @@ def test_the_calibrator_fixes_overconfident_shares(rng):
 @pytest.mark.parametrize("level", [0.8, 0.9, 0.95])
 def test_conformal_sets_cover_at_their_level(level):
     """Exchangeable calibration and test draws: coverage within 0.015 of the level (seeded; its standard
-    error at 20,000 test cases is under 0.003), and the same sets as crepes' conformal classifier."""
+    error at 20,000 test cases is under 0.003), and the same p-values and sets as crepes' conformal
+    classifier given the same tie-breaks (smoothed) or none (the plain rule of older indexes)."""
     rng = np.random.default_rng(7)
 
     def draw(n):
@@ -168,15 +169,55 @@ def test_conformal_sets_cover_at_their_level(level):
     cal_s, cal_y = draw(2000)
     conf = Conformal.fit(nonconformity(cal_s, cal_y))
     test_s, test_y = draw(20000)
-    sets = conf.set_matrix(test_s, level)
+    ties = rng.random(test_s.shape)
+    sets = conf.set_matrix(test_s, level, ties)
     assert abs(sets[np.arange(len(test_y)), test_y].mean() - level) < 0.015
     assert 1 <= sets.sum(1).mean() < 3
     crepes = pytest.importorskip("crepes")
     cc = crepes.ConformalClassifier().fit(nonconformity(cal_s, cal_y))
+    np.random.seed(11)  # crepes draws its tie-breaks from the global generator: the same draws as ours
+    same = np.random.rand(200, 3)
+    theirs = cc.predict_p(1 - test_s[:200], smoothing=True, seed=11)
+    assert np.allclose(theirs, conf.p_values(test_s[:200], same))
+    theirs = cc.predict_set(1 - test_s[:200], confidence=level, smoothing=True, seed=11)
+    assert np.array_equal(theirs.astype(bool), conf.set_matrix(test_s[:200], level, same))
+    plain = Conformal.fit(nonconformity(cal_s, cal_y), smoothed=False)
     theirs = cc.predict_set(1 - test_s[:200], confidence=level, smoothing=False)
-    assert np.array_equal(theirs.astype(bool), sets[:200])
-    names = conf.prediction_set(dict(zip(CLASSES, test_s[0], strict=True)), level)
+    assert np.array_equal(theirs.astype(bool), plain.set_matrix(test_s[:200], level))
+    names = conf.prediction_set(dict(zip(CLASSES, test_s[0], strict=True)), level, ties[0])
     assert set(names) == {CLASSES[j] for j in np.flatnonzero(sets[0])}
+
+
+def test_smoothed_sets_keep_their_level_when_many_scores_tie():
+    """Votes of 10 neighbours, as kNN shares are: over 5% of the calibration cases got no vote for their
+    diagnosis (score 1, tied; 8 of 150 here). The plain rule then puts every class into every 95% set
+    (coverage 1.0); the tie-break brings the coverage back to 95% with smaller sets."""
+    rng = np.random.default_rng(3)
+
+    def draw(n):
+        truth = rng.integers(0, 3, n)
+        p = rng.dirichlet([0.3, 0.3, 0.3], n)
+        p[np.arange(n), truth] += 0.2
+        p /= p.sum(1, keepdims=True)
+        return np.array([rng.multinomial(10, row) for row in p]) / 10, truth
+
+    cal_s, cal_y = draw(150)
+    assert (nonconformity(cal_s, cal_y) == 1).sum() > 150 * 0.05
+    test_s, test_y = draw(20000)
+    plain = Conformal.fit(nonconformity(cal_s, cal_y), smoothed=False)
+    assert plain.set_matrix(test_s, 0.95).all()
+    smooth = Conformal.fit(nonconformity(cal_s, cal_y))
+    sets = smooth.set_matrix(test_s, 0.95, rng.random(test_s.shape))
+    assert abs(sets[np.arange(len(test_y)), test_y].mean() - 0.95) < 0.03  # one calibration set of 150: its spread
+    assert sets.sum(1).mean() < 2.5
+
+
+def test_tiebreaks_are_the_same_for_the_same_query_and_spread_evenly():
+    key = np.arange(8, dtype=np.float32).tobytes()
+    assert np.array_equal(tiebreaks(key, CLASSES), tiebreaks(key, CLASSES))
+    assert tiebreaks(key, ["nevus"])[0] == tiebreaks(key, CLASSES)[CLASSES.index("nevus")]  # per class, not order
+    draws = np.concatenate([tiebreaks(np.float32(i).tobytes(), CLASSES) for i in range(2000)])
+    assert ((draws >= 0) & (draws < 1)).all() and abs(draws.mean() - 0.5) < 0.02
 
 
 def _flagged_prediction():
@@ -306,3 +347,43 @@ def test_the_api_answers_novelty_calibration_and_the_set_at_a_level(served, with
     again = client.get(f"/api/query/{out['query_id']}", params={"k": 5, "level": 0.5}).json()["uncertainty"]
     assert again["set_level"] == 0.5 and len(again["prediction_set"]) <= len(u["prediction_set"])
     assert client.get(f"/api/query/{out['query_id']}", params={"level": 1.0}).status_code == 422
+
+
+def test_threshold_fitted_on_held_out_cases_keeps_its_false_alarm_rate_for_new_images():
+    """Cases a model trained on lie closer together than new images of the same kind (here: spread 1 against
+    1.6). The archive's own 95th percentile then flags far more than 5% of new images; fitted on the cases
+    held out of training, the threshold flags about 5% of them, and says how it was chosen."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(0, 4, (3, 8))
+    n, held = 1200, np.arange(0, 1200, 4)  # every fourth case was held out of training: it lies as new ones do
+
+    def draw(rows, spread):
+        return np.stack([centres[r % 3] + rng.normal(0, spread, 8) for r in rows]).astype(np.float32)
+
+    emb = draw(range(n), 1.0)
+    emb[held] = draw(held, 1.6)
+    cols = dict(image_ids=[f"c{i}" for i in range(n)], diagnoses=[CLASSES[i % 3] for i in range(n)])
+    ix = ArchiveIndex.build(emb, groups=[None] * n, paths=["x"] * n, **cols)
+    new = draw(range(6000), 1.6)
+    d, _ = ix.search(new, 10)
+
+    default = unc.build(ix, vote="uniform", method="kth")
+    fitted = unc.build(ix, vote="uniform", method="kth", threshold=None, held_out=held)
+    assert default.threshold == 95.0 and default.fitted_rate is None
+    assert 95.0 < fitted.threshold < 100 and fitted.fitted_rate == 0.05
+    assert "300 archive cases the model was not trained on" in fitted.threshold_fitted_on
+    assert (default.novelty(d, None) >= default.threshold).mean() > 0.15
+    # the rate a quantile of 300 cases gives new images varies by about 0.013 from one held-out draw to another
+    assert (fitted.novelty(d, None) >= fitted.threshold).mean() == pytest.approx(0.05, abs=0.03)
+    a = fitted.assess(99.99, {"nevus": 1.0}, level=0.9)
+    assert a["unlike_archive"] and a["stated_false_alarm_rate"] == 0.05
+    assert fitted.assess(99.99, {"nevus": 1.0}, level=0.9, threshold=90)["stated_false_alarm_rate"] == 0.1
+    # kept through a save and through the archive's edits; too few held-out cases: the plain default
+    again = unc.Uncertainty.from_dict(json.loads(json.dumps(fitted.to_dict())))
+    assert (again.threshold, again.fitted_rate, again.threshold_fitted_on) == (
+        fitted.threshold,
+        0.05,
+        fitted.threshold_fitted_on,
+    )
+    assert unc.rebuilt(ix, fitted).threshold == fitted.threshold
+    assert unc.build(ix, vote="uniform", method="kth", threshold=None, held_out=held[:19]).threshold == 95.0

@@ -50,12 +50,13 @@ def index_cmd(
     qido: Qido = None,
     labels: Labels = None,
     novelty_threshold: Annotated[
-        float,
+        float | None,
         typer.Option(
-            help="novelty percentile above which a query is marked 'unlike the archive' (95: about 5%% of cases "
-            "like the archive's are flagged); `query --novelty-threshold` overrides it per run"
+            help="novelty percentile above which a query is marked 'unlike the archive'. Default: set so that "
+            "about 5%% of the archive cases the model held out of training (train --holdout) are flagged, else "
+            "95. `query --novelty-threshold` overrides it per run"
         ),
-    ] = 95.0,
+    ] = None,
     novelty_method: Annotated[
         str, typer.Option(help="kth, mean or mean+image (index.novelty; kth was chosen by bench/uncertainty.py)")
     ] = "kth",
@@ -134,7 +135,7 @@ def _check_options(kind, ray, ray_workers, ray_shards, data, dicomweb, labels) -
         raise _fail("--dicomweb: needs --labels CSV (sop_instance_uid,diagnosis)")
 
 
-def _check_novelty(method: str, threshold: float) -> None:
+def _check_novelty(method: str, threshold: float | None) -> None:
     from chaiderm.index import novelty
 
     try:
@@ -142,7 +143,8 @@ def _check_novelty(method: str, threshold: float) -> None:
     except ValueError as e:
         raise _fail(f"--novelty-method: {e}") from None
     try:
-        novelty.check_threshold(threshold)
+        if threshold is not None:
+            novelty.check_threshold(threshold)
     except ValueError as e:
         raise _fail(f"--novelty-threshold: {e}") from None
 
@@ -201,6 +203,9 @@ def _build(table, net, cfg, model, out, kind, store_maps, skip_bad, ray, ray_wor
             ),
         )
     notes = _calibrate_sets(index, net, cfg, conformal_data, conformal_split)
+    if index.uncertainty is not None:
+        u = index.uncertainty
+        notes.insert(0, f"novelty threshold: the {u.threshold:.2f}th percentile; {u.threshold_fitted_on}")
     index.save(out)
     for n in notes:
         console.print(f"note: {n}", highlight=False, soft_wrap=True)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from chaiderm.evaluation.calibration import Calibrator
-from chaiderm.evaluation.conformal import Conformal, check_level, set_in_words
+from chaiderm.evaluation.conformal import Conformal, check_level, set_in_words, tiebreaks
 from chaiderm.index import novelty as nv
 from chaiderm.index.knn import check_vote, class_distribution, vote_weights
 
@@ -40,6 +40,15 @@ class Uncertainty:
     conformal: Conformal | None = None
     conformal_archive_size: int | None = None
     notes: list[str] = field(default_factory=list)
+    threshold_fitted_on: str = ""  # how the threshold was chosen, for the index's record
+    # share of new images like the held-out ones flagged, where the threshold was fitted on them; None: the
+    # threshold's own rate among the archive's cases, 1 - threshold / 100
+    fitted_rate: float | None = None
+
+    def stated_rate(self, threshold: float | None = None) -> float:
+        if threshold is None and self.fitted_rate is not None:
+            return self.fitted_rate
+        return round(1 - (self.threshold if threshold is None else threshold) / 100, 4)
 
     # ---- a query --------------------------------------------------------------------------------------
     def novelty(self, dist: np.ndarray, img_dist: np.ndarray | None) -> np.ndarray:
@@ -55,18 +64,27 @@ class Uncertainty:
         return nv.percentile(self.reference, both)
 
     def assess(
-        self, novelty_pct: float, shares: dict[str, float], *, level: float, threshold: float | None = None
+        self,
+        novelty_pct: float,
+        shares: dict[str, float],
+        *,
+        level: float,
+        threshold: float | None = None,
+        key: bytes = b"",
     ) -> dict[str, Any]:
-        """Everything a surface shows beside the vote, as plain data (``Prediction.uncertainty``)."""
+        """Everything a surface shows beside the vote, as plain data (``Prediction.uncertainty``). ``key``:
+        the query's embedding bytes, from which its prediction set's tie-breaks come."""
         t = self.threshold if threshold is None else nv.check_threshold(threshold)
         flagged = bool(novelty_pct >= t)
         calibrated = self.calibrator.apply(shares) if self.calibrator is not None else None
-        members = self.conformal.prediction_set(shares, check_level(level)) if self.conformal is not None else None
+        members = None
+        if self.conformal is not None:
+            members = self.conformal.prediction_set(shares, check_level(level), tiebreaks(key, list(shares)))
         return {
             "novelty_percentile": round(float(novelty_pct), 2),
             "novelty_method": self.method,
             "novelty_threshold": t,
-            "stated_false_alarm_rate": round(1 - t / 100, 4),
+            "stated_false_alarm_rate": self.stated_rate(threshold),
             "unlike_archive": flagged,
             "novelty_words": nv.in_words(float(novelty_pct), t),
             "calibrated_probabilities": calibrated,
@@ -84,7 +102,9 @@ class Uncertainty:
                 "method": self.method,
                 "k": self.k,
                 "threshold_percentile": self.threshold,
-                "stated_false_alarm_rate": round(1 - self.threshold / 100, 4),
+                "stated_false_alarm_rate": self.stated_rate(),
+                "threshold_fitted_on": self.threshold_fitted_on,
+                "fitted_rate": self.fitted_rate,
                 "reference": "leave-one-out: each archive case against the others, never itself or its lesion",
                 "n_archive": self.n_archive,
                 "scores": self.reference.tolist(),
@@ -122,7 +142,14 @@ class Uncertainty:
             conformal=None if conf is None else Conformal.from_dict(conf),
             conformal_archive_size=None if conf is None else conf.get("archive_size"),
             notes=list(d.get("notes", [])),
+            threshold_fitted_on=str(n.get("threshold_fitted_on", "")),
+            fitted_rate=None if n.get("fitted_rate") is None else float(n["fitted_rate"]),
         )
+
+
+def set_key(embedding: np.ndarray) -> bytes:
+    """What a query's prediction-set tie-breaks are drawn from: its embedding's float32 bytes."""
+    return np.ascontiguousarray(embedding, np.float32).tobytes()
 
 
 def unknown() -> dict[str, Any]:
@@ -158,16 +185,36 @@ def leave_one_out(index, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     return dist, nbr, excluded
 
 
+MIN_HELD_OUT = 20  # held-out cases below which the threshold is not fitted on them (a 95% quantile of 19)
+
+
+def held_out_threshold(pcts: np.ndarray, false_alarm: float) -> float:
+    """The novelty percentile that flags at most ``false_alarm`` of new images exchangeable with the held-out
+    ones whose percentiles are ``pcts``: their ceil((n + 1)(1 - rate))-th smallest (a conformal quantile),
+    kept within the percentiles a threshold may be."""
+    p = np.sort(np.asarray(pcts, np.float64))
+    rank = min(len(p), int(np.ceil((len(p) + 1) * (1 - false_alarm))))
+    return float(np.clip(np.nextafter(p[rank - 1], np.inf), 50.0, 99.99))
+
+
 def build(
     index,
     *,
     vote: str,
     method: str = nv.DEFAULT_METHOD,
-    threshold: float = nv.DEFAULT_THRESHOLD,
+    threshold: float | None = nv.DEFAULT_THRESHOLD,
     conformal: Conformal | None = None,
     conformal_archive_size: int | None = None,
+    held_out: np.ndarray | None = None,
+    threshold_fitted_on: str = "",
+    fitted_rate: float | None = None,
 ) -> Uncertainty | None:
-    """The reference of ``index`` (an ``ArchiveIndex``); None for an archive too small to have one."""
+    """The reference of ``index`` (an ``ArchiveIndex``); None for an archive too small to have one.
+
+    ``threshold`` None: set on ``held_out`` (archive rows the model was not trained on, at least
+    ``MIN_HELD_OUT``) so that about 5% of new images like them are flagged, else the 95th percentile.
+    Images the model trained on lie closer together than new ones, so the archive's own 95th percentile
+    flags more than 5% of new images of the same kind."""
     n = len(index)
     k = min(nv.REFERENCE_K, n - 1 - max((len(g) for g in nv.lesion_groups(index.metadata)), default=0))
     if k < 1:
@@ -181,14 +228,21 @@ def build(
     emb = nv.distance_score(dist, "kth" if method == "kth" else "mean")
     emb_ref = np.sort(emb)
     img_ref = scale = None
-    final = emb_ref
+    final_rows = emb
     if method == "mean+image":
         scale = nv.StatScale.fit(index.image_stats)
         z = scale.apply(index.image_stats)
         img = nv.image_distances(z, z[rows], excluded=excluded).mean(1)
         img_ref = np.sort(img)
-        both = nv.combine(nv.percentile(emb_ref, emb), nv.percentile(img_ref, img))
-        final = np.sort(both)
+        final_rows = nv.combine(nv.percentile(emb_ref, emb), nv.percentile(img_ref, img))
+    final = np.sort(final_rows)
+    threshold, threshold_fitted_on, fitted_rate = _threshold(
+        threshold,
+        threshold_fitted_on,
+        fitted_rate,
+        final,
+        final_rows[np.isin(rows, held_out if held_out is not None else [])],
+    )
     classes = sorted(set(index.diagnoses))
     # class_distribution sorts by share: put the columns back in ``classes`` order
     shares = np.array(
@@ -211,7 +265,9 @@ def build(
     return Uncertainty(
         method=method,
         k=k,
-        threshold=nv.check_threshold(threshold),
+        threshold=threshold,
+        threshold_fitted_on=threshold_fitted_on,
+        fitted_rate=fitted_rate,
         vote=check_vote(vote),
         reference=final,
         emb_reference=emb_ref,
@@ -225,6 +281,27 @@ def build(
     )
 
 
+def _threshold(
+    threshold: float | None, fitted_on: str, rate: float | None, reference: np.ndarray, held: np.ndarray
+) -> tuple[float, str, float | None]:
+    """(threshold, how it was chosen, the rate it was fitted to): as given (an index's own, kept when cases
+    are added), fitted on the held-out cases' scores, or the default."""
+    if threshold is not None:
+        return nv.check_threshold(threshold), fitted_on or "given", rate
+    if len(held) >= MIN_HELD_OUT:
+        rate = round(1 - nv.DEFAULT_THRESHOLD / 100, 4)
+        t = held_out_threshold(nv.percentile(reference, held), rate)
+        return (
+            t,
+            (
+                f"set to flag at most {rate:.0%} of new images like the {len(held)} archive cases the model was not "
+                "trained on (train --holdout), each searched against the other cases"
+            ),
+            rate,
+        )
+    return nv.DEFAULT_THRESHOLD, "the archive's own 95th percentile (no held-out training data in it)", None
+
+
 def rebuilt(index, old: Uncertainty) -> Uncertainty | None:
     """``old``'s settings over the archive as it now is (after cases were added or removed)."""
     return build(
@@ -232,6 +309,8 @@ def rebuilt(index, old: Uncertainty) -> Uncertainty | None:
         vote=old.vote,
         method=old.method,
         threshold=old.threshold,
+        threshold_fitted_on=old.threshold_fitted_on,
+        fitted_rate=old.fitted_rate,
         conformal=old.conformal,
         conformal_archive_size=old.conformal_archive_size,
     )

@@ -12,6 +12,7 @@ from fastapi import HTTPException
 from chaiderm.data.images import UPLOAD_FORMATS
 from chaiderm.errors import ArtifactError, DataError
 from chaiderm.index.archive import ArchiveIndex
+from chaiderm.index.uncertainty import set_key
 from chaiderm.interfaces import IDENTIFYING
 from chaiderm.pipeline import QueryResult, load_image
 from chaiderm.web.auth import User
@@ -81,7 +82,11 @@ def to_out(
     model = snap.predictor.uncertainty if snap is not None else None
     if level is not None and model is not None and u and u.get("novelty_percentile") is not None:
         u = model.assess(
-            u["novelty_percentile"], p.class_probabilities, level=level, threshold=u.get("novelty_threshold")
+            u["novelty_percentile"],
+            p.class_probabilities,
+            level=level,
+            threshold=u.get("novelty_threshold"),
+            key=set_key(res.embedding),
         )
     q = quote(query_id, safe="")
     extra = ("?" + urlencode(refine.params())) if refine else ""
