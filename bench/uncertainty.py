@@ -22,26 +22,34 @@ What is measured (issue 31), every interval a 95% percentile bootstrap (1000 res
   archive's seborrheic_keratosis), flagged and not flagged apart.
 
 Rule for choosing the novelty score, written before any of these figures was seen (also in
-research/uncertainty/README.md and in the JSON as ``rule``):
+research/uncertainty/README.md and in the JSON as ``rule``; second version, written before the second
+recommended model was trained, adds cosine and maha to the candidates and sets the threshold on held-out
+training images):
 
   Candidates: kth (k-th neighbour squared distance, k=10), mean (mean of the 10), mean+image (the larger of
-  mean's percentile and the image statistics' percentile, ``index.novelty``), and members (disagreement of
-  the ensemble members' own 10-neighbour votes: the mean total-variation distance of each member's class
-  shares from their average). Only tuning data is used: (a) ``tune_nonderm_auc``: AUROC of the TUNE half of
-  the non-dermoscopic images (seed 1; the EVAL half, seed 2, is only reported) against the archive's own
-  leave-one-out scores; (b) ``proxy_absent_auc``: leave-one-class-out on the archive, each of its classes
-  in turn taken out and its cases scored against the rest, against the rest's own leave-one-out scores, the
-  mean AUROC over classes. Among the product's candidates (kth, mean, mean+image: members is measured for
-  the record, but the index does not keep the member split it needs) those with tune_nonderm_auc >= 0.99 are
+  mean's percentile and the image statistics' percentile, ``index.novelty``), cosine (kth on L2-normalised
+  embeddings, Sun et al. 2022), maha (the smallest class-conditional Mahalanobis distance, one covariance
+  shared by the classes with Ledoit-Wolf shrinkage, in the archive's first 128 principal components; Lee et
+  al. 2018), and members (disagreement of the ensemble members' own 10-neighbour votes: the mean
+  total-variation distance of each member's class shares from their average). Only tuning data is used: (a)
+  ``tune_nonderm_auc``: AUROC of the TUNE half of the non-dermoscopic images (seed 1; the EVAL half, seed 2,
+  is only reported) against the archive's own leave-one-out scores; (b) ``proxy_absent_auc``:
+  leave-one-class-out on the archive, each of its classes in turn taken out and its cases scored against
+  the rest, against the rest's own leave-one-out scores, the mean AUROC over classes. Among kth, mean,
+  mean+image, cosine and maha (members is measured for the record) those with tune_nonderm_auc >= 0.99 are
   eligible (none: all are); of those, the highest proxy_absent_auc wins, and a candidate within 0.005 of the
-  best is preferred in the order kth, mean, mean+image (simpler first).
+  best is preferred in the order kth, mean, cosine, mean+image, maha (simpler first). The product offers
+  kth, mean and mean+image: if cosine or maha wins, the JSON says so and the best of the product's three
+  stays the index's default until it is built in.
 
-  The threshold is not tuned: the 95th percentile of the archive's own scores (a stated 5% false-alarm rate
-  on cases like the archive's), fixed before the run. The calibrator is fitted on the archive's leave-one-out
-  votes (never the test or validation split). The conformal sets are calibrated on the validation split and
-  on nothing else; that split was also what the training kept its best epoch by (``select_metric`` auc, per
-  epoch, each member): the JSON says so, and a clean check (the test split halved at random, one half
-  calibrating, the other covered, 200 times) is reported beside it.
+  The threshold is the index's: with a model trained with ``--holdout`` (the recommended recipe holds out a
+  tenth of the training split), set on those held-out archive cases so that at most 5% of new images like
+  them are flagged (``index.uncertainty.held_out_threshold``); otherwise the archive's own 95th percentile.
+  The calibrator is fitted on the archive's leave-one-out votes (never the test or validation split). The
+  conformal sets are smoothed (a tie-break per query and class from a hash of its embedding) and calibrated
+  on the validation split, which nothing else chose from when the model was trained with ``--holdout``
+  (the JSON says which); a check on the test split halved at random, one half calibrating, the other
+  covered, 200 times, is reported beside it.
 """
 
 from __future__ import annotations
@@ -63,11 +71,11 @@ from chaiderm.data.image_stats import image_statistics
 from chaiderm.data.images import load_image
 from chaiderm.data.records import load_table
 from chaiderm.evaluation.calibration import ece, ece_interval, reliability
-from chaiderm.evaluation.conformal import LEVELS, Conformal, nonconformity
+from chaiderm.evaluation.conformal import LEVELS, Conformal, nonconformity, tiebreaks
 from chaiderm.evaluation.metrics import bootstrap_auc_ci
 from chaiderm.index import novelty as nv
 from chaiderm.index.knn import vote_weights
-from chaiderm.index.uncertainty import excluded_sets
+from chaiderm.index.uncertainty import excluded_sets, set_key
 from chaiderm.models.inference import embed
 from chaiderm.pipeline import Predictor
 
@@ -76,7 +84,9 @@ K = nv.REFERENCE_K
 ABSENT = ("basal_cell_carcinoma", "actinic_keratosis", "vascular_lesion", "dermatofibroma")
 KNOWN_MAP = {"melanoma": "melanoma", "nevus": "nevus", "benign_keratosis": "seborrheic_keratosis"}
 PRODUCT = ("kth", "mean", "mean+image")
-SIMPLER = {"kth": 0, "mean": 1, "mean+image": 2}
+RULED = ("kth", "mean", "cosine", "mean+image", "maha")  # the rule's candidates, simpler first
+SIMPLER = {c: i for i, c in enumerate(RULED)}
+MAHA_DIMS = 128
 N_BOOT = 1000
 
 
@@ -182,6 +192,11 @@ def load_split(pred: Predictor, data: Path, split: str | None):
     return table, e, s
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def sqdist(q: np.ndarray, a: np.ndarray) -> np.ndarray:
     q64, a64 = np.asarray(q, np.float64), np.asarray(a, np.float64)
     return ((q64 * q64).sum(1)[:, None] - 2 * q64 @ a64.T + (a64 * a64).sum(1)[None]).clip(min=0)
@@ -213,6 +228,7 @@ class Archive:
         dims = [int(m.dim) for m in members] if members is not None else [self.emb.shape[1]]
         self.slices = list(zip(np.cumsum([0, *dims[:-1]]), np.cumsum(dims), strict=True))
         self.excluded = excluded_sets(ix.metadata, np.arange(len(ix)))
+        self._maha: dict[bytes, object] = {}
 
     def features(self, q_emb: np.ndarray, q_z: np.ndarray | None, cols: np.ndarray, self_rows=None) -> dict:
         """Raw candidate features of queries against archive columns ``cols`` (bool); ``self_rows``: the
@@ -227,6 +243,8 @@ class Archive:
 
         dist, idx = nearest(mask(sqdist(q_emb, self.emb)), K)
         out = {"kth": dist[:, -1], "mean": dist.mean(1), "dist": dist, "idx": idx}
+        out["cosine"] = nearest(mask(sqdist(unit(q_emb), unit(self.emb))), K)[0][:, -1]
+        out["maha"] = self.mahalanobis(cols)(q_emb)
         if q_z is not None and self.z is not None:
             out["img"] = nearest(mask(sqdist(q_z, self.z)), nv.IMAGE_K)[0].mean(1)
         shares = []
@@ -236,6 +254,31 @@ class Archive:
         avg = np.mean(shares, axis=0)
         out["members"] = np.mean([0.5 * np.abs(s - avg).sum(1) for s in shares], axis=0)
         return out
+
+    def mahalanobis(self, cols: np.ndarray):
+        """Lee et al. 2018's score fitted on archive columns ``cols``: the smallest squared Mahalanobis
+        distance to a class mean, one shrunk covariance for all classes, in the first MAHA_DIMS principal
+        components. Fitted with the case itself in (no leave-one-out: one case of thousands moves it little)."""
+        key = cols.tobytes()
+        if key not in self._maha:
+            from sklearn.covariance import LedoitWolf
+            from sklearn.decomposition import PCA
+
+            a, lab = self.emb[cols], self.diag[cols]
+            pca = PCA(n_components=min(MAHA_DIMS, len(a) - 1), random_state=0).fit(a)
+            z = pca.transform(a)
+            classes = sorted(set(lab))
+            means = np.stack([z[lab == c].mean(0) for c in classes])
+            centred = np.concatenate([z[lab == c] - means[i] for i, c in enumerate(classes)])
+            prec = LedoitWolf().fit(centred).precision_
+
+            def score(q: np.ndarray) -> np.ndarray:
+                zq = pca.transform(np.asarray(q, np.float64))
+                d = [np.einsum("ij,jk,ik->i", zq - m, prec, zq - m) for m in means]
+                return np.min(d, axis=0)
+
+            self._maha[key] = score
+        return self._maha[key]
 
     def shares(self, dist: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """Vote shares (the model's vote weighting), columns in ``classes`` order."""
@@ -249,7 +292,7 @@ def scores(feat: dict, ref: dict) -> dict[str, np.ndarray]:
     """Each candidate's score of queries ``feat`` as a percentile of the reference ``ref`` (archive
     leave-one-out features over the same columns): the percentile the product shows."""
     out = {}
-    for c in ("kth", "mean", "members"):
+    for c in ("kth", "mean", "cosine", "maha", "members"):
         out[c] = nv.percentile(np.sort(ref[c]), feat[c])
     if "img" in feat and "img" in ref:
         emb_ref, img_ref = np.sort(ref["mean"]), np.sort(ref["img"])
@@ -261,6 +304,13 @@ def scores(feat: dict, ref: dict) -> dict[str, np.ndarray]:
 
 
 # ---- statistics ----------------------------------------------------------------------------------------
+def by_rule(candidates: list[str], tune_auc: dict, proxy_auc: dict) -> str:
+    """The rule's choice among ``candidates``."""
+    eligible = [c for c in candidates if tune_auc[c] >= 0.99] or candidates
+    best = max(proxy_auc[c] for c in eligible)
+    return min((c for c in eligible if proxy_auc[c] >= best - 0.005), key=SIMPLER.__getitem__)
+
+
 def fpr_at_tpr(y: np.ndarray, s: np.ndarray, tpr: float = 0.95) -> float:
     pos = np.sort(s[y])
     cut = pos[int(np.floor((1 - tpr) * len(pos)))]  # flags at least tpr of the positives
@@ -295,10 +345,15 @@ def rate(flags: np.ndarray, seed: int = 0) -> dict:
     return {"rate": round(float(f.mean()), 4), "ci": [round(float(v), 4) for v in np.percentile(boots, [2.5, 97.5])]}
 
 
-def coverage(conf: Conformal, shares: np.ndarray, truth: np.ndarray) -> dict:
+def ties_of(embeddings: np.ndarray, classes: list[str]) -> np.ndarray:
+    """Each query's prediction-set tie-breaks, as the product draws them (from its embedding)."""
+    return np.stack([tiebreaks(set_key(e), classes) for e in embeddings])
+
+
+def coverage(conf: Conformal, shares: np.ndarray, truth: np.ndarray, ties: np.ndarray) -> dict:
     out = {}
     for level in LEVELS:
-        sets = conf.set_matrix(shares, level)
+        sets = conf.set_matrix(shares, level, ties)
         hit = sets[np.arange(len(truth)), truth]
         out[f"{level:.2f}"] = {
             "coverage": rate(hit)["rate"],
@@ -404,13 +459,11 @@ def main() -> None:
             y = np.r_[np.ones(len(out_rows)), np.zeros(len(kept_rows))]
             proxy[c].append(float(roc_auc_score(y, np.r_[s_out[c], s_ref[c]])))
     proxy_auc = {c: float(np.mean(v)) for c, v in proxy.items()}
-    eligible = [c for c in PRODUCT if c in candidates and tune_auc[c] >= 0.99] or [
-        c for c in PRODUCT if c in candidates
-    ]
-    best = max(proxy_auc[c] for c in eligible)
-    chosen = min((c for c in eligible if proxy_auc[c] >= best - 0.005), key=SIMPLER.__getitem__)
+    chosen = by_rule([c for c in RULED if c in candidates], tune_auc, proxy_auc)
+    in_product = by_rule([c for c in PRODUCT if c in candidates], tune_auc, proxy_auc)
 
-    threshold = pred.uncertainty.threshold
+    u = pred.uncertainty
+    threshold = u.threshold
     absent = np.isin(np.asarray(ham.diagnoses), ABSENT)
     known = np.isin(np.asarray(ham.diagnoses), list(KNOWN_MAP))
     novelty_res = {}
@@ -479,6 +532,8 @@ def main() -> None:
     ham_shares = arch.shares(feats["ham"]["dist"], feats["ham"]["idx"])
     ham_truth = np.array([col[KNOWN_MAP[ham.diagnoses[i]]] for i in ham_known_idx])
     ham_flag = sc["ham"][pred.uncertainty.method][ham_known_idx] >= threshold
+    test_ties = ties_of(test_e, arch.classes)
+    ham_ties = ties_of(ham_e[ham_known_idx], arch.classes)
     rng = np.random.default_rng(0)
     halves = {f"{lv:.2f}": [] for lv in LEVELS}
     for _ in range(200):
@@ -486,18 +541,32 @@ def main() -> None:
         a, b = perm[: len(test) // 2], perm[len(test) // 2 :]
         c_half = Conformal.fit(nonconformity(test_shares[a], test_truth[a]))
         for lv in LEVELS:
-            halves[f"{lv:.2f}"].append(c_half.set_matrix(test_shares[b], lv)[np.arange(len(b)), test_truth[b]].mean())
+            sets = c_half.set_matrix(test_shares[b], lv, test_ties[b])
+            halves[f"{lv:.2f}"].append(sets[np.arange(len(b)), test_truth[b]].mean())
+    held = list(pred.cfg.data.holdout)
+    if held:
+        calibrated_on = (
+            f"ISIC 2017 validation split ({len(val_truth)}); nothing else chose from it: each member's epoch was "
+            f"kept by {len(held)} training images held out of training (train --holdout)"
+        )
+    else:
+        calibrated_on = f"ISIC 2017 validation split ({len(val_truth)}); also what each member's best epoch was kept by"
     conformal = {
         "score": "1 - raw vote share of the true class",
-        "calibrated_on": "ISIC 2017 validation split (150); also the split each member's best epoch was kept by",
+        "smoothing": "tie-break per query and class from a hash of its embedding (conformal.tiebreaks)",
+        "calibrated_on": calibrated_on,
         "n_calibration": int(len(val_truth)),
         "index_stored_matches": None
         if stored is None
         else bool(len(stored.scores) == len(conf.scores) and np.allclose(stored.scores, conf.scores, atol=1e-6)),
-        "isic_test": coverage(conf, test_shares, test_truth),
-        "ham_known": coverage(conf, ham_shares[ham_known_idx], ham_truth),
-        "ham_known_not_flagged": coverage(conf, ham_shares[ham_known_idx][~ham_flag], ham_truth[~ham_flag]),
-        "ham_known_flagged": coverage(conf, ham_shares[ham_known_idx][ham_flag], ham_truth[ham_flag])
+        "isic_test": coverage(conf, test_shares, test_truth, test_ties),
+        "ham_known": coverage(conf, ham_shares[ham_known_idx], ham_truth, ham_ties),
+        "ham_known_not_flagged": coverage(
+            conf, ham_shares[ham_known_idx][~ham_flag], ham_truth[~ham_flag], ham_ties[~ham_flag]
+        ),
+        "ham_known_flagged": coverage(
+            conf, ham_shares[ham_known_idx][ham_flag], ham_truth[ham_flag], ham_ties[ham_flag]
+        )
         if ham_flag.any()
         else None,
         "isic_test_random_halves": {
@@ -516,9 +585,12 @@ def main() -> None:
         "archive_cases": n,
         "rule": RULE,
         "novelty_chosen_by_rule": chosen,
-        "novelty_method_of_index": pred.uncertainty.method,
+        "novelty_chosen_among_product_methods": in_product,
+        "novelty_method_of_index": u.method,
         "threshold_percentile": threshold,
-        "stated_false_alarm_rate": round(1 - threshold / 100, 4),
+        "threshold_fitted_on": u.threshold_fitted_on,
+        "stated_false_alarm_rate": u.stated_rate(),
+        "held_out_training_images": len(pred.cfg.data.holdout),
         "product_path_max_abs_difference": round(product_agrees, 6),
         "n_nonderm": {"tune": len(tune_imgs), "eval": len(eval_imgs)},
         "nonderm_eval_kinds_flagged_at_threshold": nonderm_kinds,
