@@ -205,7 +205,7 @@ def _build(table, net, cfg, model, out, kind, store_maps, skip_bad, ray, ray_wor
     notes = _calibrate_sets(index, net, cfg, conformal_data, conformal_split)
     if index.uncertainty is not None:
         u = index.uncertainty
-        notes.insert(0, f"novelty threshold: the {u.threshold:.2f}th percentile; {u.threshold_fitted_on}")
+        notes.insert(0, f"novelty threshold: percentile {u.threshold:.2f}; {u.threshold_fitted_on}")
     index.save(out)
     for n in notes:
         console.print(f"note: {n}", highlight=False, soft_wrap=True)
