@@ -141,12 +141,12 @@ def _check_novelty(method: str, threshold: float | None) -> None:
     try:
         novelty.check_method(method)
     except ValueError as e:
-        raise _fail(f"--novelty-method: {e}") from None
+        raise _fail(f"--novelty-method: {str(e).removeprefix('novelty method: ')}") from None
     try:
         if threshold is not None:
             novelty.check_threshold(threshold)
     except ValueError as e:
-        raise _fail(f"--novelty-threshold: {e}") from None
+        raise _fail(f"--novelty-threshold: {str(e).removeprefix('novelty threshold: ')}") from None
 
 
 def _check_training(model: Path, allow_incomplete: bool) -> None:
