@@ -236,9 +236,10 @@ def _flagged_prediction():
             "novelty_words": nv.in_words(99.2, 95.0),
             "calibrated_probabilities": {"melanoma": 0.41, "nevus": 0.59},
             "calibration_method": "isotonic-ovr",
-            "prediction_set": ["melanoma", "nevus"],
+            "prediction_set": None,
             "set_level": 0.9,
-            "set_words": "melanoma or nevus, at 90%",
+            "set_words": "none at 90%: the image is unlike the archive, and the guarantee holds only for cases "
+            "like the archive's",
         },
     )
 
@@ -263,7 +264,8 @@ def test_reports_say_unlike_the_archive_before_the_vote(tmp_path):
     assert rec["uncertainty"]["unlike_archive"] and rec["summary"].startswith("unlike the archive")
     page = render_html({**rec, "query_image": "q.png", "neighbors": []})
     assert page.index("Unlike the archive: further") < page.index("vote share: 0.70")
-    assert "calibrated probability 0.41" in page and "melanoma or nevus, at 90%" in page
+    assert "calibrated probability 0.41" in page
+    assert "Prediction set: none at 90%: the image is unlike the archive" in page and "holds the true" not in page
     assert "q&lt;1&gt;" in page and "q<1>" not in page  # escaped
 
 
@@ -343,9 +345,10 @@ def test_the_api_answers_novelty_calibration_and_the_set_at_a_level(served, with
     assert u["unlike_archive"] is True and u["novelty_percentile"] >= 95 and "unlike the archive" in u["novelty_words"]
     assert out["summary"].startswith("unlike the archive")  # never a bare vote
     assert set(u["calibrated_probabilities"]) == set(out["class_probabilities"])
-    assert u["set_level"] == 0.9 and u["set_words"].endswith("at 90%")
+    # no set for an image unlike the archive: the guarantee is for cases like the archive's
+    assert u["set_level"] == 0.9 and u["prediction_set"] is None and u["set_words"].startswith("none at 90%: the image")
     again = client.get(f"/api/query/{out['query_id']}", params={"k": 5, "level": 0.5}).json()["uncertainty"]
-    assert again["set_level"] == 0.5 and len(again["prediction_set"]) <= len(u["prediction_set"])
+    assert again["set_level"] == 0.5 and again["prediction_set"] is None and "none at 50%" in again["set_words"]
     assert client.get(f"/api/query/{out['query_id']}", params={"level": 1.0}).status_code == 422
 
 
@@ -387,3 +390,17 @@ def test_threshold_fitted_on_held_out_cases_keeps_its_false_alarm_rate_for_new_i
     )
     assert unc.rebuilt(ix, fitted).threshold == fitted.threshold
     assert unc.build(ix, vote="uniform", method="kth", threshold=None, held_out=held[:19]).threshold == 95.0
+
+
+def test_an_image_unlike_the_archive_gets_no_prediction_set_and_is_told_why(rng):
+    u = _index(rng, method="kth").uncertainty
+    u = unc.with_conformal(u, Conformal.fit(np.linspace(0, 1, 50)), 120)
+    shares = {"melanoma": 0.7, "nevus": 0.3}
+    like = u.assess(10.0, shares, level=0.9, key=b"q")
+    assert like["prediction_set"] and like["set_words"].endswith("at 90%") and like["set_level"] == 0.9
+    unlike = u.assess(99.0, shares, level=0.9, key=b"q")
+    assert unlike["unlike_archive"] and unlike["prediction_set"] is None and unlike["set_level"] == 0.9
+    assert unlike["set_words"].startswith("none at 90%: the image is unlike the archive")
+    # lowering the threshold for a run flags it too; raising it lets the set through
+    assert u.assess(80.0, shares, level=0.9, threshold=75, key=b"q")["prediction_set"] is None
+    assert u.assess(99.0, shares, level=0.9, threshold=99.5, key=b"q")["prediction_set"]

@@ -161,12 +161,10 @@ def render_html(record: dict[str, Any]) -> str:
         for d, p in record.get("class_probabilities", {}).items()
     )
     novelty = _novelty_html(u)
-    sets = (
-        f"<p>Prediction set: {e(u['set_words'])} (holds the true diagnosis of that share of held-out cases like "
-        "the archive's)</p>"
-        if u.get("set_words")
-        else ""
-    )
+    sets = ""
+    if u.get("set_words"):
+        held = " (holds the true diagnosis of that share of held-out cases like the archive's)"
+        sets = f"<p>Prediction set: {e(u['set_words'])}{held if u.get('prediction_set') is not None else ''}</p>"
     cal_pos = (
         f" Calibrated {e(pos)} probability ({e(str(u.get('calibration_method')))}): {cal[pos]:.2f}."
         if pos in cal

@@ -78,8 +78,16 @@ class Uncertainty:
         flagged = bool(novelty_pct >= t)
         calibrated = self.calibrator.apply(shares) if self.calibrator is not None else None
         members = None
-        if self.conformal is not None:
+        set_words = None
+        if self.conformal is not None and flagged:
+            # the coverage holds for queries like the calibration cases; an image unlike the archive is not one
+            set_words = (
+                f"none at {check_level(level):.0%}: the image is unlike the archive, and the guarantee holds only "
+                "for cases like the archive's"
+            )
+        elif self.conformal is not None:
             members = self.conformal.prediction_set(shares, check_level(level), tiebreaks(key, list(shares)))
+            set_words = set_in_words(members, level)
         return {
             "novelty_percentile": round(float(novelty_pct), 2),
             "novelty_method": self.method,
@@ -90,8 +98,8 @@ class Uncertainty:
             "calibrated_probabilities": calibrated,
             "calibration_method": self.calibrator.to_dict()["method"] if self.calibrator is not None else None,
             "prediction_set": members,
-            "set_level": level if members is not None else None,
-            "set_words": set_in_words(members, level) if members is not None else None,
+            "set_level": level if set_words is not None else None,
+            "set_words": set_words,
         }
 
     # ---- persistence ----------------------------------------------------------------------------------

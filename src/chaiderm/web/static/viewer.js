@@ -217,9 +217,10 @@ function render(q, name) {
   $("prob").textContent = `${words(pos)}: vote share ${answer.pos.toFixed(2)} ` +
     `(${answer.posCount} of ${answer.n} nearest cases${weighed ? "; closer cases weigh more" : ""})` +
     (cal && pos in cal ? `; calibrated probability ${cal[pos].toFixed(2)}` : "");
-  $("predset").textContent = u.set_words
+  // a set is withheld (set_words says why) for an image unlike the archive: its guarantee does not hold there
+  $("predset").textContent = !u.set_words ? "" : u.prediction_set
     ? `Prediction set: ${u.set_words.replaceAll("_", " ")} (holds the true diagnosis of ${Math.round(u.set_level * 100)}% of held-out cases like the archive's)`
-    : "";
+    : `Prediction set: ${u.set_words}`;
   $("votenote").textContent = weighed
     ? "The vote share of a diagnosis is its share among the k most similar archive cases, each case weighed by its closeness (1 / squared distance): a k-nearest-neighbour vote, not a calibrated risk."
     : "The vote share of a diagnosis is its share among the k most similar archive cases (a k-nearest-neighbour vote), not a calibrated risk.";
