@@ -533,6 +533,7 @@ def main() -> None:
     ham_truth = np.array([col[KNOWN_MAP[ham.diagnoses[i]]] for i in ham_known_idx])
     ham_flag = sc["ham"][pred.uncertainty.method][ham_known_idx] >= threshold
     test_ties = ties_of(test_e, arch.classes)
+    test_flag = sc["test"][pred.uncertainty.method] >= threshold
     ham_ties = ties_of(ham_e[ham_known_idx], arch.classes)
     rng = np.random.default_rng(0)
     halves = {f"{lv:.2f}": [] for lv in LEVELS}
@@ -560,6 +561,8 @@ def main() -> None:
         if stored is None
         else bool(len(stored.scores) == len(conf.scores) and np.allclose(stored.scores, conf.scores, atol=1e-6)),
         "isic_test": coverage(conf, test_shares, test_truth, test_ties),
+        # the product shows no set for a flagged image: the coverage of the sets it does show
+        "isic_test_not_flagged": coverage(conf, test_shares[~test_flag], test_truth[~test_flag], test_ties[~test_flag]),
         "ham_known": coverage(conf, ham_shares[ham_known_idx], ham_truth, ham_ties),
         "ham_known_not_flagged": coverage(
             conf, ham_shares[ham_known_idx][~ham_flag], ham_truth[~ham_flag], ham_ties[~ham_flag]
