@@ -324,11 +324,12 @@ def calibrate_sets(
         return ["the archive is too small for a novelty reference: no prediction sets"]
     predictor = Predictor(model, cfg, index)
     classes = predictor.classes
-    shares, truth, skipped = [], [], 0
+    shares, truth, skipped, flagged = [], [], 0, 0
     for start in range(0, len(table), 64):
         part = table.subset(list(range(start, min(start + 64, len(table)))))
         images = [load_image(p, fit=cfg.model.load_size) for p in part.paths]
         for res, d in zip(predictor.predict_many(images, k=k, image_ids=part.image_ids), part.diagnoses, strict=True):
+            flagged += bool(res.prediction.uncertainty.get("unlike_archive"))
             if d not in classes:
                 skipped += 1
                 continue
@@ -340,8 +341,13 @@ def calibrate_sets(
         raise DataError(None, f"{table.source}: none of its diagnoses is in the archive: no prediction sets")
     scores = nonconformity(np.array(shares), np.array(truth))
     fitted = Conformal.fit(scores, fitted_on=f"{len(scores)} labelled held-out cases of {table.source} (k={k})")
-    index.uncertainty = unc.with_conformal(index.uncertainty, fitted, len(index))
-    notes = [f"prediction sets calibrated on {len(scores)} held-out case(s)"]
+    observed = (round(flagged / len(table), 4), f"{flagged} of {len(table)} held-out cases of {table.source}")
+    index.uncertainty = unc.with_conformal(index.uncertainty, fitted, len(index), observed)
+    notes = [
+        f"prediction sets calibrated on {len(scores)} held-out case(s)",
+        f"the novelty threshold flags {observed[1]} ({observed[0]:.1%}); answers state a false-alarm rate of "
+        f"{index.uncertainty.stated_rate():.1%}",
+    ]
     if skipped:
         notes.append(f"{skipped} held-out case(s) with a diagnosis the archive lacks left out of the calibration")
     return notes

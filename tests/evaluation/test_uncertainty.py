@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -317,7 +318,15 @@ def test_prediction_sets_from_held_out_data(served, synth_dir, tmp_path):
     ix = ArchiveIndex.load(served / "ix")
     notes = calibrate_sets(ix, model, cfg, load_table(synth_dir, "val"))
     assert notes[0].startswith("prediction sets calibrated on 60")
+    # how often the threshold flags those held-out cases is measured, and stated if above the threshold's own
+    u = ix.uncertainty
+    assert 0 <= u.observed_rate <= 1 and u.observed_on.startswith(
+        f"{round(u.observed_rate * 60)} of 60 held-out cases of "
+    )
+    assert u.stated_rate() == round(max(1 - u.threshold / 100, u.observed_rate), 4)
+    assert notes[1].startswith("the novelty threshold flags ") and f"{u.stated_rate():.1%}" in notes[1]
     ix.save(tmp_path / "ix")
+    assert ArchiveIndex.load(tmp_path / "ix").uncertainty.observed_rate == u.observed_rate
     p = Predictor(model, cfg, ArchiveIndex.load(tmp_path / "ix"), level=0.8)
     test = load_table(synth_dir, "test")
     from chaiderm.data.images import load_image
@@ -401,6 +410,15 @@ def test_an_image_unlike_the_archive_gets_no_prediction_set_and_is_told_why(rng)
     unlike = u.assess(99.0, shares, level=0.9, key=b"q")
     assert unlike["unlike_archive"] and unlike["prediction_set"] is None and unlike["set_level"] == 0.9
     assert unlike["set_words"].startswith("none at 90%: the image is unlike the archive")
+    # the stated false-alarm rate: the larger of the threshold's own and the one observed on held-out cases
+    assert (
+        u.stated_rate() == 0.05 and unc.with_conformal(u, u.conformal, 120, (0.08, "12 of 150")).stated_rate() == 0.08
+    )
+    assert unc.with_conformal(u, u.conformal, 120, (0.01, "")).stated_rate() == 0.05
+    assert (
+        unc.rebuilt(_index(np.random.default_rng(2), method="kth"), replace(u, observed_rate=0.08)).observed_rate
+        == 0.08
+    )
     # lowering the threshold for a run flags it too; raising it lets the set through
     assert u.assess(80.0, shares, level=0.9, threshold=75, key=b"q")["prediction_set"] is None
     assert u.assess(99.0, shares, level=0.9, threshold=99.5, key=b"q")["prediction_set"]

@@ -44,11 +44,19 @@ class Uncertainty:
     # share of new images like the held-out ones flagged, where the threshold was fitted on them; None: the
     # threshold's own rate among the archive's cases, 1 - threshold / 100
     fitted_rate: float | None = None
+    # share of the labelled held-out cases the prediction sets were calibrated on that the threshold flagged:
+    # measured on images like new queries, not chosen from them
+    observed_rate: float | None = None
+    observed_on: str = ""
 
     def stated_rate(self, threshold: float | None = None) -> float:
-        if threshold is None and self.fitted_rate is not None:
-            return self.fitted_rate
-        return round(1 - (self.threshold if threshold is None else threshold) / 100, 4)
+        """The false-alarm rate an answer states: with the index's own threshold, the larger of the rate it
+        was set to (or its percentile's) and the rate observed on the held-out cases, which lie as far from
+        the archive as new images do; with a threshold given for a run, that percentile's."""
+        if threshold is not None:
+            return round(1 - threshold / 100, 4)
+        own = self.fitted_rate if self.fitted_rate is not None else 1 - self.threshold / 100
+        return round(max(own, self.observed_rate or 0.0), 4)
 
     # ---- a query --------------------------------------------------------------------------------------
     def novelty(self, dist: np.ndarray, img_dist: np.ndarray | None) -> np.ndarray:
@@ -113,6 +121,8 @@ class Uncertainty:
                 "stated_false_alarm_rate": self.stated_rate(),
                 "threshold_fitted_on": self.threshold_fitted_on,
                 "fitted_rate": self.fitted_rate,
+                "observed_rate": self.observed_rate,
+                "observed_on": self.observed_on,
                 "reference": "leave-one-out: each archive case against the others, never itself or its lesion",
                 "n_archive": self.n_archive,
                 "scores": self.reference.tolist(),
@@ -152,6 +162,8 @@ class Uncertainty:
             notes=list(d.get("notes", [])),
             threshold_fitted_on=str(n.get("threshold_fitted_on", "")),
             fitted_rate=None if n.get("fitted_rate") is None else float(n["fitted_rate"]),
+            observed_rate=None if n.get("observed_rate") is None else float(n["observed_rate"]),
+            observed_on=str(n.get("observed_on", "")),
         )
 
 
@@ -312,7 +324,7 @@ def _threshold(
 
 def rebuilt(index, old: Uncertainty) -> Uncertainty | None:
     """``old``'s settings over the archive as it now is (after cases were added or removed)."""
-    return build(
+    new = build(
         index,
         vote=old.vote,
         method=old.method,
@@ -322,7 +334,12 @@ def rebuilt(index, old: Uncertainty) -> Uncertainty | None:
         conformal=old.conformal,
         conformal_archive_size=old.conformal_archive_size,
     )
+    return None if new is None else replace(new, observed_rate=old.observed_rate, observed_on=old.observed_on)
 
 
-def with_conformal(u: Uncertainty, conformal: Conformal, archive_size: int) -> Uncertainty:
-    return replace(u, conformal=conformal, conformal_archive_size=archive_size)
+def with_conformal(
+    u: Uncertainty, conformal: Conformal, archive_size: int, observed: tuple[float, str] | None = None
+) -> Uncertainty:
+    """``u`` with prediction sets; ``observed``: (share flagged, of what) among the calibration cases."""
+    rate, on = observed if observed is not None else (None, "")
+    return replace(u, conformal=conformal, conformal_archive_size=archive_size, observed_rate=rate, observed_on=on)
