@@ -358,6 +358,7 @@ def test_the_api_answers_novelty_calibration_and_the_set_at_a_level(served, with
     assert u["set_level"] == 0.9 and u["prediction_set"] is None and u["set_words"].startswith("none at 90%: the image")
     again = client.get(f"/api/query/{out['query_id']}", params={"k": 5, "level": 0.5}).json()["uncertainty"]
     assert again["set_level"] == 0.5 and again["prediction_set"] is None and "none at 50%" in again["set_words"]
+    assert again["stated_false_alarm_rate"] == u["stated_false_alarm_rate"]  # the same threshold, the same rate
     assert client.get(f"/api/query/{out['query_id']}", params={"level": 1.0}).status_code == 422
 
 

@@ -85,7 +85,8 @@ def to_out(
             u["novelty_percentile"],
             p.class_probabilities,
             level=level,
-            threshold=u.get("novelty_threshold"),
+            # the index's own threshold stays the index's, with the rate it states; another is an override
+            threshold=None if u.get("novelty_threshold") == model.threshold else u.get("novelty_threshold"),
             key=set_key(res.embedding),
         )
     q = quote(query_id, safe="")
