@@ -47,6 +47,11 @@ training images):
   baseline of Hendrycks & Gimpel 2017, which often does better than distances on diagnoses never seen); the
   order of preference becomes kth, mean, msp, cosine, mean+image, maha; the rest of the rule is unchanged.
 
+  Fourth version (written after the third's results and before this run): one more candidate, imagenet (the
+  10th-neighbour squared distance among the ImageNet-pretrained Lite0's own pooled features, not fine-tuned:
+  an embedding trained on three diagnoses may have dropped what tells a fourth apart); order kth, mean,
+  msp, cosine, imagenet, mean+image, maha.
+
   The threshold is the index's: with a model trained with ``--holdout`` (the recommended recipe holds out a
   tenth of the training split), set on those held-out archive cases so that at most 5% of new images like
   them are flagged (``index.uncertainty.held_out_threshold``); otherwise the archive's own 95th percentile.
@@ -89,7 +94,7 @@ K = nv.REFERENCE_K
 ABSENT = ("basal_cell_carcinoma", "actinic_keratosis", "vascular_lesion", "dermatofibroma")
 KNOWN_MAP = {"melanoma": "melanoma", "nevus": "nevus", "benign_keratosis": "seborrheic_keratosis"}
 PRODUCT = ("kth", "mean", "mean+image")
-RULED = ("kth", "mean", "msp", "cosine", "mean+image", "maha")  # the rule's candidates, simpler first
+RULED = ("kth", "mean", "msp", "cosine", "imagenet", "mean+image", "maha")  # the rule's candidates, simpler first
 SIMPLER = {c: i for i, c in enumerate(RULED)}
 MAHA_DIMS = 128
 N_BOOT = 1000
@@ -179,22 +184,41 @@ def non_dermoscopic(seed: int, masks: list[Path]) -> tuple[list[np.ndarray], lis
 
 
 # ---- embeddings and distances ------------------------------------------------------------------------------
-def embed_images(pred: Predictor, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings (with the index's views) and image statistics of decoded images, as a query gets them."""
-    embs, stats = [], []
+_IMAGENET: list = []
+
+
+def imagenet_features(squares: np.ndarray, image_size: int) -> np.ndarray:
+    """The ImageNet-pretrained EfficientNet-Lite0's own pooled features (not fine-tuned) of centre crops."""
+    import torch
+
+    from chaiderm.data.transforms import center_crop, to_tensor
+    from chaiderm.models.registry import create_backbone
+
+    if not _IMAGENET:
+        _IMAGENET.append(create_backbone("efficientnet_lite0", pretrained=True).eval())
+    bb = _IMAGENET[0]
+    with torch.inference_mode():
+        return bb(to_tensor(center_crop(squares, image_size), bb.mean, bb.std)).mean((2, 3)).numpy()
+
+
+def embed_images(pred: Predictor, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Embeddings (with the index's views), image statistics and ImageNet features of decoded images, as a
+    query gets them."""
+    embs, stats, inet = [], [], []
     for s in range(0, len(images), 32):
         squares = np.stack([pred.square(im) for im in images[s : s + 32]])
         e, _ = embed(pred.model, squares, pred.cfg.model.image_size, views=pred.views)
         embs.append(e)
         stats.append(image_statistics(squares))
-    return np.concatenate(embs), np.concatenate(stats)
+        inet.append(imagenet_features(squares, pred.cfg.model.image_size))
+    return np.concatenate(embs), np.concatenate(stats), np.concatenate(inet)
 
 
 def load_split(pred: Predictor, data: Path, split: str | None):
     table = load_table(data, split)
     images = [load_image(p, fit=pred.cfg.model.load_size) for p in table.paths]
-    e, s = embed_images(pred, images)
-    return table, e, s
+    e, s, f = embed_images(pred, images)
+    return table, e, s, f
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -234,8 +258,11 @@ class Archive:
         self.slices = list(zip(np.cumsum([0, *dims[:-1]]), np.cumsum(dims), strict=True))
         self.excluded = excluded_sets(ix.metadata, np.arange(len(ix)))
         self._maha: dict[bytes, object] = {}
+        self.inet: np.ndarray | None = None  # the archive's ImageNet features, in its row order (main sets it)
 
-    def features(self, q_emb: np.ndarray, q_z: np.ndarray | None, cols: np.ndarray, self_rows=None) -> dict:
+    def features(
+        self, q_emb: np.ndarray, q_z: np.ndarray | None, cols: np.ndarray, self_rows=None, q_inet=None
+    ) -> dict:
         """Raw candidate features of queries against archive columns ``cols`` (bool); ``self_rows``: the
         archive row each query is (leave-one-out), excluded with its lesion."""
 
@@ -251,6 +278,8 @@ class Archive:
         out["cosine"] = nearest(mask(sqdist(unit(q_emb), unit(self.emb))), K)[0][:, -1]
         out["maha"] = self.mahalanobis(cols)(q_emb)
         out["msp"] = 1.0 - self.shares(dist, idx).max(1)
+        if q_inet is not None and self.inet is not None:
+            out["imagenet"] = nearest(mask(sqdist(q_inet, self.inet)), K)[0][:, -1]
         if q_z is not None and self.z is not None:
             out["img"] = nearest(mask(sqdist(q_z, self.z)), nv.IMAGE_K)[0].mean(1)
         shares = []
@@ -298,8 +327,9 @@ def scores(feat: dict, ref: dict) -> dict[str, np.ndarray]:
     """Each candidate's score of queries ``feat`` as a percentile of the reference ``ref`` (archive
     leave-one-out features over the same columns): the percentile the product shows."""
     out = {}
-    for c in ("kth", "mean", "msp", "cosine", "maha", "members"):
-        out[c] = nv.percentile(np.sort(ref[c]), feat[c])
+    for c in ("kth", "mean", "msp", "cosine", "maha", "members", "imagenet"):
+        if c in feat and c in ref:
+            out[c] = nv.percentile(np.sort(ref[c]), feat[c])
     if "img" in feat and "img" in ref:
         emb_ref, img_ref = np.sort(ref["mean"]), np.sort(ref["img"])
         final = np.sort(nv.combine(nv.percentile(emb_ref, ref["mean"]), nv.percentile(img_ref, ref["img"])))
@@ -413,29 +443,34 @@ def main() -> None:
     every = np.ones(n, bool)
     rows = np.arange(n)
 
+    # the archive's ImageNet features (the index keeps only its own embedding), in the index's row order
+    train, _, _, train_inet = load_split(pred, args.isic, "train")
+    row_of = {image_id: r for r, image_id in enumerate(train.image_ids)}
+    if set(row_of) == set(pred.index.image_ids):
+        arch.inet = train_inet[[row_of[i] for i in pred.index.image_ids]]
     # the archive's own leave-one-out features: the reference every percentile is read against
-    ref = arch.features(arch.emb, arch.z, every, self_rows=rows)
+    ref = arch.features(arch.emb, arch.z, every, self_rows=rows, q_inet=arch.inet)
     ref_scores = scores(ref, ref)
 
     # queries
-    val, val_e, val_s = load_split(pred, args.isic, "val")
-    test, test_e, test_s = load_split(pred, args.isic, "test")
-    ham, ham_e, ham_s = load_split(pred, args.ham, None)
+    val, val_e, val_s, val_f = load_split(pred, args.isic, "val")
+    test, test_e, test_s, test_f = load_split(pred, args.isic, "test")
+    ham, ham_e, ham_s, ham_f = load_split(pred, args.ham, None)
     masks = sorted((args.ham / "masks").glob("*.png"))
     half = len(masks) // 2
     tune_imgs, tune_kinds = non_dermoscopic(1, masks[:half])
     eval_imgs, eval_kinds = non_dermoscopic(2, masks[half:])
-    tune_e, tune_s = embed_images(pred, tune_imgs)
-    eval_e, eval_s = embed_images(pred, eval_imgs)
+    tune_e, tune_s, tune_f = embed_images(pred, tune_imgs)
+    eval_e, eval_s, eval_f = embed_images(pred, eval_imgs)
     z = arch.scale.apply
     feats = {
-        name: arch.features(e, z(s), every)
-        for name, e, s in (
-            ("val", val_e, val_s),
-            ("test", test_e, test_s),
-            ("ham", ham_e, ham_s),
-            ("tune", tune_e, tune_s),
-            ("eval", eval_e, eval_s),
+        name: arch.features(e, z(s), every, q_inet=f)
+        for name, e, s, f in (
+            ("val", val_e, val_s, val_f),
+            ("test", test_e, test_s, test_f),
+            ("ham", ham_e, ham_s, ham_f),
+            ("tune", tune_e, tune_s, tune_f),
+            ("eval", eval_e, eval_s, eval_f),
         )
     }
     sc = {name: scores(f, ref) for name, f in feats.items()}
@@ -458,8 +493,17 @@ def main() -> None:
         out_rows = np.flatnonzero(arch.diag == cls)
         keep = arch.diag != cls
         kept_rows = np.flatnonzero(keep)
-        r_ref = arch.features(arch.emb[kept_rows], arch.z[kept_rows], keep, self_rows=kept_rows)
-        r_out = arch.features(arch.emb[out_rows], arch.z[out_rows], keep)
+        inet = arch.inet
+        r_ref = arch.features(
+            arch.emb[kept_rows],
+            arch.z[kept_rows],
+            keep,
+            self_rows=kept_rows,
+            q_inet=None if inet is None else inet[kept_rows],
+        )
+        r_out = arch.features(
+            arch.emb[out_rows], arch.z[out_rows], keep, q_inet=None if inet is None else inet[out_rows]
+        )
         s_ref, s_out = scores(r_ref, r_ref), scores(r_out, r_ref)
         for c in candidates:
             y = np.r_[np.ones(len(out_rows)), np.zeros(len(kept_rows))]
