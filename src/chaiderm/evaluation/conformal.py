@@ -89,7 +89,8 @@ class Conformal:
         names = list(shares)
         row = np.array([[shares[c] for c in names]], np.float64)
         inside = self.set_matrix(row, level, None if ties is None else np.asarray(ties)[None])[0]
-        return [c for c, _ in sorted(zip(names, row[0], strict=True), key=lambda x: -x[1]) if inside[names.index(c)]]
+        ranked = sorted(zip(names, row[0], inside, strict=True), key=lambda x: -x[1])
+        return [c for c, _, kept in ranked if kept]
 
     def to_dict(self) -> dict[str, Any]:
         return {
